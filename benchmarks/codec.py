@@ -1,0 +1,196 @@
+"""Benchmark the codec on Kodak (or any folder): whole-file bpp, PSNR, MS-SSIM, file bits against the integer
+prior's cross-entropy, header bytes, encode/decode seconds (median), peak memory, bit-exact round trips; plus one
+large (4000x3000) image in a separate process for its own time and peak memory.
+
+    python benchmarks/codec.py                                    # default model on ../shared/datasets/kodak
+    python benchmarks/codec.py --float-priors runs/priors/checkpoint.pt   # also: integer vs float prior rate
+
+Writes benchmarks/results/codec-<model>.json ({name, description, results}) and prints a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import track
+
+from hvqcodec.autoencoder import LEVEL_NAMES
+from hvqcodec.codec import load_codec
+from hvqcodec.data import find_images
+from hvqcodec.fileio import atomic_write_bytes
+from hvqcodec.metrics import ms_ssim, psnr
+from hvqcodec.zoo import default_model
+
+ROOT = Path(__file__).resolve().parent.parent
+LARGE_SIZE = (4000, 3000)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(codec, path: Path) -> dict:
+    original = np.asarray(Image.open(path).convert("RGB"))
+    start = time.perf_counter()
+    compressed = codec.compress(path)
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    decoded = codec.decompress(compressed.data)
+    decode_s = time.perf_counter() - start
+    codes = codec.encode_codes(original) if original.shape[0] * original.shape[1] <= 1024 * 1024 else None
+    exact = codes is None or all(torch.equal(a, b) for a, b in zip(decoded.codes[0], codes))
+    out = torch.from_numpy(np.asarray(decoded.image.convert("RGB"))).permute(2, 0, 1)[None].double() / 255
+    ref = torch.from_numpy(original).permute(2, 0, 1)[None].double() / 255
+    h, w = original.shape[:2]
+    record = {
+        "image": path.name, "width": w, "height": h, "bytes": len(compressed.data), "bpp": compressed.bpp,
+        "psnr": psnr(out, ref), "encode_seconds": encode_s, "decode_seconds": decode_s,
+        "header_bytes": compressed.header_bytes, "level_bytes": compressed.level_bytes,
+        "cross_entropy_bits": compressed.cross_entropy_bits, "codes_bit_exact": exact,
+        "file_over_cross_entropy": 8 * sum(compressed.level_bytes) / sum(compressed.cross_entropy_bits),
+    }
+    if min(h, w) >= 161:
+        record["ms_ssim"] = float(ms_ssim(out, ref)[0])
+    return record
+
+
+def float_prior_bits(checkpoint_path: str, codec, paths: list[Path]) -> dict:
+    """Cross-entropy of the float (training) prior on the same codes, against the integer prior's."""
+    from hvqcodec.priors import HierarchicalPrior, PriorConfig
+    from hvqcodec.train import load_checkpoint
+
+    checkpoint = load_checkpoint(checkpoint_path, "priors")
+    prior = HierarchicalPrior(PriorConfig.from_dict(checkpoint["config"]))
+    prior.load_state_dict(checkpoint["model"])
+    prior.eval()
+    totals = [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        for path in paths:
+            codes = codec.encode_codes(np.asarray(Image.open(path).convert("RGB")))
+            for level, logits in enumerate(prior([c[None] for c in codes])):
+                nll = torch.nn.functional.cross_entropy(logits, codes[level][None], reduction="sum")
+                totals[level] += float(nll) / np.log(2)
+    return dict(zip(LEVEL_NAMES, totals))
+
+
+def large_image(model: str | None, threads: int) -> dict:
+    """Compress + decompress one 4000x3000 photo in a fresh process, for its own peak memory."""
+    source = sorted((ROOT.parent / "shared" / "datasets" / "train" / "clic2025_finaltest").glob("*.png"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "large.png"
+        if source:
+            Image.open(source[0]).convert("RGB").resize(LARGE_SIZE, Image.Resampling.LANCZOS).save(path)
+        else:  # no photo available: a smooth synthetic image of the same size
+            y, x = np.mgrid[0:LARGE_SIZE[1], 0:LARGE_SIZE[0]]
+            Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(path)
+        args = [sys.executable, __file__, "--single", str(path), "--threads", str(threads)]
+        if model:
+            args += ["--model", model]
+        result = subprocess.run(args, capture_output=True, text=True, check=True)
+        record = json.loads(result.stdout)
+        record["source"] = f"{source[0].name} resized to {LARGE_SIZE[0]}x{LARGE_SIZE[1]}" if source else "synthetic"
+        return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model name (default: the default shipped model)")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "kodak"), help="image folder")
+    parser.add_argument("--json", help="output JSON (default benchmarks/results/codec-<model>.json)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--float-priors", help="priors checkpoint: also report the integer prior's rate cost")
+    parser.add_argument("--no-large", action="store_true", help="skip the 4000x3000 image")
+    parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: measure one image, print JSON
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    codec = load_codec(args.model, "cpu")
+    if args.single:
+        record = measure(codec, Path(args.single))
+        record["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(record))
+        return 0
+
+    console = Console(stderr=True)
+    paths = find_images(args.data)
+    measure(codec, paths[0])  # warm-up: first-call allocations and lazy initialisation
+    per_image = [measure(codec, p) for p in track(paths, description="coding", console=console)]
+    kodak_peak = peak_rss_mb()
+
+    def mean(key):
+        values = [r[key] for r in per_image if key in r]
+        return sum(values) / len(values)
+
+    pixels = sum(r["width"] * r["height"] for r in per_image)
+    file_bits = sum(8 * r["bytes"] for r in per_image)
+    level_bits = sum(8 * sum(r["level_bytes"]) for r in per_image)
+    xent_bits = sum(sum(r["cross_entropy_bits"]) for r in per_image)
+    results = {
+        "images": len(per_image),
+        "bpp": mean("bpp"), "psnr": mean("psnr"), "ms_ssim": mean("ms_ssim"),
+        "bpp_per_level": {n: sum(8 * r["level_bytes"][i] for r in per_image) / pixels for i, n in enumerate(LEVEL_NAMES)},
+        "raw_index_bpp": sum(np.log2(k) / s ** 2 for k, s in zip(codec.autoencoder.config.codebook_sizes, (16, 8, 4))),
+        "file_bits_over_cross_entropy": level_bits / xent_bits,
+        "total_file_bits_over_cross_entropy": file_bits / xent_bits,
+        "header_bytes_max": max(r["header_bytes"] for r in per_image),
+        "encode_seconds_median": statistics.median(r["encode_seconds"] for r in per_image),
+        "decode_seconds_median": statistics.median(r["decode_seconds"] for r in per_image),
+        "peak_rss_mb": kodak_peak,
+        "all_codes_bit_exact": all(r["codes_bit_exact"] for r in per_image),
+        "threads": args.threads,
+        "per_image": per_image,
+    }
+    if args.float_priors:
+        float_bits = float_prior_bits(args.float_priors, codec, paths)
+        int_bits = {n: sum(r["cross_entropy_bits"][i] for r in per_image) for i, n in enumerate(LEVEL_NAMES)}
+        results["integer_prior_rate_cost"] = {
+            "float_bits": float_bits, "integer_bits": int_bits,
+            "relative": sum(int_bits.values()) / sum(float_bits.values()) - 1}
+    if not args.no_large:
+        console.print("coding one 4000x3000 image in a separate process ...")
+        results["large_image"] = large_image(args.model, args.threads)
+
+    name = codec.name
+    report = {
+        "name": f"hvqcodec-{name}",
+        "description": (f"hvqcodec {name} ({codec.sha256[:12]}) on {Path(args.data).name}: whole-file bpp, 8-bit RGB "
+                        f"PSNR / MS-SSIM, CPU {platform.processor() or platform.machine()}, {args.threads} threads, "
+                        f"torch {torch.__version__}"),
+        "command": " ".join(["python", "benchmarks/codec.py"] + sys.argv[1:]),
+        "results": results,
+    }
+    out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"codec-{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+
+    console.print(f"[bold]{name}[/] on {args.data} ({len(per_image)} images, {args.threads} threads):")
+    console.print(f"  {results['bpp']:.4f} bpp (raw index cost {results['raw_index_bpp']:.4f}), "
+                  f"PSNR {results['psnr']:.2f} dB, MS-SSIM {results['ms_ssim']:.4f}")
+    console.print("  per level: " + ", ".join(f"{n} {v:.4f}" for n, v in results["bpp_per_level"].items()) + " bpp")
+    console.print(f"  stream bits / cross-entropy {results['file_bits_over_cross_entropy']:.5f}; whole file "
+                  f"{results['total_file_bits_over_cross_entropy']:.5f}; header <= {results['header_bytes_max']} bytes")
+    console.print(f"  encode {results['encode_seconds_median']:.3f} s, decode {results['decode_seconds_median']:.3f} s "
+                  f"(median); peak RSS {kodak_peak:.0f} MB; codes bit-exact: {results['all_codes_bit_exact']}")
+    if "integer_prior_rate_cost" in results:
+        console.print(f"  integer prior vs float prior: {100 * results['integer_prior_rate_cost']['relative']:+.3f}% bits")
+    if "large_image" in results:
+        large = results["large_image"]
+        console.print(f"  4000x3000: {large['bpp']:.4f} bpp, encode {large['encode_seconds']:.1f} s, decode "
+                      f"{large['decode_seconds']:.1f} s, peak RSS {large['peak_rss_mb']:.0f} MB")
+    console.print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""hvqcodec: a learned image codec built on a 3-level hierarchical VQ-VAE.
+
+    import hvqcodec
+    data = hvqcodec.compress("photo.png")     # bytes of a .hvq file
+    image = hvqcodec.decompress(data)         # PIL.Image
+"""
+__version__ = "0.1.0"
+__all__ = ["compress", "decompress"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import hvqcodec` stays cheap (no torch) until the codec is used.
+    if name in __all__:
+        from . import codec
+        return getattr(codec, name)
+    raise AttributeError(f"module 'hvqcodec' has no attribute {name!r}")

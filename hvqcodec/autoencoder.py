@@ -1,0 +1,207 @@
+"""The 3-level hierarchical VQ-VAE: ConvNeXt encoder, top-down quantisation, ConvNeXt decoder.
+
+Levels are indexed top (/16), mid (/8), bottom (/4). Quantisation runs top-down: each lower level quantises
+its encoder features together with the context decoded from the levels above, so it only has to carry what
+they miss. The decoder is trained with level dropout (a learned "absent" vector in place of the bottom, or
+bottom and mid, codes) so that top-only and top+mid previews are real reconstructions.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .convnext import ConvNeXtBlock, Downsample, LayerNorm2d, Upsample, convnext_stage
+from .quantiser import EMAQuantiser
+
+LEVEL_NAMES = ("top", "mid", "bottom")
+LEVEL_STRIDES = (16, 8, 4)
+PAD_MULTIPLE = 16
+
+
+@dataclass
+class AutoencoderConfig:
+    # Encoder/decoder widths at /4, /8, /16 and ConvNeXt blocks per stage.
+    widths: Sequence[int] = (64, 96, 128)
+    encoder_depths: Sequence[int] = (2, 3, 3)
+    decoder_depths: Sequence[int] = (3, 3, 4)  # context stages at /16, /8 and the final /4 stage
+    code_dim: int = 32
+    codebook_sizes: Sequence[int] = (512, 512, 512)  # top, mid, bottom
+    ema_decay: float = 0.99
+    commitment: float = 0.25
+    layer_scale_init: float = 1e-6
+    # Probability per training sample of dropping the bottom level, and of dropping bottom and mid.
+    drop_bottom: float = 0.1
+    drop_bottom_mid: float = 0.1
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AutoencoderConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown autoencoder config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def raw_index_bpp(self) -> float:
+        """Bits per pixel of the codes stored as fixed-width indices: sum of log2(K) / stride^2."""
+        import math
+        return sum(math.log2(k) / s ** 2 for k, s in zip(self.codebook_sizes, LEVEL_STRIDES))
+
+
+@dataclass
+class AutoencoderOutput:
+    reconstruction: torch.Tensor  # (N, 3, H, W), RGB in about [0, 1]
+    codes: list[torch.Tensor]  # top, mid, bottom: (N, H/16, W/16), (N, H/8, W/8), (N, H/4, W/4)
+    commitment_loss: torch.Tensor
+    perplexities: list[torch.Tensor] = field(default_factory=list)
+    dead_codes: list[int] = field(default_factory=list)
+
+
+class ContextUp(nn.Module):
+    """Decodes a level's (quantised + upper) context and upsamples it 2x for the level below."""
+
+    def __init__(self, in_dim: int, dim: int, out_dim: int, depth: int, layer_scale_init: float) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_dim, dim, kernel_size=1)
+        self.blocks = convnext_stage(dim, depth, layer_scale_init)
+        self.up = Upsample(dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.blocks(self.proj(x)))
+
+
+class HierarchicalVQVAE(nn.Module):
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        w1, w2, w3 = config.widths
+        d1, d2, d3 = config.encoder_depths
+        dec3, dec2, dec1 = config.decoder_depths
+        ls, code_dim = config.layer_scale_init, config.code_dim
+
+        # Encoder: patchify stem (/4), then ConvNeXt stages with 2x downsampling between them.
+        self.stem = nn.Sequential(nn.Conv2d(3, w1, kernel_size=4, stride=4), LayerNorm2d(w1))
+        self.enc1 = convnext_stage(w1, d1, ls)
+        self.down2 = Downsample(w1, w2)
+        self.enc2 = convnext_stage(w2, d2, ls)
+        self.down3 = Downsample(w2, w3)
+        self.enc3 = convnext_stage(w3, d3, ls)
+
+        # Projections into code space: the top from its features alone, the lower ones from features + context.
+        self.pre_quant = nn.ModuleList([
+            nn.Sequential(LayerNorm2d(w3), nn.Conv2d(w3, code_dim, 1)),
+            nn.Sequential(LayerNorm2d(w2 + w2), nn.Conv2d(w2 + w2, code_dim, 1)),
+            nn.Sequential(LayerNorm2d(w1 + w1), nn.Conv2d(w1 + w1, code_dim, 1)),
+        ])
+        self.quantisers = nn.ModuleList(
+            EMAQuantiser(code_dim, k, decay=config.ema_decay) for k in config.codebook_sizes)
+        # Learned stand-ins for a missing mid or bottom level (level dropout, previews).
+        self.absent = nn.Parameter(torch.zeros(2, code_dim))
+
+        # Context path: top codes -> c2 at /8; [mid codes, c2] -> c1 at /4.
+        self.context_top = ContextUp(code_dim, w3, w2, dec3, ls)
+        self.context_mid = ContextUp(code_dim + w2, w2, w1, dec2, ls)
+        # Decoder: [bottom codes, c1] at /4 -> ConvNeXt stage -> 2x (transposed conv + block) -> 2x -> RGB.
+        self.dec_in = nn.Conv2d(code_dim + w1, w1, kernel_size=1)
+        self.dec1 = convnext_stage(w1, dec1, ls)
+        half = max(w1 // 2, 16)
+        self.dec_up = Upsample(w1, half)
+        self.dec_half = ConvNeXtBlock(half, ls)
+        self.to_rgb = nn.Sequential(LayerNorm2d(half), nn.ConvTranspose2d(half, 3, kernel_size=2, stride=2))
+
+    # --- encoding -------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> AutoencoderOutput:
+        """images: (N, 3, H, W) in [0, 1], H and W multiples of 16."""
+        f1 = self.enc1(self.stem(images * 2 - 1))
+        f2 = self.enc2(self.down2(f1))
+        f3 = self.enc3(self.down3(f2))
+
+        drop_mid, drop_bottom = self._level_dropout_masks(images)
+        top = self.quantisers[0](self.pre_quant[0](f3))
+        c2 = self.context_top(top.quantised)
+        mid = self.quantisers[1](self.pre_quant[1](torch.cat([f2, c2], 1)))
+        mid_q = self._replace_with_absent(mid.quantised, 1, drop_mid)
+        c1 = self.context_mid(torch.cat([mid_q, c2], 1))
+        bottom = self.quantisers[2](self.pre_quant[2](torch.cat([f1, c1], 1)))
+        bottom_q = self._replace_with_absent(bottom.quantised, 2, drop_bottom)
+        reconstruction = self._decode_bottom(bottom_q, c1)
+
+        levels = (top, mid, bottom)
+        return AutoencoderOutput(
+            reconstruction=reconstruction,
+            codes=[lv.codes for lv in levels],
+            commitment_loss=sum(lv.commitment_loss for lv in levels),
+            perplexities=[lv.perplexity for lv in levels],
+            dead_codes=[lv.dead_codes for lv in levels],
+        )
+
+    def _level_dropout_masks(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per training sample, one draw decides: drop bottom + mid, drop bottom only, or keep all levels."""
+        if not self.training:
+            return None, None
+        draw = torch.rand(images.shape[0], device=images.device)
+        drop_mid = draw < self.config.drop_bottom_mid
+        drop_bottom = draw < self.config.drop_bottom_mid + self.config.drop_bottom
+        return drop_mid, drop_bottom
+
+    def _replace_with_absent(self, quantised: torch.Tensor, level: int, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            return quantised
+        absent = self.absent[level - 1].to(quantised.dtype)[None, :, None, None]
+        return torch.where(mask[:, None, None, None], absent, quantised)
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images (N, 3, H, W) in [0, 1] (any size) -> code grids [top, mid, bottom] of the padded image."""
+        return self(pad_to_multiple(images)).codes
+
+    # --- decoding -------------------------------------------------------------------------------------
+    def _absent_like(self, level: int, reference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        vec = self.absent[level - 1].to(reference.dtype)
+        return vec[None, :, None, None].expand(reference.shape[0], -1, *size)
+
+    def _decode_bottom(self, bottom_q: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
+        x = self.dec1(self.dec_in(torch.cat([bottom_q, c1], 1)))
+        x = self.dec_half(self.dec_up(x))
+        return (self.to_rgb(x) + 1) / 2
+
+    def decode(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Code grids [top] or [top, mid] or [top, mid, bottom] -> RGB (N, 3, 16h, 16w) in about [0, 1].
+
+        With fewer than three levels the missing ones are replaced by their learned 'absent' vectors,
+        giving the preview the decoder was trained to produce.
+        """
+        if not 1 <= len(codes) <= 3:
+            raise ValueError("decode needs the top level and optionally mid and bottom")
+        top = self.quantisers[0].lookup(codes[0])
+        n, _, h, w = top.shape
+        c2 = self.context_top(top)
+        mid_q = (self.quantisers[1].lookup(codes[1]) if len(codes) > 1
+                 else self._absent_like(1, top, (2 * h, 2 * w)))
+        c1 = self.context_mid(torch.cat([mid_q, c2], 1))
+        bottom_q = (self.quantisers[2].lookup(codes[2]) if len(codes) > 2
+                    else self._absent_like(2, top, (4 * h, 4 * w)))
+        return self._decode_bottom(bottom_q, c1)
+
+    def reconstruct(self, images: torch.Tensor, levels: int = 3) -> torch.Tensor:
+        """Encode and decode images of any size (padded internally, cropped back); clamped to [0, 1]."""
+        h, w = images.shape[-2:]
+        codes = self.encode(images)
+        return self.decode(codes[:levels])[..., :h, :w].clamp(0, 1)
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    """Replicate-pad (N, C, H, W) on the bottom and right to multiples of `multiple` (DESIGN section 1)."""
+    h, w = images.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images
+    # Replicate padding needs at least one pixel; repeat rows/columns explicitly so 1x1 inputs work too.
+    rows = torch.arange(h + pad_h, device=images.device).clamp(max=h - 1)
+    cols = torch.arange(w + pad_w, device=images.device).clamp(max=w - 1)
+    return images.index_select(-2, rows).index_select(-1, cols)

@@ -1,0 +1,79 @@
+"""ConvNeXt building blocks, structured as in the ConvNeXt paper (Liu et al., 2022).
+
+The block is the paper's: depthwise 7x7 conv -> LayerNorm -> 1x1 (Linear) to 4C -> GELU -> 1x1 back to C ->
+layer scale -> residual. Stochastic depth is left out: the models here are small and trained briefly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel dimension of an (N, C, H, W) tensor ("channels_first" in ConvNeXt)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Permuting to channels-last and back lets the fused layer_norm kernel do the work.
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """One ConvNeXt block: dwconv 7x7, LayerNorm, Linear(C, 4C), GELU, Linear(4C, C), layer scale, residual."""
+
+    def __init__(self, dim: int, layer_scale_init: float = 1e-6) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim)) if layer_scale_init > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x
+        x = self.dwconv(x)
+        x = x.permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+        x = self.norm(x)
+        x = self.pwconv1(x)
+        x = self.act(x)
+        x = self.pwconv2(x)
+        if self.gamma is not None:
+            x = self.gamma * x
+        x = x.permute(0, 3, 1, 2)  # back to (N, C, H, W)
+        return residual + x
+
+
+def convnext_stage(dim: int, depth: int, layer_scale_init: float) -> nn.Sequential:
+    return nn.Sequential(*(ConvNeXtBlock(dim, layer_scale_init) for _ in range(depth)))
+
+
+class Downsample(nn.Module):
+    """ConvNeXt's downsampling layer: LayerNorm then a stride-2 2x2 convolution."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(in_dim)
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x))
+
+
+class Upsample(nn.Module):
+    """The mirror of Downsample: LayerNorm then a stride-2 2x2 transposed convolution."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(in_dim)
+        self.conv = nn.ConvTranspose2d(in_dim, out_dim, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x))

@@ -1,0 +1,258 @@
+"""Exact integer inference of the priors: the probabilities the range coder sees (DESIGN section 4).
+
+Arithmetic decoding fails totally if the decoder's probabilities differ from the encoder's in one bit, and
+floating point differs across devices, thread counts and batch shapes. So the prior is quantised once, at
+export, into integer tables and every operation on the probability path is exact:
+
+- activations are integers on the grid 2^-ACT_BITS, clamped to 16 bits;
+- weights are 16-bit integers with a power-of-two scale per output channel, so requantising an accumulator is a
+  rounding right shift; biases are pre-scaled integers;
+- sums of products are computed as float64 matrix products of integers whose every partial sum stays below
+  2^53, hence exact in any summation order, on any BLAS or GPU (and never through a conv algorithm that
+  transforms its inputs: convolutions are gathers + matmul);
+- tanh, sigmoid and exp are lookup tables built at export time and stored with the weights;
+- logits become integer frequencies (each >= 1, summing to 2^FREQ_BITS) by integer division only.
+
+One step function, `level_frequencies`, gives the frequencies at any set of positions; the encoder calls it
+with every position at once, the decoder once per wavefront t = j + 3 i, and both get identical integers.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .priors import KERNEL, WAVEFRONT_SLOPE, HierarchicalPrior, LevelPrior, causal_mask
+
+ACT_BITS = 10
+ACT_MAX = (1 << 15) - 1  # |activation| < 32 on the 2^-10 grid
+WEIGHT_MAX = (1 << 15) - 1
+GATE_HALF = 8 << ACT_BITS  # tanh / sigmoid tables cover [-8, 8]; beyond, both are saturated at this grid
+EXP_MAX = 16 << ACT_BITS  # exp(-d) for d in [0, 16]; further below the maximum a code gets the floor frequency
+EXP_BITS = 20
+FREQ_BITS = 20
+FREQ_TOTAL = 1 << FREQ_BITS
+PAD = KERNEL // 2
+# The type-A taps of the masked kernel, as (row, column) offsets into a canvas padded by PAD on every side.
+TAPS = causal_mask().nonzero().tolist()
+
+
+# --- export: float prior -> integer tables -------------------------------------------------------------
+def quantise_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """(O, I) float weight (+ bias) -> 16-bit integer weight, per-channel shift, bias in accumulator units."""
+    weight = weight.detach().double().flatten(1)
+    peak = weight.abs().amax(1).clamp(min=1e-12)
+    shift = torch.floor(torch.log2(WEIGHT_MAX / peak)).clamp(1, 30).long()
+    scale = torch.pow(2.0, shift.double())
+    int_weight = torch.round(weight * scale[:, None]).clamp(-WEIGHT_MAX, WEIGHT_MAX)
+    int_bias = torch.zeros(weight.shape[0], dtype=torch.float64) if bias is None else bias.detach().double()
+    int_bias = torch.round(int_bias * scale * (1 << ACT_BITS)).clamp(-(1 << 50), 1 << 50)
+    return {"weight": int_weight.to(torch.int16), "bias": int_bias.long(), "shift": shift.to(torch.int8)}
+
+
+def quantise_table(table: torch.Tensor) -> torch.Tensor:
+    return torch.round(table.detach().double() * (1 << ACT_BITS)).clamp(-ACT_MAX, ACT_MAX).to(torch.int16)
+
+
+def lookup_tables() -> dict[str, torch.Tensor]:
+    grid = torch.arange(-GATE_HALF, GATE_HALF + 1, dtype=torch.float64) / (1 << ACT_BITS)
+    scale = 1 << ACT_BITS
+    d = torch.arange(EXP_MAX + 1, dtype=torch.float64) / (1 << ACT_BITS)
+    return {"tanh": torch.round(torch.tanh(grid) * scale).to(torch.int16),
+            "sigmoid": torch.round(torch.sigmoid(grid) * scale).to(torch.int16),
+            "exp": torch.round(torch.exp(-d) * (1 << EXP_BITS)).to(torch.int32)}
+
+
+def export_level(prior: LevelPrior) -> dict[str, torch.Tensor]:
+    """Integer tables for one level, keyed by flat names (a state dict of integer tensors)."""
+    rows, cols = zip(*TAPS)
+    masked_weight = prior.masked.weight[:, :, list(rows), list(cols)]  # (2C, C, taps): only the causal taps
+    tables = {"embedding": quantise_table(prior.embedding.weight)}
+    layers = {"masked": (masked_weight, prior.masked.bias), "head": (prior.head.weight, prior.head.bias)}
+    for i, (inp, out) in enumerate(zip(prior.block_in, prior.block_out)):
+        layers[f"block{i}.in"] = (inp.weight, inp.bias)
+        layers[f"block{i}.out"] = (out.weight, out.bias)
+    if prior.conditioning is not None:
+        stack = prior.conditioning
+        for u, embedding in enumerate(stack.embeddings):
+            tables[f"cond.embedding{u}"] = quantise_table(embedding.weight)
+        for i, (conv, out) in enumerate(zip(stack.convs, stack.outs)):
+            layers[f"cond.block{i}.in"] = (conv.weight, conv.bias)
+            layers[f"cond.block{i}.out"] = (out.weight, out.bias)
+        for i, proj in enumerate(prior.cond_proj):
+            layers[f"cond.proj{i}"] = (proj.weight, None)
+    for name, (weight, bias) in layers.items():
+        for key, value in quantise_linear(weight, bias).items():
+            tables[f"{name}.{key}"] = value
+    return tables
+
+
+def export_prior(prior: HierarchicalPrior) -> dict[str, torch.Tensor]:
+    """All integer tables of the three levels plus the shared lookup tables."""
+    tables = {f"lut.{k}": v for k, v in lookup_tables().items()}
+    for level, level_prior in enumerate(prior.levels):
+        tables.update({f"level{level}.{k}": v for k, v in export_level(level_prior).items()})
+    return tables
+
+
+# --- integer inference ---------------------------------------------------------------------------------
+# Tensors below hold integers in float64: every value, product and partial sum is an integer below 2^53, so
+# float64 represents them exactly and matmuls, additions and power-of-two scalings are exact; keeping one
+# dtype avoids conversions on the hot path. Only table lookups go through int64 indices.
+class IntLevelPrior:
+    """One level's integer prior, rebuilt from its tables (no floating-point state at all)."""
+
+    def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], level: int,
+                 causal_blocks: int, cond_blocks: int, device: torch.device | str = "cpu") -> None:
+        prefix = f"level{level}."
+        self.device = torch.device(device)
+        t = {k[len(prefix):]: v.to(self.device) for k, v in tables.items() if k.startswith(prefix)}
+        self.level = level
+        self.causal_blocks = causal_blocks
+        self.cond_blocks = cond_blocks if level > 0 else 0
+        self.codebook_size = t["head.weight"].shape[0]
+        self.channels = t["embedding"].shape[1]
+        self.embedding = t["embedding"].double()
+        self.cond_embeddings = [t[f"cond.embedding{u}"].long() for u in range(level)]
+        # Per layer: weight transposed (I, O), bias, 2^-shift and the rounding offset 2^(shift-1).
+        self.layers = {}
+        for key in t:
+            if key.endswith(".weight"):
+                name = key[:-len(".weight")]
+                shift = t[f"{name}.shift"].double()
+                self.layers[name] = (t[key].double().t().contiguous(), t[f"{name}.bias"].double(),
+                                     torch.pow(2.0, -shift), torch.pow(2.0, shift - 1))
+        self.tanh = luts["tanh"].to(self.device).double()
+        self.sigmoid = luts["sigmoid"].to(self.device).double()
+        self.exp = luts["exp"].to(self.device).long()
+        self.tap_rows = torch.tensor([r for r, _ in TAPS], device=self.device)
+        self.tap_cols = torch.tensor([c for _, c in TAPS], device=self.device)
+        # The masked convolution reads only code embeddings, so fold it into one table per tap:
+        # tap_tables[tap, code] = W_tap @ embedding[code] (exact integers), with a zero row for code K, the
+        # out-of-grid sentinel. The layer is then a sum of 12 lookups instead of a matmul per position.
+        weight, _, _, _ = self.layers.pop("masked")
+        weight = weight.t().reshape(2 * self.channels, self.channels, len(TAPS))
+        embedding = torch.cat([self.embedding, self.embedding.new_zeros(1, self.channels)])
+        # Flattened to (taps * (K + 1), 2C) so that one embedding_bag sums the 12 rows without materialising them.
+        self.tap_tables = torch.einsum("oct,kc->tko", weight, embedding).reshape(-1, 2 * self.channels).contiguous()
+        self.masked_bias = t["masked.bias"].double()
+        shift = t["masked.shift"].double()
+        self.masked_scale = (torch.pow(2.0, -shift), torch.pow(2.0, shift - 1))
+        self.tap_offsets = torch.arange(len(TAPS), device=self.device) * (self.codebook_size + 1)
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """x (P, I) on the activation grid -> (P, O) on the activation grid: exact matmul, rounding shift."""
+        weight, bias, inv_scale, half = self.layers[name]
+        acc = x @ weight + bias
+        return torch.floor((acc + half) * inv_scale).clamp_(-ACT_MAX, ACT_MAX)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=-1)
+        tanh = self.tanh[(a.clamp(-GATE_HALF, GATE_HALF) + GATE_HALF).long()]
+        sigmoid = self.sigmoid[(b.clamp(-GATE_HALF, GATE_HALF) + GATE_HALF).long()]
+        return torch.floor((tanh * sigmoid + (1 << (ACT_BITS - 1))) * (1.0 / (1 << ACT_BITS)))
+
+    def conditioning(self, upper_codes: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Upper levels' codes -> per gated unit a (h_u * w_u, 2C) projection on the nearest upper level's grid."""
+        if self.level == 0:
+            return None
+        h, w = upper_codes[-1].shape[-2:]
+        x = 0
+        for table, codes in zip(self.cond_embeddings, upper_codes):
+            factor = h // codes.shape[-2]
+            grid = codes.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+            x = x + table[grid]  # (h, w, C)
+        x = x.clamp(-ACT_MAX, ACT_MAX).reshape(h * w, -1).double()
+        for i in range(self.cond_blocks):
+            columns = F.unfold(x.t().reshape(1, -1, h, w), 3, padding=1)[0].t()  # (h*w, C*9): a gather, exact
+            pre = self.linear(f"cond.block{i}.in", columns)
+            x = (x + self.linear(f"cond.block{i}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+        return [self.linear(f"cond.proj{i}", x) for i in range(1 + self.causal_blocks)]
+
+    def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
+                    cond: list[torch.Tensor] | None) -> torch.Tensor:
+        """The step function: integer frequencies (P, K) for P positions of a LevelState.
+
+        neighbours (P, taps) index the flat code canvas at each position's causal neighbours, upper (P,) the
+        conditioning grid. Only canvas entries strictly before a position in wavefront order are read, so the
+        result is the same whether the rest of the canvas is filled (encoder) or not yet decoded (decoder).
+        """
+        acc = F.embedding_bag(canvas[neighbours] + self.tap_offsets, self.tap_tables, mode="sum") + self.masked_bias
+        inv_scale, half = self.masked_scale
+        pre = torch.floor((acc + half) * inv_scale).clamp_(-ACT_MAX, ACT_MAX)
+        if cond is not None:
+            pre = pre + cond[0][upper]
+        h = self.gate(pre)
+        for i in range(self.causal_blocks):
+            pre = self.linear(f"block{i}.in", h)
+            if cond is not None:
+                pre = pre + cond[i + 1][upper]
+            h = (h + self.linear(f"block{i}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+        return logits_to_frequencies(self.linear("head", h).long(), self.exp)
+
+
+class LevelState:
+    """One level's grid while it is coded: a flat canvas of codes (the sentinel K where none is known yet)
+    and, for every position in wavefront order, the indices the step function reads.
+
+    Precomputing the indices once keeps the decoder's per-wavefront work to the step function itself.
+    """
+
+    def __init__(self, prior: IntLevelPrior, size: tuple[int, int], upper_codes: Sequence[torch.Tensor]) -> None:
+        h, w = size
+        device = prior.device
+        self.prior, self.size = prior, size
+        self.cond = prior.conditioning([u.to(device) for u in upper_codes])
+        canvas_width = w + 2 * PAD
+        self.canvas = torch.full(((h + 2 * PAD) * canvas_width,), prior.codebook_size, dtype=torch.int64,
+                                 device=device)
+        self.order = wavefront_order(h, w, device)
+        rows, cols = self.order // w, self.order % w
+        self.centres = (rows + PAD) * canvas_width + cols + PAD
+        self.neighbours = (rows[:, None] + prior.tap_rows) * canvas_width + cols[:, None] + prior.tap_cols
+        self.upper = (rows // 2) * (w // 2) + cols // 2  # the conditioning lives on the 2x coarser grid
+        sizes = torch.bincount(cols + WAVEFRONT_SLOPE * rows).tolist() if rows.numel() else []
+        bounds = torch.tensor([0] + [n for n in sizes if n]).cumsum(0).tolist()
+        self.fronts = list(zip(bounds[:-1], bounds[1:]))  # [start, stop) of each wavefront in self.order
+
+    def frequencies(self, start: int, stop: int) -> torch.Tensor:
+        """Frequencies of positions start..stop-1 (in wavefront order)."""
+        return self.prior.frequencies(self.canvas, self.neighbours[start:stop], self.upper[start:stop], self.cond)
+
+    def paint(self, start: int, stop: int, codes: torch.Tensor) -> None:
+        self.canvas[self.centres[start:stop]] = codes
+
+    def codes(self) -> torch.Tensor:
+        """The (h, w) grid as painted so far."""
+        grid = torch.empty_like(self.order)
+        grid[self.order] = self.canvas[self.centres]
+        return grid.view(self.size)
+
+
+def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor) -> torch.Tensor:
+    """Integer logits (P, K) -> integer frequencies (P, K), each >= 1, every row summing to FREQ_TOTAL."""
+    k = logits.shape[1]
+    below_max = (logits.amax(1, keepdim=True) - logits).clamp(max=EXP_MAX)
+    weights = exp_table[below_max]
+    freq = 1 + (weights * (FREQ_TOTAL - k)) // weights.sum(1, keepdim=True)
+    # What integer division leaves over goes to the most probable code (the first one on ties).
+    remainder = FREQ_TOTAL - freq.sum(1)
+    freq[torch.arange(freq.shape[0], device=freq.device), logits.argmax(1)] += remainder
+    return freq
+
+
+def wavefront_order(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Flat (row-major) indices of all positions in decoding order: by t = j + 3 i, then by row."""
+    rows = torch.arange(height, device=device).repeat_interleave(width)
+    cols = torch.arange(width, device=device).repeat(height)
+    return torch.argsort((cols + WAVEFRONT_SLOPE * rows) * height + rows)
+
+
+class IntPrior:
+    """The three levels' integer priors, rebuilt from exported tables."""
+
+    def __init__(self, causal_blocks: int, cond_blocks: int, tables: dict[str, torch.Tensor],
+                 device: torch.device | str = "cpu") -> None:
+        luts = {k[len("lut."):]: v for k, v in tables.items() if k.startswith("lut.")}
+        self.levels = [IntLevelPrior(tables, luts, level, causal_blocks, cond_blocks, device) for level in range(3)]

@@ -1,0 +1,137 @@
+"""Gated PixelCNN priors over the code grids, one per level, conditioned on the levels above (float, trainable).
+
+Each level's prior is p(codes | upper levels) = prod over raster positions of p(code[i, j] | causal
+neighbourhood, upper codes). The causal part is a single 5x5 type-A masked convolution (rows above, and
+columns to the left in the current row) followed by 1x1 gated residual blocks, so position (i, j) depends only
+on codes with j' + 3 i' < j + 3 i: every position on the wavefront t = j + 3 i can be decoded in one batch.
+The conditioning part embeds the upper levels' codes, upsamples them to this grid and runs a non-causal stack of
+gated residual blocks; its output is projected into every gated unit.
+
+This module is the float model used for training; `intprior.py` turns it into the exact integer model that
+computes the probabilities the range coder uses.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KERNEL = 5  # masked kernel size; the wavefront below assumes its reach
+REACH = KERNEL // 2  # columns to the right (and rows above) that the causal field reaches
+WAVEFRONT_SLOPE = REACH + 1  # t = j + (R + 1) i
+
+
+def causal_mask(kernel: int = KERNEL) -> torch.Tensor:
+    """Type-A mask: rows above the centre, and the columns left of the centre in its row (centre excluded)."""
+    mask = torch.zeros(kernel, kernel)
+    centre = kernel // 2
+    mask[:centre, :] = 1
+    mask[centre, :centre] = 1
+    return mask
+
+
+@dataclass
+class PriorConfig:
+    codebook_sizes: Sequence[int] = (512, 512, 512)  # top, mid, bottom: must match the autoencoder
+    channels: int = 64
+    causal_blocks: int = 2  # 1x1 gated residual blocks after the masked convolution
+    cond_blocks: int = 3  # 3x3 gated residual blocks over the upper levels
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PriorConfig":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown prior config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def gate(x: torch.Tensor) -> torch.Tensor:
+    """Gated activation unit: tanh(a) * sigmoid(b) over the two channel halves."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class ConditioningStack(nn.Module):
+    """Upper levels' codes -> features on the grid of the nearest upper level (non-causal gated residual blocks).
+
+    Working at the upper level's resolution (a quarter of this level's positions) keeps the exact integer pass
+    cheap; the features are repeated 2x2 onto this level's grid by the caller.
+    """
+
+    def __init__(self, upper_sizes: Sequence[int], channels: int, blocks: int) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.Embedding(k, channels) for k in upper_sizes)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, 2 * channels, 3, padding=1) for _ in range(blocks))
+        self.outs = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(blocks))
+
+    def forward(self, upper_codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = 0
+        size = upper_codes[-1].shape[-2:]
+        for embedding, codes in zip(self.embeddings, upper_codes):
+            factor = size[0] // codes.shape[-2]
+            grid = codes.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+            x = x + embedding(grid).permute(0, 3, 1, 2)
+        for conv, out in zip(self.convs, self.outs):
+            x = x + out(gate(conv(x)))
+        return x
+
+
+class LevelPrior(nn.Module):
+    """Gated PixelCNN for one level, optionally conditioned on the levels above it."""
+
+    def __init__(self, codebook_size: int, upper_sizes: Sequence[int], config: PriorConfig) -> None:
+        super().__init__()
+        c = config.channels
+        self.codebook_size = codebook_size
+        self.embedding = nn.Embedding(codebook_size, c)
+        self.masked = nn.Conv2d(c, 2 * c, KERNEL, padding=KERNEL // 2)
+        self.register_buffer("mask", causal_mask(), persistent=False)
+        self.block_in = nn.ModuleList(nn.Conv2d(c, 2 * c, 1) for _ in range(config.causal_blocks))
+        self.block_out = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in range(config.causal_blocks))
+        self.head = nn.Conv2d(c, codebook_size, 1)
+        self.conditioning = ConditioningStack(upper_sizes, c, config.cond_blocks) if upper_sizes else None
+        # One projection of the conditioning features into each gated unit (masked conv + blocks).
+        self.cond_proj = (nn.ModuleList(nn.Conv2d(c, 2 * c, 1, bias=False) for _ in range(1 + config.causal_blocks))
+                          if upper_sizes else None)
+
+    def forward(self, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """Codes (N, h, w) and upper levels' codes -> logits (N, K, h, w) for every position."""
+        cond = None
+        if self.conditioning is not None:
+            cond = self.conditioning(upper_codes).repeat_interleave(2, -2).repeat_interleave(2, -1)
+        x = self.embedding(codes).permute(0, 3, 1, 2)
+        pre = F.conv2d(x, self.masked.weight * self.mask, self.masked.bias, padding=KERNEL // 2)
+        if cond is not None:
+            pre = pre + self.cond_proj[0](cond)
+        h = gate(pre)
+        for i, (inp, out) in enumerate(zip(self.block_in, self.block_out)):
+            pre = inp(h)
+            if cond is not None:
+                pre = pre + self.cond_proj[i + 1](cond)
+            h = h + out(gate(pre))
+        return self.head(h)
+
+
+class HierarchicalPrior(nn.Module):
+    """The three level priors: top (unconditioned), mid | top, bottom | top, mid."""
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.config = config
+        sizes = list(config.codebook_sizes)
+        self.levels = nn.ModuleList(LevelPrior(k, sizes[:i], config) for i, k in enumerate(sizes))
+
+    def forward(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Code grids [top, mid, bottom] -> logits per level."""
+        return [prior(c, codes[:i]) for i, (prior, c) in enumerate(zip(self.levels, codes))]
+
+    def bits_per_code(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Cross-entropy in bits per code, per level (the training loss)."""
+        return [F.cross_entropy(logits, c) / torch.log(torch.tensor(2.0))
+                for logits, c in zip(self(codes), codes)]

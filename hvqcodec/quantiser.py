@@ -1,0 +1,95 @@
+"""Vector quantiser with an EMA codebook (VQ-VAE-2 style), data-driven init and dead-code restarts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class QuantiserOutput:
+    quantised: torch.Tensor  # (N, D, H, W): codebook vectors (straight-through in training)
+    codes: torch.Tensor  # (N, H, W) int64 indices in [0, K)
+    commitment_loss: torch.Tensor  # scalar
+    perplexity: torch.Tensor  # scalar, of this batch's code histogram
+    dead_codes: int  # codes restarted in this step (0 outside training)
+
+
+class EMAQuantiser(nn.Module):
+    def __init__(self, dim: int, codebook_size: int, decay: float = 0.99, dead_fraction: float = 0.03,
+                 eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.decay = decay
+        # A code whose EMA usage falls below this fraction of the mean usage counts as dead.
+        self.dead_fraction = dead_fraction
+        self.eps = eps
+        self.register_buffer("codebook", torch.randn(codebook_size, dim) * 0.1)
+        self.register_buffer("cluster_size", torch.zeros(codebook_size))
+        self.register_buffer("codebook_sum", self.codebook.clone())
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (N, H, W) -> codebook vectors (N, D, H, W)."""
+        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest codebook vector for each row of flat (M, D)."""
+        distances = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t()
+                     + self.codebook.pow(2).sum(1)[None, :])
+        return distances.argmin(1)
+
+    def forward(self, inputs: torch.Tensor) -> QuantiserOutput:
+        n, d, h, w = inputs.shape
+        # Distances and EMA statistics in fp32 even under bf16 autocast: argmin ties and EMA drift otherwise.
+        with torch.autocast(device_type=inputs.device.type, enabled=False):
+            flat = inputs.float().permute(0, 2, 3, 1).reshape(-1, d)
+            if self.training and not bool(self.initialised):
+                self._initialise(flat)
+            codes = self.nearest(flat)
+            counts = torch.bincount(codes, minlength=self.codebook_size).float()
+            dead = 0
+            if self.training:
+                dead = self._ema_update(flat, codes, counts)
+            quantised = F.embedding(codes, self.codebook)
+            probs = counts / counts.sum()
+            perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+        quantised = quantised.view(n, h, w, d).permute(0, 3, 1, 2).to(inputs.dtype)
+        codes = codes.view(n, h, w)
+        commitment = F.mse_loss(inputs.float(), quantised.detach().float())
+        if self.training:
+            # Straight-through: the decoder sees codebook vectors, the encoder gets the decoder's gradient.
+            quantised = inputs + (quantised - inputs).detach()
+        return QuantiserOutput(quantised, codes, commitment, perplexity, dead)
+
+    @torch.no_grad()
+    def _initialise(self, flat: torch.Tensor) -> None:
+        # Start from real encoder outputs so that no code begins far from the data (and dead).
+        picks = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
+        self.codebook.copy_(flat[picks])
+        self.codebook_sum.copy_(self.codebook)
+        self.cluster_size.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> int:
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        sums = torch.zeros_like(self.codebook_sum).index_add_(0, codes, flat)
+        self.codebook_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        # Laplace smoothing keeps codes with (nearly) zero usage from dividing by zero.
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
+        self.codebook.copy_(self.codebook_sum / smoothed[:, None])
+        dead = self.cluster_size < self.dead_fraction * self.cluster_size.mean()
+        n_dead = int(dead.sum())
+        if n_dead:
+            # Restart dead codes on random current encoder outputs, with mean usage so they get a fair trial.
+            picks = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+            mean_usage = self.cluster_size.mean()
+            self.codebook[dead] = flat[picks]
+            self.cluster_size[dead] = mean_usage
+            self.codebook_sum[dead] = flat[picks] * mean_usage
+        return n_dead

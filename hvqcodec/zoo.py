@@ -1,0 +1,229 @@
+"""Shipped models: export of trained checkpoints to fp16 weight files, the manifest, and verified loading.
+
+A weight file is named `<name>-<first 12 hex of its sha256>.pt` and listed in `manifest.json` with its full
+hash, config, training command, data and measured metrics. Model names are explicit strings (never positions
+in a list), so adding a model never changes what an existing name means.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .autoencoder import AutoencoderConfig, HierarchicalVQVAE
+from .intprior import export_prior
+from .priors import HierarchicalPrior, PriorConfig
+from .errors import ModelError
+from .fileio import atomic_torch_save, atomic_write_bytes
+
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_FORMAT = "hvqcodec-weights"
+WEIGHTS_VERSION = 1
+DEFAULT_MODEL = "hvq-small"
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def models_dir() -> Path:
+    """Folder of the models: $HVQCODEC_MODELS if set, else the installed `hvqcodec._models` package, else the
+    checkout's models/."""
+    if os.environ.get("HVQCODEC_MODELS"):
+        return Path(os.environ["HVQCODEC_MODELS"])
+    try:
+        folder = Path(str(resources.files("hvqcodec._models")))
+        if (folder / MANIFEST_NAME).is_file():
+            return folder
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def read_manifest(folder: Path | None = None) -> dict[str, Any]:
+    path = (folder or models_dir()) / MANIFEST_NAME
+    if not path.is_file():
+        return {"models": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable model manifest ({exc})") from None
+    if not isinstance(manifest.get("models"), dict):
+        raise ModelError(f"{path}: malformed model manifest (no 'models' table)")
+    return manifest
+
+
+def write_manifest(manifest: dict[str, Any], folder: Path) -> None:
+    atomic_write_bytes(folder / MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def half_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp16 copy of a state dict (float tensors only): what ships, and what the priors are trained against."""
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}
+
+
+def autoencoder_fingerprint(model: HierarchicalVQVAE) -> str:
+    """sha256 of the autoencoder's fp16 weights: ties trained priors to the exact autoencoder they model."""
+    digest = hashlib.sha256()
+    for key, value in sorted(half_state(model.state_dict()).items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                      if value.dtype != torch.bool else value.cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str = "",
+                 metrics: dict[str, Any] | None = None, force: bool = False,
+                 priors_checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a checkpoint's autoencoder as fp16 weights (plus, optionally, the integer tables of trained priors)
+    into folder as one file and record it in the manifest; returns the entry."""
+    if not _NAME_PATTERN.match(name):
+        raise ModelError(f"model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
+    manifest = read_manifest(folder)
+    if name in manifest["models"] and not force:
+        raise ModelError(f"model {name!r} already exists in {folder / MANIFEST_NAME} (use --force to replace it)")
+    config = AutoencoderConfig.from_dict(checkpoint["config"])
+    # Half precision halves the download; float buffers (codebooks, EMA statistics) are stored as fp16 too.
+    state = half_state(checkpoint["model"])
+    payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "name": name,
+               "config": config.to_dict(), "state_dict": state}
+    prior_entry = None
+    if priors_checkpoint is not None:
+        payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state)
+        options = priors_checkpoint.get("options", {})
+        prior_entry = {"config": payload["prior_config"], "training_command": options.get("command", ""),
+                       "training_steps": priors_checkpoint.get("step"),
+                       "validation": priors_checkpoint["history"][-1] if priors_checkpoint.get("history") else {}}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_path = folder / f".{name}.export.pt"
+    data_bytes = atomic_torch_save(payload, tmp_path)
+    digest = hashlib.sha256(data_bytes).hexdigest()
+    filename = f"{name}-{digest[:12]}.pt"
+    tmp_path.replace(folder / filename)
+    old = manifest["models"].get(name)
+    if old and old.get("file") != filename:
+        (folder / old["file"]).unlink(missing_ok=True)
+    options = checkpoint.get("options", {})
+    entry = {
+        "file": filename,
+        "sha256": digest,
+        "kind": "codec" if prior_entry else "autoencoder",
+        "config": config.to_dict(),
+        "priors": prior_entry,
+        "parameters": sum(v.numel() for k, v in checkpoint["model"].items() if not _is_buffer_key(k)),
+        "training_command": options.get("command", ""),
+        "training_steps": checkpoint.get("step"),
+        "data": data,
+        "validation": checkpoint["history"][-1] if checkpoint.get("history") else {},
+        "metrics": metrics or {},
+    }
+    manifest["models"][name] = entry
+    manifest.setdefault("default", name)
+    write_manifest(manifest, folder)
+    return entry
+
+
+def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig,
+                    half: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    model = HierarchicalVQVAE(config)
+    model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in half.items()})
+    trained_for = priors_checkpoint.get("autoencoder", {}).get("fingerprint")
+    if trained_for != autoencoder_fingerprint(model):
+        raise ModelError("these priors were trained on the codes of a different autoencoder "
+                         "(train them with --model set to this autoencoder)")
+    prior_config = PriorConfig.from_dict(priors_checkpoint["config"])
+    prior = HierarchicalPrior(prior_config)
+    prior.load_state_dict(priors_checkpoint["model"])
+    return prior_config.to_dict(), export_prior(prior)
+
+
+def _is_buffer_key(key: str) -> bool:
+    return key.split(".")[-1] in {"codebook", "cluster_size", "codebook_sum", "initialised"}
+
+
+@dataclass
+class ModelBundle:
+    """A shipped model: its name and weights hash (what .hvq headers name), the autoencoder, the priors."""
+    name: str
+    sha256: str
+    autoencoder: HierarchicalVQVAE
+    prior_config: PriorConfig | None
+    prior_tables: dict[str, torch.Tensor] | None
+
+
+def load_weights_file(path: Path, expected_sha256: str | None = None) -> HierarchicalVQVAE:
+    """Rebuild the autoencoder from an exported weight file, checking its hash when one is expected."""
+    return load_bundle_file(path, expected_sha256).autoencoder
+
+
+def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBundle:
+    """Rebuild a model bundle from an exported weight file, checking its hash when one is expected."""
+    if not path.is_file():
+        raise ModelError(f"{path}: model weights not found")
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise ModelError(f"{path.name}: weights hash mismatch (expected {expected_sha256[:12]}, "
+                             f"found {actual[:12]}); the file is corrupt or was replaced")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many exception types for corrupt files
+        raise ModelError(f"{path.name}: unreadable weights ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
+        raise ModelError(f"{path.name}: not an hvqcodec weights file")
+    if payload.get("version") != WEIGHTS_VERSION:
+        raise ModelError(f"{path.name}: weights format version {payload.get('version')} is not supported")
+    model = HierarchicalVQVAE(AutoencoderConfig.from_dict(payload["config"]))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
+    model.load_state_dict(state)
+    prior_config = PriorConfig.from_dict(payload["prior_config"]) if "prior_config" in payload else None
+    return ModelBundle(payload.get("name", path.stem), expected_sha256 or sha256_file(path), model.eval(),
+                       prior_config, payload.get("prior_tables"))
+
+
+def available_models(folder: Path | None = None) -> dict[str, dict[str, Any]]:
+    return read_manifest(folder)["models"]
+
+
+def default_model(folder: Path | None = None) -> str:
+    """The manifest's default model (the first one exported), else DEFAULT_MODEL."""
+    return read_manifest(folder).get("default", DEFAULT_MODEL)
+
+
+def load_bundle(name: str | None = None, folder: Path | None = None) -> ModelBundle:
+    """Load a model by name (default: the default model); unknown names and hash mismatches raise ModelError."""
+    folder = folder or models_dir()
+    name = name or default_model(folder)
+    models = available_models(folder)
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise ModelError(f"unknown model {name!r} (available: {known})")
+    entry = models[name]
+    bundle = load_bundle_file(folder / entry["file"], entry["sha256"])
+    bundle.name = name
+    return bundle
+
+
+def load_model(name: str | None = None, folder: Path | None = None) -> HierarchicalVQVAE:
+    """The autoencoder of a shipped model."""
+    return load_bundle(name, folder).autoencoder
+
+
+def model_hash(name: str, folder: Path | None = None) -> str:
+    """Full sha256 of a shipped model's weights, as recorded in the manifest."""
+    models = available_models(folder)
+    if name not in models:
+        raise ModelError(f"unknown model {name!r}")
+    return models[name]["sha256"]

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random-weight models and small synthetic image folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hvqcodec.autoencoder import AutoencoderConfig, HierarchicalVQVAE
+
+TINY_CONFIG = dict(widths=(8, 8, 8), encoder_depths=(1, 1, 1), decoder_depths=(1, 1, 1), code_dim=4,
+                   codebook_sizes=(16, 16, 16))
+
+
+@pytest.fixture
+def tiny_config() -> AutoencoderConfig:
+    return AutoencoderConfig(**TINY_CONFIG)
+
+
+@pytest.fixture
+def tiny_model(tiny_config) -> HierarchicalVQVAE:
+    torch.manual_seed(0)
+    return HierarchicalVQVAE(tiny_config).eval()
+
+
+def synthetic_image(seed: int, height: int = 96, width: int = 128) -> np.ndarray:
+    """Smooth gradients plus a few flat rectangles: photo-like enough for a tiny model to learn quickly."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    image = np.stack([a * x + b * y + c for a, b, c in rng.uniform(-0.5, 1.0, size=(3, 3))], -1)
+    for _ in range(3):
+        top, left = rng.integers(0, height // 2 + 1), rng.integers(0, width // 2 + 1)
+        image[top:top + height // 3, left:left + width // 3] = rng.uniform(0, 1, 3)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(6):
+        target = folder / ("sub" if i % 2 else "") / f"img{i}.png"
+        Image.fromarray(synthetic_image(i)).save(target)
+    return folder
+
+
+TINY_PRIOR = dict(channels=8, causal_blocks=1, cond_blocks=1)
+
+
+@pytest.fixture
+def tiny_models_dir(tmp_path, monkeypatch) -> Path:
+    """A models folder holding 'tiny': a random tiny autoencoder with random tiny priors, made the default."""
+    from hvqcodec import codec, zoo
+    from hvqcodec.priors import HierarchicalPrior, PriorConfig
+
+    torch.manual_seed(0)
+    autoencoder = HierarchicalVQVAE(AutoencoderConfig(**TINY_CONFIG))
+    # Codebook vectors from a real init spread the codes, so the round trips exercise many symbols.
+    autoencoder.train()(torch.rand(4, 3, 64, 64))
+    state = {k: v.half().float() if v.is_floating_point() else v for k, v in autoencoder.state_dict().items()}
+    autoencoder.load_state_dict(state)
+    prior = HierarchicalPrior(PriorConfig(codebook_sizes=TINY_CONFIG["codebook_sizes"], **TINY_PRIOR))
+    for p in prior.parameters():  # larger random weights: peaked, varied distributions
+        p.data.mul_(3)
+    folder = tmp_path / "models"
+    ae_checkpoint = {"config": autoencoder.config.to_dict(), "model": autoencoder.state_dict(), "step": 0,
+                     "history": [], "options": {"command": "test"}}
+    prior_checkpoint = {"config": prior.config.to_dict(), "model": prior.state_dict(), "step": 0, "history": [],
+                        "options": {"command": "test"},
+                        "autoencoder": {"fingerprint": zoo.autoencoder_fingerprint(autoencoder)}}
+    zoo.export_model(ae_checkpoint, "tiny", folder, priors_checkpoint=prior_checkpoint)
+    monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
+    codec.load_codec.cache_clear()
+    yield folder
+    codec.load_codec.cache_clear()
+
+
+@pytest.fixture
+def tiny_codec(tiny_models_dir):
+    from hvqcodec.codec import load_codec
+
+    return load_codec("tiny", "cpu")

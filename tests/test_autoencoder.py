@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from hvqcodec.autoencoder import AutoencoderConfig, HierarchicalVQVAE, pad_to_multiple
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (17, 33), (512, 768)])
+def test_shapes_for_any_size(tiny_model, height, width):
+    images = torch.rand(1, 3, height, width)
+    with torch.no_grad():
+        codes = tiny_model.encode(images)
+        padded_h, padded_w = -(-height // 16) * 16, -(-width // 16) * 16
+        assert [tuple(c.shape) for c in codes] == [(1, padded_h // s, padded_w // s) for s in (16, 8, 4)]
+        for c, k in zip(codes, tiny_model.config.codebook_sizes):
+            assert c.dtype == torch.int64 and 0 <= int(c.min()) and int(c.max()) < k
+        for levels in (1, 2, 3):
+            assert tiny_model.decode(codes[:levels]).shape == (1, 3, padded_h, padded_w)
+        assert tiny_model.reconstruct(images).shape == (1, 3, height, width)
+
+
+def test_padding_replicates_edges():
+    images = torch.arange(6.0).view(1, 1, 2, 3)
+    padded = pad_to_multiple(images, 4)
+    assert padded.shape == (1, 1, 4, 4)
+    assert torch.equal(padded[0, 0, :2, :3], images[0, 0])
+    assert torch.equal(padded[0, 0, 3], torch.tensor([3.0, 4.0, 5.0, 5.0]))
+
+
+def test_previews_differ_from_full_decode(tiny_model):
+    with torch.no_grad():
+        codes = tiny_model.encode(torch.rand(1, 3, 32, 32))
+        tiny_model.absent.data.normal_()
+        full, mid, top = (tiny_model.decode(codes[:n]) for n in (3, 2, 1))
+    assert not torch.equal(full, mid) and not torch.equal(mid, top)
+
+
+def test_decode_rejects_wrong_level_count(tiny_model):
+    with pytest.raises(ValueError):
+        tiny_model.decode([])
+
+
+def test_config_round_trip_and_unknown_keys(tiny_config):
+    assert AutoencoderConfig.from_dict(tiny_config.to_dict()) == tiny_config
+    with pytest.raises(ValueError, match="unknown autoencoder config keys"):
+        AutoencoderConfig.from_dict({**tiny_config.to_dict(), "bogus": 1})
+
+
+def test_raw_index_cost():
+    config = AutoencoderConfig(codebook_sizes=(512, 512, 512))
+    assert config.raw_index_bpp() == pytest.approx(9 / 256 + 9 / 64 + 9 / 16)
+
+
+def test_level_dropout_uses_absent_vectors(tiny_config):
+    config = AutoencoderConfig(**{**tiny_config.to_dict(), "drop_bottom": 0.0, "drop_bottom_mid": 1.0})
+    model = HierarchicalVQVAE(config).train()
+    torch.manual_seed(0)
+    out = model(torch.rand(2, 3, 32, 32))
+    model.eval()
+    with torch.no_grad():
+        preview = model.decode(out.codes[:1])
+    # With every sample dropped to the top level, training reconstructs exactly the top-only preview.
+    torch.testing.assert_close(out.reconstruction.detach(), preview, rtol=1e-4, atol=1e-5)

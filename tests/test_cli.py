@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hvqcodec.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "autoencoder", "--help"], ["models", "export", "--help"]])
+def test_help_shows_examples(args):
+    result = run(*args)
+    assert result.exit_code == 0
+    assert "Examples:" in result.output and "hvqcodec " in result.output
+
+
+def assert_one_line_error(result, message):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+
+
+def test_train_on_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run("train", "autoencoder", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, "no images found")
+
+
+def test_train_on_unreadable_image(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "broken.png").write_bytes(b"not a png at all")
+    result = run("train", "autoencoder", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, "broken.png: cannot read image")
+
+
+def test_train_into_unwritable_out(image_folder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("train", "autoencoder", "--data", str(image_folder), "--out", str(blocker / "run"))
+    assert_one_line_error(result, "cannot write there")
+
+
+def test_train_rejects_bad_crop_and_widths(image_folder, tmp_path):
+    result = run("train", "autoencoder", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--crop", "40")
+    assert result.exit_code == 2 and "multiple of 16" in result.output
+    result = run("train", "autoencoder", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--widths", "8,8")
+    assert result.exit_code == 2 and "3 positive comma-separated integers" in result.output
+
+
+def test_train_and_export_through_cli(image_folder, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "autoencoder", "--data", str(image_folder), "--out", str(out), "--steps", "2",
+                 "--batch-size", "2", "--crop", "32", "--widths", "8,8,8", "--encoder-depths", "1,1,1",
+                 "--decoder-depths", "1,1,1", "--codebook-sizes", "8,8,8", "--code-dim", "4")
+    assert result.exit_code == 0, result.output
+    models = tmp_path / "models"
+    result = run("models", "export", str(out / "checkpoint.pt"), "--name", "tiny", "--models-dir", str(models))
+    assert result.exit_code == 0, result.output
+    assert len(list(models.glob("tiny-*.pt"))) == 1 and (models / "manifest.json").is_file()
+    result = run("models", "export", str(out / "checkpoint.pt"), "--name", "tiny", "--models-dir", str(models))
+    assert_one_line_error(result, "already exists")
+    result = run("models", "export", str(tmp_path / "missing.pt"), "--name", "x", "--models-dir", str(models))
+    assert_one_line_error(result, "no checkpoint there")

@@ -1,0 +1,115 @@
+"""compress / decompress / info through the CLI, with a tiny random model as the default."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hvqcodec import container
+from hvqcodec.cli import main
+
+from test_cli import assert_one_line_error
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def photo(tmp_path, tiny_models_dir):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, size=(40, 56, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def hvq_file(photo):
+    result = run("compress", photo)
+    assert result.exit_code == 0, result.output
+    return photo.with_suffix(".hvq")
+
+
+def test_compress_decompress_info(photo, hvq_file, tmp_path):
+    assert "bpp" in run("compress", photo, "-o", tmp_path / "other.hvq").output
+    result = run("decompress", hvq_file, "-o", tmp_path / "back.png")
+    assert result.exit_code == 0, result.output
+    back = Image.open(tmp_path / "back.png")
+    assert back.size == (56, 40) and back.mode == "RGB"
+    result = run("decompress", hvq_file, "--levels", "1", "-o", tmp_path / "preview.png")
+    assert result.exit_code == 0 and "1 levels" in result.output
+    result = run("info", hvq_file)
+    assert result.exit_code == 0
+    assert "model tiny" in result.output and "56x40 RGB" in result.output and "bottom" in result.output
+
+
+def test_existing_outputs_are_not_overwritten(photo, hvq_file, tmp_path):
+    before = hvq_file.read_bytes()
+    assert_one_line_error(run("compress", photo), "exists (use --force to overwrite)")
+    assert hvq_file.read_bytes() == before
+    target = tmp_path / "taken.png"
+    target.write_bytes(b"precious")
+    assert_one_line_error(run("decompress", hvq_file, "-o", target), "exists (use --force")
+    assert target.read_bytes() == b"precious"
+    assert run("decompress", hvq_file, "-o", target, "--force").exit_code == 0
+    assert Image.open(target).size == (56, 40)
+
+
+def test_several_inputs_into_a_folder(photo, tmp_path):
+    second = tmp_path / "second.png"
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(second)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run("compress", photo, second, "-o", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["photo.hvq", "second.hvq"]
+    assert_one_line_error(run("compress", photo, second, "-o", tmp_path / "nofolder"), "is not a folder")
+
+
+def _malformed(hvq_file):
+    good = hvq_file.read_bytes()
+    header = container.read_header(good)
+    flipped = bytearray(good)
+    flipped[header.header_size + 3] ^= 0x40
+    future = bytearray(good)
+    future[4] = 9
+    other_model = container.pack("nosuchmodel", "00" * 8, 8, 8, "RGB", 0, [[b"\0" * 4]] * 3)
+    other_hash = container.pack("tiny", "ab" * 8, 8, 8, "RGB", 0, [[b"\0" * 4]] * 3)
+    return {
+        "empty": (b"", "empty file"),
+        "random": (bytes(np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8)), "not an hvq file"),
+        "magic": (b"PNG" + good[3:], "not an hvq file"),
+        "future": (bytes(future), "unsupported hvq format version 9"),
+        "unknown model": (other_model, "unknown model 'nosuchmodel'"),
+        "hash": (other_hash, "has hash"),
+        "truncated header": (good[:10], "truncated hvq file"),
+        "truncated top": (good[:header.header_size + 2], "truncated hvq file"),
+        "flipped": (bytes(flipped), "checksum mismatch"),
+    }
+
+
+def test_malformed_inputs_give_one_line_errors(hvq_file, tmp_path):
+    for name, (data, message) in _malformed(hvq_file).items():
+        path = tmp_path / f"{name.replace(' ', '_')}.hvq"
+        path.write_bytes(data)
+        assert_one_line_error(run("decompress", path), message)
+        assert not path.with_suffix(".png").exists(), name
+    assert_one_line_error(run("decompress", tmp_path / "missing.hvq"), "no such file")
+
+
+def test_truncated_file_gives_preview_with_warning(hvq_file, tmp_path):
+    good = hvq_file.read_bytes()
+    header = container.read_header(good)
+    cut = tmp_path / "cut.hvq"
+    cut.write_bytes(good[:header.header_size + sum(header.stream_lengths[0]) + 1])
+    result = run("decompress", cut)
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.output and "truncated" in result.output and "1 levels" in result.output
+    assert Image.open(cut.with_suffix(".png")).size == (56, 40)
+
+
+def test_bad_images_are_refused(tmp_path, tiny_models_dir):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    assert_one_line_error(run("compress", bad), "cannot read image")
+    assert not bad.with_suffix(".hvq").exists()
+    assert_one_line_error(run("compress", tmp_path / "none.png"), "no such file")
+    assert_one_line_error(run("compress", bad, "--model", "nope"), "unknown model 'nope'")

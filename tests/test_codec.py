@@ -1,0 +1,145 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hvqcodec
+from hvqcodec import container
+from hvqcodec.codec import Codec, load_codec
+from hvqcodec.entropy import level_frequencies
+from hvqcodec.intprior import FREQ_TOTAL, LevelState, wavefront_order
+
+from conftest import synthetic_image
+
+
+def random_photo(seed, height, width):
+    """Smooth structure plus noise, so codes vary."""
+    base = synthetic_image(seed, height, width).astype(np.int16)
+    noise = np.random.default_rng(seed).integers(-20, 21, size=base.shape)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (17, 33), (48, 80)])
+def test_round_trip_codes_and_pixels(tiny_codec, height, width):
+    rgb = random_photo(height * width, height, width)
+    result = tiny_codec.compress(Image.fromarray(rgb))
+    decoded = tiny_codec.decompress(result.data)
+    codes = tiny_codec.encode_codes(rgb)
+    assert len(decoded.codes) == 1
+    for got, expected in zip(decoded.codes[0], codes):
+        assert torch.equal(got, expected)
+    assert decoded.image.size == (width, height) and decoded.image.mode == "RGB"
+    assert np.array_equal(np.asarray(decoded.image), tiny_codec.decode_codes(codes, height, width))
+    assert decoded.warnings == []
+
+
+def test_file_bits_match_cross_entropy_and_header_is_small(tiny_codec):
+    rgb = random_photo(1, 128, 192)
+    result = tiny_codec.compress(Image.fromarray(rgb))
+    assert result.header_bytes <= 64
+    for nbytes, bits in zip(result.level_bytes, result.cross_entropy_bits):
+        # The range coder adds at most one 32-bit word of flush plus a sliver per symbol.
+        assert bits / 8 <= nbytes <= bits / 8 * 1.01 + 8
+
+
+def test_tiles_round_trip(tiny_codec):
+    rgb = random_photo(2, 70, 50)
+    result = tiny_codec.compress(Image.fromarray(rgb), tile_size=32)
+    header = container.read_header(result.data)
+    assert (header.tile_size, header.num_tiles) == (32, 6)
+    decoded = tiny_codec.decompress(result.data)
+    assert decoded.image.size == (50, 70)
+    tile = rgb[32:64, 32:50]
+    assert np.array_equal(np.asarray(decoded.image)[32:64, 32:50],
+                          tiny_codec.decode_codes(tiny_codec.encode_codes(tile), 32, 18))
+
+
+def _frequencies_by_wavefront(prior, codes, upper):
+    state = LevelState(prior, tuple(codes.shape), upper)
+    in_order = codes.flatten()[state.order]
+    out = []
+    for start, stop in state.fronts:
+        out.append(state.frequencies(start, stop))
+        state.paint(start, stop, in_order[start:stop])
+    assert torch.equal(state.codes(), codes)
+    return torch.cat(out)
+
+
+def test_wavefronts_are_causal_and_complete():
+    order = wavefront_order(3, 4)
+    t = (order % 4) + 3 * (order // 4)
+    assert sorted(order.tolist()) == list(range(12))
+    assert torch.all(t[1:] >= t[:-1])
+
+
+def test_parallel_equals_wavefront_and_threads_and_permutation(tiny_codec):
+    codes = tiny_codec.encode_codes(random_photo(3, 64, 96))
+    for level, prior in enumerate(tiny_codec.prior.levels):
+        upper = codes[:level]
+        parallel, state = level_frequencies(prior, codes[level], upper)
+        assert parallel.dtype == torch.int64
+        assert torch.all(parallel >= 1) and torch.all(parallel.sum(1) == FREQ_TOTAL)
+        assert torch.equal(parallel, _frequencies_by_wavefront(prior, codes[level], upper))
+        assert torch.equal(parallel, level_frequencies(prior, codes[level], upper, chunk=7)[0])
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            single = level_frequencies(prior, codes[level], upper)[0]
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(parallel, single)
+        # A permuted batch of positions gives each position the same frequencies.
+        perm = torch.randperm(parallel.shape[0], generator=torch.Generator().manual_seed(level))
+        permuted = prior.frequencies(state.canvas, state.neighbours[perm], state.upper[perm], state.cond)
+        assert torch.equal(parallel[perm], permuted)
+
+
+def test_previews_and_truncation(tiny_codec):
+    rgb = random_photo(4, 64, 64)
+    result = tiny_codec.compress(Image.fromarray(rgb))
+    codes = tiny_codec.encode_codes(rgb)
+    for levels in (1, 2):
+        decoded = tiny_codec.decompress(result.data, levels=levels)
+        assert decoded.levels == levels
+        assert np.array_equal(np.asarray(decoded.image), tiny_codec.decode_codes(codes[:levels], 64, 64))
+    header = container.read_header(result.data)
+    cut = header.header_size + sum(header.stream_lengths[0]) + sum(header.stream_lengths[1]) + 2
+    decoded = tiny_codec.decompress(result.data[:cut])
+    assert decoded.levels == 2 and "truncated" in decoded.warnings[0]
+    assert np.array_equal(np.asarray(decoded.image), tiny_codec.decode_codes(codes[:2], 64, 64))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P"])
+def test_image_modes_round_trip(tiny_codec, mode):
+    rgb = random_photo(5, 33, 21)
+    image = Image.fromarray(rgb).convert(mode)
+    if mode in ("RGBA", "LA"):
+        alpha = np.random.default_rng(0).integers(0, 256, size=(33, 21), dtype=np.uint8)
+        image.putalpha(Image.fromarray(alpha))
+    decoded = tiny_codec.decompress(tiny_codec.compress(image).data).image
+    assert decoded.size == image.size
+    assert decoded.mode == {"P": "RGB"}.get(mode, mode)
+    if mode in ("RGBA", "LA"):
+        assert np.array_equal(np.asarray(decoded)[..., -1], alpha)  # alpha is lossless
+
+
+def test_api_functions(tiny_models_dir):
+    rgb = random_photo(6, 40, 40)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    data = hvqcodec.compress(buffer.getvalue())
+    assert data == hvqcodec.compress(Image.fromarray(rgb))  # deterministic
+    image = hvqcodec.decompress(data)
+    assert image.size == (40, 40)
+
+
+def test_model_without_priors_is_refused(tiny_models_dir):
+    from hvqcodec.errors import ModelError
+    from hvqcodec.zoo import load_bundle
+
+    bundle = load_bundle("tiny")
+    bundle.prior_tables = None
+    with pytest.raises(ModelError, match="no trained priors"):
+        Codec(bundle)

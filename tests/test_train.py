@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from hvqcodec.errors import CheckpointError, DataError
+from hvqcodec.train import TrainOptions, learning_rate, load_checkpoint, train_autoencoder
+
+
+def options(folder, out, **overrides) -> TrainOptions:
+    base = dict(data=str(folder), out=str(out), steps=6, batch_size=4, crop=32, lr=3e-3, warmup=0, log_every=1,
+                val_every=1000, checkpoint_every=1000, max_side=128)
+    return TrainOptions(**{**base, **overrides})
+
+
+def test_a_few_steps_lower_the_loss(image_folder, tmp_path, tiny_config):
+    train_autoencoder(options(image_folder, tmp_path / "run", steps=40, log_every=10), tiny_config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 4
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_resume_continues_exactly(image_folder, tmp_path, tiny_config):
+    straight = tmp_path / "straight"
+    train_autoencoder(options(image_folder, straight), tiny_config)
+
+    interrupted = tmp_path / "interrupted"
+
+    def stop_at_three(step, model):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_autoencoder(options(image_folder, interrupted), tiny_config, on_step=stop_at_three)
+    assert load_checkpoint(interrupted / "checkpoint.pt")["step"] == 3
+    # Different hyperparameters on the command line must not change a resumed run.
+    train_autoencoder(options(image_folder, interrupted, lr=1.0, batch_size=2), resume=True)
+
+    a = load_checkpoint(straight / "checkpoint.pt")
+    b = load_checkpoint(interrupted / "checkpoint.pt")
+    assert a["step"] == b["step"] == 6
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_validation_history(image_folder, tmp_path, tiny_config):
+    state = train_autoencoder(options(image_folder, tmp_path / "run", val=str(image_folder / "sub"), val_every=3,
+                                      val_crop=64), tiny_config)
+    assert [r["step"] for r in state.history] == [3, 6]
+    assert all(r["val_psnr_3"] > 5 for r in state.history)
+    assert {"val_used_top", "val_perplexity_bottom", "val_psnr_1"} <= set(state.history[0])
+
+
+def test_validation_folder_is_left_out_of_training(image_folder, tmp_path, tiny_config):
+    with pytest.raises(DataError, match="no images found"):
+        train_autoencoder(options(image_folder / "sub", tmp_path / "run", val=str(image_folder / "sub")), tiny_config)
+
+
+def test_resume_without_checkpoint(image_folder, tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train_autoencoder(options(image_folder, tmp_path / "run"), resume=True)
+
+
+def test_learning_rate_schedule():
+    opts = TrainOptions(data="", out="", steps=1000, warmup=100, lr=1.0)
+    assert learning_rate(0, opts) == pytest.approx(0.01)
+    assert learning_rate(99, opts) == pytest.approx(1.0)
+    assert learning_rate(1000, opts) == pytest.approx(0.1)

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from hvqcodec.errors import ModelError
+from hvqcodec.train import load_checkpoint, train_autoencoder
+from hvqcodec.zoo import available_models, export_model, load_model, read_manifest, sha256_file
+
+from test_train import options
+
+
+@pytest.fixture
+def checkpoint(image_folder, tmp_path, tiny_config):
+    train_autoencoder(options(image_folder, tmp_path / "run", steps=2), tiny_config)
+    return load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+
+
+def test_export_round_trip_rebuilds_identical_model(checkpoint, tmp_path):
+    folder = tmp_path / "models"
+    entry = export_model(checkpoint, "tiny", folder, data="synthetic", metrics={"psnr": 1.0})
+    assert entry["file"] == f"tiny-{entry['sha256'][:12]}.pt"
+    assert sha256_file(folder / entry["file"]) == entry["sha256"]
+    assert read_manifest(folder)["models"]["tiny"]["training_steps"] == 2
+    model = load_model("tiny", folder)
+    # The export stores fp16: the rebuilt model equals the trained one with its weights rounded to fp16.
+    for key, value in checkpoint["model"].items():
+        expected = value.half().float() if value.is_floating_point() else value
+        assert torch.equal(model.state_dict()[key], expected), key
+    images = torch.rand(1, 3, 40, 24)
+    with torch.no_grad():
+        assert torch.equal(model.reconstruct(images), load_model("tiny", folder).reconstruct(images))
+
+
+def test_wrong_hash_is_refused(checkpoint, tmp_path):
+    folder = tmp_path / "models"
+    entry = export_model(checkpoint, "tiny", folder)
+    path = folder / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="hash mismatch"):
+        load_model("tiny", folder)
+
+
+def test_unknown_name_and_duplicates(checkpoint, tmp_path):
+    folder = tmp_path / "models"
+    export_model(checkpoint, "tiny", folder)
+    with pytest.raises(ModelError, match=r"unknown model 'nope' \(available: tiny\)"):
+        load_model("nope", folder)
+    with pytest.raises(ModelError, match="already exists"):
+        export_model(checkpoint, "tiny", folder)
+    first = available_models(folder)["tiny"]["file"]
+    second = export_model(checkpoint, "tiny", folder, force=True)["file"]
+    assert sorted(p.name for p in folder.glob("*.pt")) == [second]  # the replaced file is gone
+    assert first == second or not (folder / first).exists()
+    with pytest.raises(ModelError, match="model name"):
+        export_model(checkpoint, "Bad Name", folder)
