@@ -9,7 +9,6 @@ Writes benchmarks/results/autoencoder-<model>.json ({name, description, results}
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -20,8 +19,7 @@ from rich.progress import track
 from rich.table import Table
 
 from hvqcodec.data import find_images
-from hvqcodec.evaluate import evaluate_autoencoder
-from hvqcodec.fileio import atomic_write_bytes
+from hvqcodec.evaluate import evaluate_autoencoder, write_report
 from hvqcodec.zoo import available_models, default_model, load_model, models_dir, read_manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,17 +41,11 @@ def main() -> int:
     paths = find_images(args.data)
     results = evaluate_autoencoder(model, list(track(paths, description="evaluating", console=console)))
     entry = available_models()[args.model]
-    report = {
-        "name": f"hvqcodec-autoencoder-{args.model}",
-        "description": (f"Autoencoder of {args.model} ({entry['sha256'][:12]}) on {Path(args.data).name}: "
-                        "8-bit RGB reconstruction from 3 levels and previews from top+mid and top; "
-                        f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"),
-        "command": " ".join(["python", "benchmarks/autoencoder.py"] + sys.argv[1:]),
-        "results": results,
-    }
     out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"autoencoder-{args.model}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+    report = write_report(out, f"hvqcodec-autoencoder-{args.model}", (
+        f"Autoencoder of {args.model} ({entry['sha256'][:12]}) on {Path(args.data).name}: 8-bit RGB reconstruction "
+        f"from 3 levels and previews from top+mid and top; {platform.processor() or platform.machine()}, "
+        f"{args.threads} threads, torch {torch.__version__}"), results)
 
     table = Table(title=f"{args.model} on {args.data} ({results['images']} images)")
     for column in ("levels", "PSNR dB", "MS-SSIM"):

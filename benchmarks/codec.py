@@ -29,9 +29,8 @@ from rich.progress import track
 from hvqcodec.autoencoder import LEVEL_NAMES
 from hvqcodec.codec import load_codec
 from hvqcodec.data import find_images
-from hvqcodec.fileio import atomic_write_bytes
+from hvqcodec.evaluate import write_report
 from hvqcodec.metrics import ms_ssim, psnr
-from hvqcodec.zoo import default_model
 
 ROOT = Path(__file__).resolve().parent.parent
 LARGE_SIZE = (4000, 3000)
@@ -162,17 +161,11 @@ def main() -> int:
         results["large_image"] = large_image(args.model, args.threads)
 
     name = codec.name
-    report = {
-        "name": f"hvqcodec-{name}",
-        "description": (f"hvqcodec {name} ({codec.sha256[:12]}) on {Path(args.data).name}: whole-file bpp, 8-bit RGB "
-                        f"PSNR / MS-SSIM, CPU {platform.processor() or platform.machine()}, {args.threads} threads, "
-                        f"torch {torch.__version__}"),
-        "command": " ".join(["python", "benchmarks/codec.py"] + sys.argv[1:]),
-        "results": results,
-    }
     out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"codec-{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+    write_report(out, f"hvqcodec-{name}", (
+        f"hvqcodec {name} ({codec.sha256[:12]}) on {Path(args.data).name}: whole-file bpp, 8-bit RGB PSNR / "
+        f"MS-SSIM, CPU {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"),
+        results)
 
     console.print(f"[bold]{name}[/] on {args.data} ({len(per_image)} images, {args.threads} threads):")
     console.print(f"  {results['bpp']:.4f} bpp (raw index cost {results['raw_index_bpp']:.4f}), "

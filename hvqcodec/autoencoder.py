@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .convnext import ConvNeXtBlock, Downsample, LayerNorm2d, Upsample, convnext_stage

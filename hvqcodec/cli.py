@@ -201,30 +201,60 @@ def train() -> None:
     """Train the models on a folder of images."""
 
 
+def training_options(steps: int, crop: int, crop_help: str, lr: float, warmup: int, val_every: int, out_help: str):
+    """The options both training commands share, with each command's defaults."""
+    options = [
+        click.option("--data", required=True, type=click.Path(file_okay=False),
+                     help="Folder of training images (searched recursively)."),
+        click.option("--val", type=click.Path(file_okay=False),
+                     help="Folder of validation images (left out of training if inside --data)."),
+        click.option("--out", required=True, type=click.Path(file_okay=False), help=out_help),
+        click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out image paths matching GLOB (repeatable)."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped."),
+        click.option("--steps", type=click.IntRange(1), default=steps, show_default=True, help="Total optimizer steps."),
+        click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True),
+        click.option("--crop", type=click.IntRange(16), default=crop, show_default=True, help=crop_help),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=lr, show_default=True,
+                     help="Peak learning rate."),
+        click.option("--warmup", type=click.IntRange(0), default=warmup, show_default=True, help="Warmup steps."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        device_option,
+        click.option("--val-every", type=click.IntRange(1), default=val_every, show_default=True),
+        click.option("--checkpoint-every", type=click.IntRange(1), default=250, show_default=True),
+    ]
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
+
+
+_SHARED_TRAINING = ("data", "val", "out", "exclude", "steps", "batch_size", "crop", "lr", "warmup", "seed", "device",
+                    "val_every", "checkpoint_every")
+
+
+def _train_options(options_type: type, shared: dict, **extra):
+    """Build a TrainOptions (or subclass) from the shared options, recording the command line for the manifest."""
+    if shared["crop"] % 16:
+        raise click.BadParameter("must be a multiple of 16", param_hint="--crop")
+    values = {k: shared[k] for k in _SHARED_TRAINING}
+    values["exclude"] = tuple(values["exclude"])
+    command = " ".join(["hvqcodec"] + [shlex.quote(a) for a in sys.argv[1:]])
+    return options_type(**values, **extra, command=command)
+
+
 @train.command("autoencoder")
-@click.option("--data", required=True, type=click.Path(file_okay=False), help="Folder of training images (searched recursively).")
-@click.option("--val", type=click.Path(file_okay=False), help="Folder of validation images (left out of training if inside --data).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoint.pt and train_log.jsonl.")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out image paths matching GLOB (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
-@click.option("--steps", type=click.IntRange(1), default=10_000, show_default=True, help="Total optimizer steps.")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--crop", type=click.IntRange(16), default=128, show_default=True, help="Crop size in pixels (multiple of 16).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1.5e-3, show_default=True, help="Peak learning rate.")
-@click.option("--warmup", type=click.IntRange(0), default=500, show_default=True, help="Warmup steps.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@device_option
+@training_options(steps=10_000, crop=128, crop_help="Crop size in pixels (multiple of 16).", lr=1.5e-3, warmup=500,
+                  val_every=500, out_help="Run folder: checkpoint.pt and train_log.jsonl.")
 @click.option("--widths", type=int_list(3), default="64,96,128", show_default=True, help="Channels at /4, /8, /16.")
 @click.option("--encoder-depths", type=int_list(3), default="2,3,3", show_default=True, help="ConvNeXt blocks per encoder stage.")
 @click.option("--decoder-depths", type=int_list(3), default="3,3,4", show_default=True, help="Blocks in the /16, /8 context and /4 decoder stages.")
 @click.option("--codebook-sizes", type=int_list(3), default="512,512,512", show_default=True, help="Codes per level: top, mid, bottom.")
 @click.option("--code-dim", type=click.IntRange(1), default=32, show_default=True, help="Dimension of codebook vectors.")
-@click.option("--val-every", type=click.IntRange(1), default=500, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(1), default=250, show_default=True)
 @user_errors
-def train_autoencoder_command(data, val, out, exclude, resume, steps, batch_size, crop, lr, warmup, seed, device,
-                              widths, encoder_depths, decoder_depths, codebook_sizes, code_dim, val_every,
-                              checkpoint_every) -> None:
+def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, codebook_sizes, code_dim,
+                              **shared) -> None:
     """Train the 3-level hierarchical VQ-VAE.
 
     Images are decoded once and cached in memory; each step draws random crops (random 0.5-1x downscale,
@@ -240,41 +270,23 @@ def train_autoencoder_command(data, val, out, exclude, resume, steps, batch_size
     from .autoencoder import AutoencoderConfig
     from .train import TrainOptions, train_autoencoder
 
-    if crop % 16:
-        raise click.BadParameter("must be a multiple of 16", param_hint="--crop")
+    options = _train_options(TrainOptions, shared)
     config = AutoencoderConfig(widths=widths, encoder_depths=encoder_depths, decoder_depths=decoder_depths,
                                codebook_sizes=codebook_sizes, code_dim=code_dim)
-    options = TrainOptions(data=data, val=val, out=out, exclude=tuple(exclude), steps=steps, batch_size=batch_size,
-                           crop=crop, lr=lr, warmup=warmup, seed=seed, device=device, val_every=val_every,
-                           checkpoint_every=checkpoint_every,
-                           command=" ".join(["hvqcodec"] + [shlex.quote(a) for a in sys.argv[1:]]))
     train_autoencoder(options, config, resume=resume, console=console)
-    console.print(f"done: checkpoint in {Path(out) / 'checkpoint.pt'}")
+    console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
 
 
 @train.command("priors")
-@click.option("--model", default="hvq-small", show_default=True, help="Shipped model whose autoencoder gives the codes.")
-@click.option("--data", required=True, type=click.Path(file_okay=False), help="Folder of training images (searched recursively).")
-@click.option("--val", type=click.Path(file_okay=False), help="Folder of validation images (left out of training if inside --data).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoint.pt, codes.pt, train_log.jsonl.")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out image paths matching GLOB (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
-@click.option("--steps", type=click.IntRange(1), default=3000, show_default=True, help="Total optimizer steps.")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--crop", type=click.IntRange(16), default=256, show_default=True, help="Pixel crop size whose codes form one sample.")
+@click.option("--model", help="Shipped model whose autoencoder gives the codes (default: the default model).")
+@training_options(steps=3000, crop=128, crop_help="Pixel crop size whose codes form one sample.", lr=2e-3, warmup=200,
+                  val_every=250, out_help="Run folder: checkpoint.pt, codes.pt, train_log.jsonl.")
 @click.option("--code-crops", type=click.IntRange(1), default=2000, show_default=True, help="Crops encoded once into the training set.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True, help="Peak learning rate.")
-@click.option("--warmup", type=click.IntRange(0), default=200, show_default=True, help="Warmup steps.")
 @click.option("--channels", type=click.IntRange(1), default=64, show_default=True, help="Prior width.")
 @click.option("--causal-blocks", type=click.IntRange(0), default=2, show_default=True, help="1x1 gated blocks after the masked conv.")
 @click.option("--cond-blocks", type=click.IntRange(0), default=3, show_default=True, help="3x3 gated blocks over the upper levels.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@device_option
-@click.option("--val-every", type=click.IntRange(1), default=250, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(1), default=250, show_default=True)
 @user_errors
-def train_priors_command(model, data, val, out, exclude, resume, steps, batch_size, crop, code_crops, lr, warmup,
-                         channels, causal_blocks, cond_blocks, seed, device, val_every, checkpoint_every) -> None:
+def train_priors_command(model, resume, code_crops, channels, causal_blocks, cond_blocks, **shared) -> None:
     """Train the PixelCNN priors on the codes a shipped autoencoder gives.
 
     Random crops of the training images are encoded once into code grids (kept in --out/codes.pt); the three
@@ -290,15 +302,12 @@ def train_priors_command(model, data, val, out, exclude, resume, steps, batch_si
     from .prior_training import PriorTrainOptions, train_priors
     from .priors import PriorConfig
 
-    if crop % 16:
-        raise click.BadParameter("must be a multiple of 16", param_hint="--crop")
+    from .zoo import default_model
+
+    options = _train_options(PriorTrainOptions, shared, model=model or default_model(), code_crops=code_crops)
     config = PriorConfig(channels=channels, causal_blocks=causal_blocks, cond_blocks=cond_blocks)
-    options = PriorTrainOptions(data=data, val=val, out=out, exclude=tuple(exclude), steps=steps, model=model,
-                                batch_size=batch_size, crop=crop, code_crops=code_crops, lr=lr, warmup=warmup,
-                                seed=seed, device=device, val_every=val_every, checkpoint_every=checkpoint_every,
-                                command=" ".join(["hvqcodec"] + [shlex.quote(a) for a in sys.argv[1:]]))
     train_priors(options, config, resume=resume, console=console)
-    console.print(f"done: checkpoint in {Path(out) / 'checkpoint.pt'}")
+    console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
 
 
 @main.group()

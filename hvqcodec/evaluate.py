@@ -1,8 +1,10 @@
 """Evaluation of an autoencoder on a folder of images: quality per level, code usage, raw rate, speed."""
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -11,6 +13,7 @@ import torch
 
 from .autoencoder import LEVEL_NAMES, LEVEL_STRIDES, HierarchicalVQVAE
 from .data import load_rgb, to_tensor
+from .fileio import atomic_write_bytes
 from .metrics import ms_ssim, psnr
 
 
@@ -77,3 +80,12 @@ def evaluate_autoencoder(model: HierarchicalVQVAE, paths: list[Path],
         "threads": torch.get_num_threads(),
         "per_image": per_image,
     }
+
+
+def write_report(path: Path, name: str, description: str, results: dict) -> dict:
+    """Benchmark results as JSON in CompressAI's {name, description, results} shape, plus the command line."""
+    report = {"name": name, "description": description,
+              "command": " ".join(["python"] + [Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "results": results}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
+    return report

@@ -27,7 +27,7 @@ class PriorTrainOptions(TrainOptions):
     model: str = DEFAULT_MODEL
     code_crops: int = 2000  # crops encoded once into code grids, the priors' training set
     steps: int = 3000
-    crop: int = 256
+    crop: int = 128
     lr: float = 2e-3
     warmup: int = 200
 

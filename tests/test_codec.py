@@ -7,7 +7,7 @@ from PIL import Image
 
 import hvqcodec
 from hvqcodec import container
-from hvqcodec.codec import Codec, load_codec
+from hvqcodec.codec import Codec
 from hvqcodec.entropy import level_frequencies
 from hvqcodec.intprior import FREQ_TOTAL, LevelState, wavefront_order
 

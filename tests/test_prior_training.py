@@ -4,7 +4,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hvqcodec.autoencoder import HierarchicalVQVAE
 from hvqcodec.cli import main
 from hvqcodec.errors import CheckpointError, ModelError
 from hvqcodec.prior_training import PriorTrainOptions, train_priors
