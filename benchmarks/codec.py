@@ -30,7 +30,7 @@ from hvqcodec.autoencoder import LEVEL_NAMES
 from hvqcodec.codec import load_codec
 from hvqcodec.data import find_images
 from hvqcodec.evaluate import write_report
-from hvqcodec.metrics import ms_ssim, psnr
+from hvqcodec.metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 
 ROOT = Path(__file__).resolve().parent.parent
 LARGE_SIZE = (4000, 3000)
@@ -60,7 +60,7 @@ def measure(codec, path: Path) -> dict:
         "cross_entropy_bits": compressed.cross_entropy_bits, "codes_bit_exact": exact,
         "file_over_cross_entropy": 8 * sum(compressed.level_bytes) / sum(compressed.cross_entropy_bits),
     }
-    if min(h, w) >= 161:
+    if min(h, w) >= MS_SSIM_MIN_SIDE:
         record["ms_ssim"] = float(ms_ssim(out, ref)[0])
     return record
 

@@ -14,7 +14,7 @@ import torch
 from .autoencoder import LEVEL_NAMES, LEVEL_STRIDES, HierarchicalVQVAE
 from .data import load_rgb, to_tensor
 from .fileio import atomic_write_bytes
-from .metrics import ms_ssim, psnr
+from .metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 
 
 def quantise_pixels(image: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,7 @@ def evaluate_autoencoder(model: HierarchicalVQVAE, paths: list[Path],
             recon = full if levels == 3 else model.decode(codes[:levels])[..., :h, :w]
             recon = quantise_pixels(recon)
             record[f"psnr_{levels}"] = psnr(recon, image)
-            if min(h, w) >= 161:
+            if min(h, w) >= MS_SSIM_MIN_SIDE:
                 record[f"ms_ssim_{levels}"] = float(ms_ssim(recon, image)[0])
         for i, grid in enumerate(codes):
             counts[i] += torch.bincount(grid.flatten(), minlength=counts[i].numel())

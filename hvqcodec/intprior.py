@@ -29,6 +29,7 @@ ACT_BITS = 10
 ACT_MAX = (1 << 15) - 1  # |activation| < 32 on the 2^-10 grid
 WEIGHT_MAX = (1 << 15) - 1
 GATE_HALF = 8 << ACT_BITS  # tanh / sigmoid tables cover [-8, 8]; beyond, both are saturated at this grid
+GATE_DOMAIN = 2 * ACT_MAX  # a gate input is a clamped layer output plus a clamped conditioning term
 EXP_MAX = 16 << ACT_BITS  # exp(-d) for d in [0, 16]; further below the maximum a code gets the floor frequency
 EXP_BITS = 20
 FREQ_BITS = 20
@@ -96,6 +97,12 @@ def export_prior(prior: HierarchicalPrior) -> dict[str, torch.Tensor]:
     return tables
 
 
+def _widen(table: torch.Tensor) -> torch.Tensor:
+    """A table over [-GATE_HALF, GATE_HALF] extended to [-GATE_DOMAIN, GATE_DOMAIN] with its end values."""
+    pad = GATE_DOMAIN - GATE_HALF
+    return torch.cat([table[:1].expand(pad), table, table[-1:].expand(pad)])
+
+
 # --- integer inference ---------------------------------------------------------------------------------
 # Tensors below hold integers in float64: every value, product and partial sum is an integer below 2^53, so
 # float64 represents them exactly and matmuls, additions and power-of-two scalings are exact; keeping one
@@ -115,43 +122,45 @@ class IntLevelPrior:
         self.channels = t["embedding"].shape[1]
         self.embedding = t["embedding"].double()
         self.cond_embeddings = [t[f"cond.embedding{u}"].long() for u in range(level)]
-        # Per layer: weight transposed (I, O), bias, 2^-shift and the rounding offset 2^(shift-1).
+        # Per layer: weight transposed (I, O), bias plus the rounding offset 2^(shift-1), and 2^-shift.
         self.layers = {}
         for key in t:
             if key.endswith(".weight"):
                 name = key[:-len(".weight")]
                 shift = t[f"{name}.shift"].double()
-                self.layers[name] = (t[key].double().t().contiguous(), t[f"{name}.bias"].double(),
-                                     torch.pow(2.0, -shift), torch.pow(2.0, shift - 1))
-        self.tanh = luts["tanh"].to(self.device).double()
-        self.sigmoid = luts["sigmoid"].to(self.device).double()
+                self.layers[name] = (t[key].double().t().contiguous(),
+                                     t[f"{name}.bias"].double() + torch.pow(2.0, shift - 1), torch.pow(2.0, -shift))
+        # One table for the whole gate input: tanh for the first C channels, sigmoid for the last C, widened
+        # from the stored [-8, 8] range to every value a gate input can take (a sum of two clamped terms) by
+        # repeating the saturated ends, which is exactly what clamping the index would do.
+        span = 2 * GATE_DOMAIN + 1
+        self.gate_table = torch.cat([_widen(luts["tanh"]), _widen(luts["sigmoid"])]).to(self.device).double()
+        self.gate_offset = torch.cat([torch.full((self.channels,), GATE_DOMAIN),
+                                      torch.full((self.channels,), GATE_DOMAIN + span)]).to(self.device).double()
         self.exp = luts["exp"].to(self.device).long()
         self.tap_rows = torch.tensor([r for r, _ in TAPS], device=self.device)
         self.tap_cols = torch.tensor([c for _, c in TAPS], device=self.device)
         # The masked convolution reads only code embeddings, so fold it into one table per tap:
         # tap_tables[tap, code] = W_tap @ embedding[code] (exact integers), with a zero row for code K, the
         # out-of-grid sentinel. The layer is then a sum of 12 lookups instead of a matmul per position.
-        weight, _, _, _ = self.layers.pop("masked")
+        weight, _, _ = self.layers.pop("masked")
         weight = weight.t().reshape(2 * self.channels, self.channels, len(TAPS))
         embedding = torch.cat([self.embedding, self.embedding.new_zeros(1, self.channels)])
         # Flattened to (taps * (K + 1), 2C) so that one embedding_bag sums the 12 rows without materialising them.
         self.tap_tables = torch.einsum("oct,kc->tko", weight, embedding).reshape(-1, 2 * self.channels).contiguous()
-        self.masked_bias = t["masked.bias"].double()
         shift = t["masked.shift"].double()
-        self.masked_scale = (torch.pow(2.0, -shift), torch.pow(2.0, shift - 1))
+        self.masked_scale = (t["masked.bias"].double() + torch.pow(2.0, shift - 1), torch.pow(2.0, -shift))
         self.tap_offsets = torch.arange(len(TAPS), device=self.device) * (self.codebook_size + 1)
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """x (P, I) on the activation grid -> (P, O) on the activation grid: exact matmul, rounding shift."""
-        weight, bias, inv_scale, half = self.layers[name]
-        acc = x @ weight + bias
-        return torch.floor((acc + half) * inv_scale).clamp_(-ACT_MAX, ACT_MAX)
+        weight, bias_and_half, inv_scale = self.layers[name]
+        return torch.addmm(bias_and_half, x, weight).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = x.chunk(2, dim=-1)
-        tanh = self.tanh[(a.clamp(-GATE_HALF, GATE_HALF) + GATE_HALF).long()]
-        sigmoid = self.sigmoid[(b.clamp(-GATE_HALF, GATE_HALF) + GATE_HALF).long()]
-        return torch.floor((tanh * sigmoid + (1 << (ACT_BITS - 1))) * (1.0 / (1 << ACT_BITS)))
+        """tanh(a) * sigmoid(b) on the activation grid, a and b the two channel halves of x."""
+        tanh, sigmoid = self.gate_table[(x + self.gate_offset).long()].chunk(2, dim=-1)
+        return (tanh * sigmoid).add_(1 << (ACT_BITS - 1)).mul_(1.0 / (1 << ACT_BITS)).floor_()
 
     def conditioning(self, upper_codes: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
         """Upper levels' codes -> per gated unit a (h_u * w_u, 2C) projection on the nearest upper level's grid."""
@@ -178,9 +187,9 @@ class IntLevelPrior:
         conditioning grid. Only canvas entries strictly before a position in wavefront order are read, so the
         result is the same whether the rest of the canvas is filled (encoder) or not yet decoded (decoder).
         """
-        acc = F.embedding_bag(canvas[neighbours] + self.tap_offsets, self.tap_tables, mode="sum") + self.masked_bias
-        inv_scale, half = self.masked_scale
-        pre = torch.floor((acc + half) * inv_scale).clamp_(-ACT_MAX, ACT_MAX)
+        acc = F.embedding_bag(canvas[neighbours] + self.tap_offsets, self.tap_tables, mode="sum")
+        bias_and_half, inv_scale = self.masked_scale
+        pre = acc.add_(bias_and_half).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
         if cond is not None:
             pre = pre + cond[0][upper]
         h = self.gate(pre)
@@ -233,9 +242,9 @@ class LevelState:
 def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor) -> torch.Tensor:
     """Integer logits (P, K) -> integer frequencies (P, K), each >= 1, every row summing to FREQ_TOTAL."""
     k = logits.shape[1]
-    below_max = (logits.amax(1, keepdim=True) - logits).clamp(max=EXP_MAX)
-    weights = exp_table[below_max]
-    freq = 1 + (weights * (FREQ_TOTAL - k)) // weights.sum(1, keepdim=True)
+    weights = exp_table[(logits.amax(1, keepdim=True) - logits).clamp_(max=EXP_MAX)]
+    total = weights.sum(1, keepdim=True)
+    freq = weights.mul_(FREQ_TOTAL - k).floor_divide_(total).add_(1)
     # What integer division leaves over goes to the most probable code (the first one on ties).
     remainder = FREQ_TOTAL - freq.sum(1)
     freq[torch.arange(freq.shape[0], device=freq.device), logits.argmax(1)] += remainder

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+# The 11x11 window must fit the coarsest of five scales, each halved (rounding down): 11 * 16 = 176 pixels.
+MS_SSIM_MIN_SIDE = 176
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
@@ -45,11 +47,11 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.
     """MS-SSIM per image of (N, C, H, W) tensors, computed in float64.
 
     Five scales with 2x2 average pooling between them, an 11x11 Gaussian window (sigma 1.5), the weights of
-    Wang et al.; images need at least 161 pixels on their short side (the window must fit the coarsest scale).
+    Wang et al.; images need at least MS_SSIM_MIN_SIDE pixels on their short side.
     Negative contrast-structure values are clamped to 0, as common implementations do.
     """
-    if min(x.shape[-2:]) < 161:
-        raise ValueError("MS-SSIM needs images of at least 161x161 pixels")
+    if min(x.shape[-2:]) < MS_SSIM_MIN_SIDE:
+        raise ValueError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE}x{MS_SSIM_MIN_SIDE} pixels")
     x, y = x.double(), y.double()
     window = _gaussian_window()
     weights = torch.tensor(MS_SSIM_WEIGHTS, dtype=torch.float64)

@@ -79,8 +79,7 @@ def autoencoder_fingerprint(model: HierarchicalVQVAE) -> str:
     digest = hashlib.sha256()
     for key, value in sorted(half_state(model.state_dict()).items()):
         digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                      if value.dtype != torch.bool else value.cpu().numpy().tobytes())
+        digest.update(value.detach().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -122,7 +121,7 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
         "kind": "codec" if prior_entry else "autoencoder",
         "config": config.to_dict(),
         "priors": prior_entry,
-        "parameters": sum(v.numel() for k, v in checkpoint["model"].items() if not _is_buffer_key(k)),
+        "parameters": sum(p.numel() for p in HierarchicalVQVAE(config).parameters()),
         "training_command": options.get("command", ""),
         "training_steps": checkpoint.get("step"),
         "data": data,
@@ -147,10 +146,6 @@ def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig
     prior = HierarchicalPrior(prior_config)
     prior.load_state_dict(priors_checkpoint["model"])
     return prior_config.to_dict(), export_prior(prior)
-
-
-def _is_buffer_key(key: str) -> bool:
-    return key.split(".")[-1] in {"codebook", "cluster_size", "codebook_sum", "initialised"}
 
 
 @dataclass
