@@ -126,17 +126,19 @@ class Codec:
         elif parsed.truncated:
             notes.append("file is truncated after its last level: decoded without checksum verification")
         use = min(levels or header.levels, header.levels)
+        tiles = _tiles(header.width, header.height, header.tile_size)
+        all_codes: list[list[torch.Tensor]] = [[] for _ in tiles]  # [tile][level]
+        for level in range(use):
+            sizes = [_grid_sizes(h, w)[level] for _, _, h, w in tiles]
+            try:
+                grids = decode_level(self.prior.levels[level], parsed.streams[level], sizes, all_codes)
+            except ValueError as exc:
+                raise container.ContainerError(f"corrupt hvq stream ({exc})") from None
+            for codes, grid in zip(all_codes, grids):
+                codes.append(grid)
         rgb = np.zeros((header.height, header.width, 3), dtype=np.uint8)
-        all_codes = []
-        for index, (top, left, h, w) in enumerate(_tiles(header.width, header.height, header.tile_size)):
-            codes: list[torch.Tensor] = []
-            for level, size in enumerate(_grid_sizes(h, w)[:use]):
-                try:
-                    codes.append(decode_level(self.prior.levels[level], parsed.streams[level][index], size, codes))
-                except ValueError as exc:
-                    raise container.ContainerError(f"corrupt hvq stream ({exc})") from None
+        for (top, left, h, w), codes in zip(tiles, all_codes):
             rgb[top:top + h, left:left + w] = self.decode_codes(codes, h, w)
-            all_codes.append(codes)
         alpha = None
         mode = header.mode
         if mode in container.ALPHA_MODES:

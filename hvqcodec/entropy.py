@@ -32,7 +32,7 @@ class EncodedLevel:
 def level_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
                       chunk: int = ENCODE_CHUNK) -> tuple[torch.Tensor, LevelState]:
     """Frequencies (h*w, K) of every position of a known grid, in wavefront order, in a parallel pass."""
-    state = LevelState(prior, tuple(codes.shape), upper_codes)
+    state = LevelState(prior, [tuple(codes.shape)], [upper_codes])
     total = state.order.numel()
     state.paint(0, total, codes.to(prior.device).flatten()[state.order])
     freq = torch.cat([state.frequencies(s, min(s + chunk, total)) for s in range(0, total, chunk)])
@@ -50,15 +50,20 @@ def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequenc
     return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
 
 
-def decode_level(prior: IntLevelPrior, data: bytes, size: tuple[int, int],
-                 upper_codes: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Range-coded bytes -> code grid (h, w), one wavefront per step."""
-    if len(data) % 4:
-        raise ValueError("range-coded stream length is not a multiple of 4")
-    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-    state = LevelState(prior, size, upper_codes)
+def decode_level(prior: IntLevelPrior, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
+                 upper_codes: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Range-coded streams of several tiles -> their code grids, all tiles advancing one wavefront per step."""
+    decoders = []
+    for data in streams:
+        if len(data) % 4:
+            raise ValueError("range-coded stream length is not a multiple of 4")
+        decoders.append(constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32)))
+    state = LevelState(prior, sizes, upper_codes)
     family = _family()
     for start, stop in state.fronts:
-        symbols = decoder.decode(family, _probabilities(state.frequencies(start, stop)))
-        state.paint(start, stop, torch.from_numpy(symbols.astype(np.int64)).to(prior.device))
+        probabilities = _probabilities(state.frequencies(start, stop))
+        symbols = np.empty(stop - start, dtype=np.int64)
+        for tile, a, b in state.segments(start, stop):
+            symbols[a - start:b - start] = decoders[tile].decode(family, probabilities[a - start:b - start])
+        state.paint(start, stop, torch.from_numpy(symbols).to(prior.device))
     return state.codes()

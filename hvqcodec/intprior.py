@@ -202,41 +202,73 @@ class IntLevelPrior:
 
 
 class LevelState:
-    """One level's grid while it is coded: a flat canvas of codes (the sentinel K where none is known yet)
-    and, for every position in wavefront order, the indices the step function reads.
+    """One level's code grids while they are coded: a flat canvas of codes (the sentinel K where none is known
+    yet) and, for every position in wavefront order, the indices the step function reads.
 
-    Precomputing the indices once keeps the decoder's per-wavefront work to the step function itself.
+    Several tiles are laid side by side on one canvas, separated by 2 PAD sentinel columns, so the decoder
+    advances all of them with one step per wavefront: a tile k columns to the right just runs its wavefronts
+    later. No causal neighbourhood reaches across a separator, so each tile's frequencies are exactly those it
+    gets alone. Within a wavefront positions are grouped by tile, so each tile keeps its own range-coder stream.
     """
 
-    def __init__(self, prior: IntLevelPrior, size: tuple[int, int], upper_codes: Sequence[torch.Tensor]) -> None:
-        h, w = size
+    def __init__(self, prior: IntLevelPrior, sizes: Sequence[tuple[int, int]],
+                 upper_codes: Sequence[Sequence[torch.Tensor]]) -> None:
         device = prior.device
-        self.prior, self.size = prior, size
-        self.cond = prior.conditioning([u.to(device) for u in upper_codes])
-        canvas_width = w + 2 * PAD
-        self.canvas = torch.full(((h + 2 * PAD) * canvas_width,), prior.codebook_size, dtype=torch.int64,
+        self.prior, self.sizes = prior, [tuple(size) for size in sizes]
+        rows, cols, tiles, upper = [], [], [], []
+        left, cond_base = 0, 0
+        conds = []
+        for tile, ((h, w), uppers) in enumerate(zip(self.sizes, upper_codes)):
+            cond = prior.conditioning([u.to(device) for u in uppers])
+            conds.append(cond)
+            r = torch.arange(h, device=device).repeat_interleave(w)
+            c = torch.arange(w, device=device).repeat(h)
+            rows.append(r)
+            cols.append(c + left)
+            tiles.append(torch.full_like(r, tile))
+            upper.append(cond_base + (r // 2) * (w // 2) + c // 2)  # conditioning lives on the 2x coarser grid
+            left += w + 2 * PAD
+            cond_base += (h // 2) * (w // 2)
+        # Each gated unit's conditioning, for all tiles one after the other.
+        self.cond = None if conds[0] is None else [torch.cat(unit) for unit in zip(*conds)]
+        rows, cols, tiles, upper = (torch.cat(x) for x in (rows, cols, tiles, upper))
+        height = max((h for h, _ in self.sizes), default=0)
+        canvas_width = left + 2 * PAD
+        self.canvas = torch.full(((height + 2 * PAD) * canvas_width,), prior.codebook_size, dtype=torch.int64,
                                  device=device)
-        self.order = wavefront_order(h, w, device)
-        rows, cols = self.order // w, self.order % w
+        t = cols + WAVEFRONT_SLOPE * rows
+        # Decoding order: by wavefront, then tile, then row.
+        self.order = torch.argsort((t * len(self.sizes) + tiles) * max(height, 1) + rows)
+        rows, cols, self.tiles = rows[self.order], cols[self.order], tiles[self.order]
+        self.upper = upper[self.order]
         self.centres = (rows + PAD) * canvas_width + cols + PAD
         self.neighbours = (rows[:, None] + prior.tap_rows) * canvas_width + cols[:, None] + prior.tap_cols
-        self.upper = (rows // 2) * (w // 2) + cols // 2  # the conditioning lives on the 2x coarser grid
-        sizes = torch.bincount(cols + WAVEFRONT_SLOPE * rows).tolist() if rows.numel() else []
-        bounds = torch.tensor([0] + [n for n in sizes if n]).cumsum(0).tolist()
-        self.fronts = list(zip(bounds[:-1], bounds[1:]))  # [start, stop) of each wavefront in self.order
+        t = t[self.order]
+        bounds = (torch.nonzero(t[1:] != t[:-1]).flatten() + 1).tolist() if t.numel() else []
+        bounds = [0] + bounds + [t.numel()] if t.numel() else [0]
+        self.fronts = list(zip(bounds[:-1], bounds[1:]))  # [start, stop) of each wavefront
 
     def frequencies(self, start: int, stop: int) -> torch.Tensor:
-        """Frequencies of positions start..stop-1 (in wavefront order)."""
+        """Frequencies of positions start..stop-1 (in decoding order)."""
         return self.prior.frequencies(self.canvas, self.neighbours[start:stop], self.upper[start:stop], self.cond)
+
+    def segments(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """(tile, start, stop) of each tile's run of positions within start..stop-1."""
+        if len(self.sizes) == 1:
+            return [(0, start, stop)]
+        tiles = self.tiles[start:stop]
+        cuts = (torch.nonzero(tiles[1:] != tiles[:-1]).flatten() + 1).tolist()
+        edges = [0] + cuts + [stop - start]
+        return [(int(tiles[a]), start + a, start + b) for a, b in zip(edges[:-1], edges[1:])]
 
     def paint(self, start: int, stop: int, codes: torch.Tensor) -> None:
         self.canvas[self.centres[start:stop]] = codes
 
-    def codes(self) -> torch.Tensor:
-        """The (h, w) grid as painted so far."""
-        grid = torch.empty_like(self.order)
-        grid[self.order] = self.canvas[self.centres]
-        return grid.view(self.size)
+    def codes(self) -> list[torch.Tensor]:
+        """Each tile's (h, w) grid as painted so far."""
+        flat = torch.empty_like(self.order)
+        flat[self.order] = self.canvas[self.centres]
+        return [grid.view(size) for grid, size in zip(flat.split([h * w for h, w in self.sizes]), self.sizes)]
 
 
 def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor) -> torch.Tensor:
@@ -249,13 +281,6 @@ def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor) -> torc
     remainder = FREQ_TOTAL - freq.sum(1)
     freq[torch.arange(freq.shape[0], device=freq.device), logits.argmax(1)] += remainder
     return freq
-
-
-def wavefront_order(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Flat (row-major) indices of all positions in decoding order: by t = j + 3 i, then by row."""
-    rows = torch.arange(height, device=device).repeat_interleave(width)
-    cols = torch.arange(width, device=device).repeat(height)
-    return torch.argsort((cols + WAVEFRONT_SLOPE * rows) * height + rows)
 
 
 class IntPrior:
