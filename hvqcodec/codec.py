@@ -83,7 +83,7 @@ class Codec:
     @torch.no_grad()
     def encode_codes(self, rgb: np.ndarray) -> list[torch.Tensor]:
         """(H, W, 3) uint8 -> code grids [top, mid, bottom] of the padded image."""
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).to(self.device)
+        x = torch.tensor(rgb).permute(2, 0, 1)[None].float().div(255).to(self.device)  # a copy: rgb may be read-only
         return [c[0] for c in self.autoencoder.encode(x)]
 
     @torch.no_grad()
