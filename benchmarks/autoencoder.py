@@ -64,14 +64,14 @@ def main() -> int:
     if args.update_manifest:
         folder = models_dir()
         manifest = read_manifest(folder)
-        manifest["models"][args.model]["metrics"] = {
+        manifest["models"][args.model].setdefault("metrics", {}).update({
             "dataset": Path(args.data).name,
             "psnr": results["psnr"], "ms_ssim": results["ms_ssim"],
             "raw_index_bpp": results["raw_index_bpp"],
             "dead_fraction": {n: u["dead_fraction"] for n, u in results["code_usage"].items()},
             "encode_decode_seconds_median": results["encode_decode_seconds_median"],
             "command": report["command"],
-        }
+        })
         write_manifest(manifest, folder)
         console.print(f"updated {folder / 'manifest.json'}")
     return 0

@@ -30,6 +30,7 @@ from hvqcodec.autoencoder import LEVEL_NAMES
 from hvqcodec.codec import load_codec
 from hvqcodec.data import find_images
 from hvqcodec.evaluate import write_report
+from hvqcodec.zoo import models_dir, read_manifest, write_manifest
 from hvqcodec.metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ def measure(codec, path: Path) -> dict:
     decode_s = time.perf_counter() - start
     codes = codec.encode_codes(original) if original.shape[0] * original.shape[1] <= 1024 * 1024 else None
     exact = codes is None or all(torch.equal(a, b) for a, b in zip(decoded.codes[0], codes))
-    out = torch.from_numpy(np.asarray(decoded.image.convert("RGB"))).permute(2, 0, 1)[None].double() / 255
+    out = torch.tensor(np.asarray(decoded.image.convert("RGB"))).permute(2, 0, 1)[None].double() / 255
     ref = torch.from_numpy(original).permute(2, 0, 1)[None].double() / 255
     h, w = original.shape[:2]
     record = {
@@ -111,6 +112,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--float-priors", help="priors checkpoint: also report the integer prior's rate cost")
     parser.add_argument("--no-large", action="store_true", help="skip the 4000x3000 image")
+    parser.add_argument("--update-manifest", action="store_true",
+                        help="record the mean figures as the model's measured codec metrics in models/manifest.json")
     parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: measure one image, print JSON
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -182,7 +185,23 @@ def main() -> int:
         console.print(f"  4000x3000: {large['bpp']:.4f} bpp, encode {large['encode_seconds']:.1f} s, decode "
                       f"{large['decode_seconds']:.1f} s, peak RSS {large['peak_rss_mb']:.0f} MB")
     console.print(f"wrote {out}")
+    if args.update_manifest:
+        update_manifest(name, Path(args.data).name, results)
+        console.print("updated the manifest")
     return 0
+
+
+def update_manifest(name: str, dataset: str, results: dict) -> None:
+    folder = models_dir()
+    manifest = read_manifest(folder)
+    keys = ("bpp", "psnr", "ms_ssim", "bpp_per_level", "file_bits_over_cross_entropy", "header_bytes_max",
+            "encode_seconds_median", "decode_seconds_median", "peak_rss_mb", "all_codes_bit_exact", "threads")
+    codec_metrics = {"dataset": dataset, "command": " ".join(["python", "benchmarks/codec.py"] + sys.argv[1:]),
+                     **{k: results[k] for k in keys}}
+    if "integer_prior_rate_cost" in results:
+        codec_metrics["integer_prior_rate_cost"] = results["integer_prior_rate_cost"]["relative"]
+    manifest["models"][name]["metrics"]["codec"] = codec_metrics
+    write_manifest(manifest, folder)
 
 
 if __name__ == "__main__":
