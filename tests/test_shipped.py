@@ -40,6 +40,6 @@ def test_shipped_codec_round_trip():
     raw = codec.autoencoder.config.raw_index_bpp()
     assert compressed.bpp < raw  # the priors must beat fixed-width indices
     reference = torch.from_numpy(rgb).permute(2, 0, 1).double() / 255
-    quality = [psnr(torch.from_numpy(np.asarray(codec.decompress(compressed.data, levels).image)).permute(2, 0, 1)
+    quality = [psnr(torch.tensor(np.asarray(codec.decompress(compressed.data, levels).image)).permute(2, 0, 1)
                     .double() / 255, reference) for levels in (1, 2, 3)]
     assert quality[0] < quality[1] < quality[2] and quality[2] > 22
