@@ -117,8 +117,8 @@ class Codec:
         parsed = container.unpack(data)
         header = parsed.header
         if header.model_name != self.name or header.model_hash != self.sha256[:HASH_CHARS]:
-            raise ModelError(f"file was made with model {header.model_name} ({header.model_hash}), "
-                             f"not {self.name} ({self.sha256[:HASH_CHARS]})")
+            raise ModelError(f"file was made with model {header.model_name} ({header.model_hash}) but this is "
+                             f"{self.name}, which has hash {self.sha256[:HASH_CHARS]}: install the matching hvqcodec")
         notes = []
         if parsed.truncated_levels:
             notes.append(f"file is truncated: decoding {header.levels} of {header.levels + parsed.truncated_levels} "
@@ -163,10 +163,7 @@ def codec_for(data: bytes, device: str = "auto") -> Codec:
         codec = load_codec(header.model_name, device)
     except ModelError as exc:
         raise ModelError(f"file needs model {header.model_name} ({header.model_hash}): {exc}") from None
-    if codec.sha256[:HASH_CHARS] != header.model_hash:
-        raise ModelError(f"file was made with model {header.model_name} ({header.model_hash}) but the installed "
-                         f"{header.model_name} has hash {codec.sha256[:HASH_CHARS]}: install the matching hvqcodec")
-    return codec
+    return codec  # Codec.decompress checks the weights hash
 
 
 def compress(image: str | Path | bytes | Image.Image, model: str | None = None, device: str = "auto") -> bytes:

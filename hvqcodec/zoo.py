@@ -158,11 +158,6 @@ class ModelBundle:
     prior_tables: dict[str, torch.Tensor] | None
 
 
-def load_weights_file(path: Path, expected_sha256: str | None = None) -> HierarchicalVQVAE:
-    """Rebuild the autoencoder from an exported weight file, checking its hash when one is expected."""
-    return load_bundle_file(path, expected_sha256).autoencoder
-
-
 def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBundle:
     """Rebuild a model bundle from an exported weight file, checking its hash when one is expected."""
     if not path.is_file():
@@ -214,11 +209,3 @@ def load_bundle(name: str | None = None, folder: Path | None = None) -> ModelBun
 def load_model(name: str | None = None, folder: Path | None = None) -> HierarchicalVQVAE:
     """The autoencoder of a shipped model."""
     return load_bundle(name, folder).autoencoder
-
-
-def model_hash(name: str, folder: Path | None = None) -> str:
-    """Full sha256 of a shipped model's weights, as recorded in the manifest."""
-    models = available_models(folder)
-    if name not in models:
-        raise ModelError(f"unknown model {name!r}")
-    return models[name]["sha256"]
