@@ -20,7 +20,7 @@ from rich.table import Table
 
 from hvqcodec.data import find_images
 from hvqcodec.evaluate import evaluate_autoencoder, write_report
-from hvqcodec.zoo import available_models, default_model, load_model, models_dir, read_manifest, write_manifest
+from hvqcodec.zoo import available_models, default_model, load_model, models_dir, record_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,9 +62,7 @@ def main() -> int:
     console.print(f"wrote {out}")
 
     if args.update_manifest:
-        folder = models_dir()
-        manifest = read_manifest(folder)
-        manifest["models"][args.model].setdefault("metrics", {}).update({
+        record_metrics(args.model, {
             "dataset": Path(args.data).name,
             "psnr": results["psnr"], "ms_ssim": results["ms_ssim"],
             "raw_index_bpp": results["raw_index_bpp"],
@@ -72,8 +70,7 @@ def main() -> int:
             "encode_decode_seconds_median": results["encode_decode_seconds_median"],
             "command": report["command"],
         })
-        write_manifest(manifest, folder)
-        console.print(f"updated {folder / 'manifest.json'}")
+        console.print(f"updated {models_dir() / 'manifest.json'}")
     return 0
 
 

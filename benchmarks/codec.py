@@ -30,7 +30,7 @@ from hvqcodec.autoencoder import LEVEL_NAMES
 from hvqcodec.codec import load_codec
 from hvqcodec.data import find_images
 from hvqcodec.evaluate import write_report
-from hvqcodec.zoo import models_dir, read_manifest, write_manifest
+from hvqcodec.zoo import record_metrics
 from hvqcodec.metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +165,7 @@ def main() -> int:
 
     name = codec.name
     out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"codec-{name}.json"
-    write_report(out, f"hvqcodec-{name}", (
+    report = write_report(out, f"hvqcodec-{name}", (
         f"hvqcodec {name} ({codec.sha256[:12]}) on {Path(args.data).name}: whole-file bpp, 8-bit RGB PSNR / "
         f"MS-SSIM, CPU {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"),
         results)
@@ -186,22 +186,19 @@ def main() -> int:
                       f"{large['decode_seconds']:.1f} s, peak RSS {large['peak_rss_mb']:.0f} MB")
     console.print(f"wrote {out}")
     if args.update_manifest:
-        update_manifest(name, Path(args.data).name, results)
+        record_metrics(name, codec_metrics(Path(args.data).name, report["command"], results), section="codec")
         console.print("updated the manifest")
     return 0
 
 
-def update_manifest(name: str, dataset: str, results: dict) -> None:
-    folder = models_dir()
-    manifest = read_manifest(folder)
+def codec_metrics(dataset: str, command: str, results: dict) -> dict:
+    """The mean figures that go into the manifest."""
     keys = ("bpp", "psnr", "ms_ssim", "bpp_per_level", "file_bits_over_cross_entropy", "header_bytes_max",
             "encode_seconds_median", "decode_seconds_median", "peak_rss_mb", "all_codes_bit_exact", "threads")
-    codec_metrics = {"dataset": dataset, "command": " ".join(["python", "benchmarks/codec.py"] + sys.argv[1:]),
-                     **{k: results[k] for k in keys}}
+    metrics = {"dataset": dataset, "command": command, **{k: results[k] for k in keys}}
     if "integer_prior_rate_cost" in results:
-        codec_metrics["integer_prior_rate_cost"] = results["integer_prior_rate_cost"]["relative"]
-    manifest["models"][name]["metrics"]["codec"] = codec_metrics
-    write_manifest(manifest, folder)
+        metrics["integer_prior_rate_cost"] = results["integer_prior_rate_cost"]["relative"]
+    return metrics
 
 
 if __name__ == "__main__":

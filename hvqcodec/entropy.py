@@ -63,7 +63,7 @@ def decode_level(prior: IntLevelPrior, streams: Sequence[bytes], sizes: Sequence
     for start, stop in state.fronts:
         probabilities = _probabilities(state.frequencies(start, stop))
         symbols = np.empty(stop - start, dtype=np.int64)
-        for tile, a, b in state.segments(start, stop):
+        for tile, a, b in state.segments(start):
             symbols[a - start:b - start] = decoders[tile].decode(family, probabilities[a - start:b - start])
         state.paint(start, stop, torch.from_numpy(symbols).to(prior.device))
     return state.codes()

@@ -18,6 +18,8 @@ with every position at once, the decoder once per wavefront t = j + 3 i, and bot
 """
 from __future__ import annotations
 
+import bisect
+
 from typing import Sequence
 
 import torch
@@ -143,13 +145,12 @@ class IntLevelPrior:
         # The masked convolution reads only code embeddings, so fold it into one table per tap:
         # tap_tables[tap, code] = W_tap @ embedding[code] (exact integers), with a zero row for code K, the
         # out-of-grid sentinel. The layer is then a sum of 12 lookups instead of a matmul per position.
-        weight, _, _ = self.layers.pop("masked")
+        weight, bias_and_half, inv_scale = self.layers.pop("masked")
+        self.masked_scale = (bias_and_half, inv_scale)
         weight = weight.t().reshape(2 * self.channels, self.channels, len(TAPS))
         embedding = torch.cat([self.embedding, self.embedding.new_zeros(1, self.channels)])
         # Flattened to (taps * (K + 1), 2C) so that one embedding_bag sums the 12 rows without materialising them.
         self.tap_tables = torch.einsum("oct,kc->tko", weight, embedding).reshape(-1, 2 * self.channels).contiguous()
-        shift = t["masked.shift"].double()
-        self.masked_scale = (t["masked.bias"].double() + torch.pow(2.0, shift - 1), torch.pow(2.0, -shift))
         self.tap_offsets = torch.arange(len(TAPS), device=self.device) * (self.codebook_size + 1)
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -244,22 +245,20 @@ class LevelState:
         self.centres = (rows + PAD) * canvas_width + cols + PAD
         self.neighbours = (rows[:, None] + prior.tap_rows) * canvas_width + cols[:, None] + prior.tap_cols
         t = t[self.order]
-        bounds = (torch.nonzero(t[1:] != t[:-1]).flatten() + 1).tolist() if t.numel() else []
-        bounds = [0] + bounds + [t.numel()] if t.numel() else [0]
-        self.fronts = list(zip(bounds[:-1], bounds[1:]))  # [start, stop) of each wavefront
+        self.fronts = _runs(t)  # [start, stop) of each wavefront
+        # Each tile's run of positions, per wavefront (start), so the decoder can feed each tile's stream.
+        self._segments: dict[int, list[tuple[int, int, int]]] = {}
+        tile_of = self.tiles.tolist()
+        for a, b in _runs(t * len(self.sizes) + self.tiles):
+            self._segments.setdefault(_front_start(self.fronts, a), []).append((tile_of[a], a, b))
 
     def frequencies(self, start: int, stop: int) -> torch.Tensor:
         """Frequencies of positions start..stop-1 (in decoding order)."""
         return self.prior.frequencies(self.canvas, self.neighbours[start:stop], self.upper[start:stop], self.cond)
 
-    def segments(self, start: int, stop: int) -> list[tuple[int, int, int]]:
-        """(tile, start, stop) of each tile's run of positions within start..stop-1."""
-        if len(self.sizes) == 1:
-            return [(0, start, stop)]
-        tiles = self.tiles[start:stop]
-        cuts = (torch.nonzero(tiles[1:] != tiles[:-1]).flatten() + 1).tolist()
-        edges = [0] + cuts + [stop - start]
-        return [(int(tiles[a]), start + a, start + b) for a, b in zip(edges[:-1], edges[1:])]
+    def segments(self, start: int) -> list[tuple[int, int, int]]:
+        """(tile, start, stop) of each tile's run of positions within the wavefront beginning at start."""
+        return self._segments[start]
 
     def paint(self, start: int, stop: int, codes: torch.Tensor) -> None:
         self.canvas[self.centres[start:stop]] = codes
@@ -269,6 +268,19 @@ class LevelState:
         flat = torch.empty_like(self.order)
         flat[self.order] = self.canvas[self.centres]
         return [grid.view(size) for grid, size in zip(flat.split([h * w for h, w in self.sizes]), self.sizes)]
+
+
+def _runs(values: torch.Tensor) -> list[tuple[int, int]]:
+    """[start, stop) of each run of equal consecutive values."""
+    if values.numel() == 0:
+        return []
+    edges = [0] + (torch.nonzero(values[1:] != values[:-1]).flatten() + 1).tolist() + [values.numel()]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _front_start(fronts: list[tuple[int, int]], position: int) -> int:
+    """Start of the wavefront that holds `position` (fronts sorted and contiguous)."""
+    return fronts[bisect.bisect_right(fronts, (position, float("inf"))) - 1][0]
 
 
 def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,20 @@ def write_manifest(manifest: dict[str, Any], folder: Path) -> None:
     atomic_write_bytes(folder / MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
+def record_metrics(name: str, metrics: dict[str, Any], section: str | None = None,
+                   folder: Path | None = None) -> None:
+    """Merge measured metrics into a model's manifest entry (under `section` when given)."""
+    folder = folder or models_dir()
+    manifest = read_manifest(folder)
+    if name not in manifest["models"]:
+        raise ModelError(f"unknown model {name!r}")
+    target = manifest["models"][name].setdefault("metrics", {})
+    if section:
+        target = target.setdefault(section, {})
+    target.update(metrics)
+    write_manifest(manifest, folder)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
