@@ -3,9 +3,11 @@ prior's cross-entropy, header bytes, encode/decode seconds (median), peak memory
 large (4000x3000) image in a separate process for its own time and peak memory.
 
     python benchmarks/codec.py                                    # default model on ../shared/datasets/kodak
+    python benchmarks/codec.py --quality 90 --reference-model hvq-small   # decode time against hvq-small's
     python benchmarks/codec.py --float-priors runs/priors/checkpoint.pt   # also: integer vs float prior rate
 
-Writes benchmarks/results/codec-<model>.json ({name, description, results}) and prints a summary.
+Prints a summary; writes JSON ({name, description, results}) only where asked: --json PATH, or --update for
+the committed benchmarks/results/codec-<model>[-q<quality>].json.
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import track
 
-from hvqcodec.autoencoder import LEVEL_NAMES
 from hvqcodec.codec import load_codec
 from hvqcodec.data import find_images
 from hvqcodec.evaluate import write_report
@@ -41,15 +42,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(codec, path: Path) -> dict:
-    original = np.asarray(Image.open(path).convert("RGB"))
+def measure(codec, path: Path, quality: int | None = None) -> dict:
+    original = np.array(Image.open(path).convert("RGB"))  # a writable copy
     start = time.perf_counter()
-    compressed = codec.compress(path)
+    compressed = codec.compress(path, quality)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     decoded = codec.decompress(compressed.data)
     decode_s = time.perf_counter() - start
-    codes = codec.encode_codes(original) if original.shape[0] * original.shape[1] <= 1024 * 1024 else None
+    point = codec.operating_point(quality)
+    codes = codec.encode_codes(original, point) if original.shape[0] * original.shape[1] <= 1024 * 1024 else None
     exact = codes is None or all(torch.equal(a, b) for a, b in zip(decoded.codes[0], codes))
     out = torch.tensor(np.asarray(decoded.image.convert("RGB"))).permute(2, 0, 1)[None].double() / 255
     ref = torch.from_numpy(original).permute(2, 0, 1)[None].double() / 255
@@ -75,17 +77,18 @@ def float_prior_bits(checkpoint_path: str, codec, paths: list[Path]) -> dict:
     prior = HierarchicalPrior(PriorConfig.from_dict(checkpoint["config"]))
     prior.load_state_dict(checkpoint["model"])
     prior.eval()
-    totals = [0.0, 0.0, 0.0]
+    names = codec.autoencoder.config.stream_names
+    totals = [0.0] * len(names)
     with torch.no_grad():
         for path in paths:
-            codes = codec.encode_codes(np.asarray(Image.open(path).convert("RGB")))
+            codes = codec.encode_codes(np.array(Image.open(path).convert("RGB")))
             for level, logits in enumerate(prior([c[None] for c in codes])):
                 nll = torch.nn.functional.cross_entropy(logits, codes[level][None], reduction="sum")
                 totals[level] += float(nll) / np.log(2)
-    return dict(zip(LEVEL_NAMES, totals))
+    return dict(zip(names, totals))
 
 
-def large_image(model: str | None, threads: int) -> dict:
+def large_image(model: str | None, threads: int, quality: int | None) -> dict:
     """Compress + decompress one 4000x3000 photo in a fresh process, for its own peak memory."""
     source = sorted((ROOT.parent / "shared" / "datasets" / "train" / "clic2025_finaltest").glob("*.png"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,6 +101,8 @@ def large_image(model: str | None, threads: int) -> dict:
         args = [sys.executable, __file__, "--single", str(path), "--threads", str(threads)]
         if model:
             args += ["--model", model]
+        if quality is not None:
+            args += ["--quality", str(quality)]
         result = subprocess.run(args, capture_output=True, text=True, check=True)
         record = json.loads(result.stdout)
         record["source"] = f"{source[0].name} resized to {LARGE_SIZE[0]}x{LARGE_SIZE[1]}" if source else "synthetic"
@@ -108,7 +113,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model name (default: the default shipped model)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "kodak"), help="image folder")
-    parser.add_argument("--json", help="output JSON (default benchmarks/results/codec-<model>.json)")
+    parser.add_argument("--quality", type=int, help="quality 1-100 (default: the codec's default)")
+    parser.add_argument("--reference-model", help="also time this model's decode in the same run (e.g. hvq-small)")
+    parser.add_argument("--json", help="write the results JSON here")
+    parser.add_argument("--update", action="store_true",
+                        help="write the committed benchmarks/results/codec-<model>[-q<quality>].json")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--float-priors", help="priors checkpoint: also report the integer prior's rate cost")
     parser.add_argument("--no-large", action="store_true", help="skip the 4000x3000 image")
@@ -119,16 +128,24 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     codec = load_codec(args.model, "cpu")
     if args.single:
-        record = measure(codec, Path(args.single))
+        record = measure(codec, Path(args.single), args.quality)
         record["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(record))
         return 0
 
     console = Console(stderr=True)
+    if not Path(args.data).is_dir():
+        console.print(f"[red]error[/]: {args.data}: no such folder (give --data DIR)")
+        return 2
     paths = find_images(args.data)
-    measure(codec, paths[0])  # warm-up: first-call allocations and lazy initialisation
-    per_image = [measure(codec, p) for p in track(paths, description="coding", console=console)]
+    measure(codec, paths[0], args.quality)  # warm-up: first-call allocations and lazy initialisation
+    per_image = [measure(codec, p, args.quality) for p in track(paths, description="coding", console=console)]
     kodak_peak = peak_rss_mb()
+    reference = None
+    if args.reference_model:
+        other = load_codec(args.reference_model, "cpu")
+        measure(other, paths[0])
+        reference = [measure(other, p) for p in track(paths, description=f"coding with {other.name}", console=console)]
 
     def mean(key):
         values = [r[key] for r in per_image if key in r]
@@ -138,11 +155,15 @@ def main() -> int:
     file_bits = sum(8 * r["bytes"] for r in per_image)
     level_bits = sum(8 * sum(r["level_bytes"]) for r in per_image)
     xent_bits = sum(sum(r["cross_entropy_bits"]) for r in per_image)
+    names = codec.autoencoder.config.stream_names
+    point = codec.operating_point(args.quality)
     results = {
         "images": len(per_image),
+        "quality": args.quality, "operating_point": {"streams": point.streams, "lambda": point.lam},
         "bpp": mean("bpp"), "psnr": mean("psnr"), "ms_ssim": mean("ms_ssim"),
-        "bpp_per_level": {n: sum(8 * r["level_bytes"][i] for r in per_image) / pixels for i, n in enumerate(LEVEL_NAMES)},
-        "raw_index_bpp": sum(np.log2(k) / s ** 2 for k, s in zip(codec.autoencoder.config.codebook_sizes, (16, 8, 4))),
+        "bpp_per_level": {n: sum(8 * r["level_bytes"][i] for r in per_image) / pixels
+                          for i, n in enumerate(names[:point.streams])},
+        "raw_index_bpp": codec.autoencoder.config.raw_index_bpp(),
         "file_bits_over_cross_entropy": level_bits / xent_bits,
         "total_file_bits_over_cross_entropy": file_bits / xent_bits,
         "header_bytes_max": max(r["header_bytes"] for r in per_image),
@@ -153,22 +174,38 @@ def main() -> int:
         "threads": args.threads,
         "per_image": per_image,
     }
+    if reference is not None:
+        results["reference"] = {
+            "model": args.reference_model,
+            "decode_seconds_median": statistics.median(r["decode_seconds"] for r in reference),
+            "encode_seconds_median": statistics.median(r["encode_seconds"] for r in reference),
+            "bpp": sum(r["bpp"] for r in reference) / len(reference),
+            "psnr": sum(r["psnr"] for r in reference) / len(reference)}
+        results["decode_time_ratio_to_reference"] = (results["decode_seconds_median"]
+                                                     / results["reference"]["decode_seconds_median"])
     if args.float_priors:
         float_bits = float_prior_bits(args.float_priors, codec, paths)
-        int_bits = {n: sum(r["cross_entropy_bits"][i] for r in per_image) for i, n in enumerate(LEVEL_NAMES)}
+        int_bits = {n: sum(r["cross_entropy_bits"][i] for r in per_image) for i, n in enumerate(names[:point.streams])}
+        float_bits = {n: float_bits[n] for n in int_bits}
         results["integer_prior_rate_cost"] = {
             "float_bits": float_bits, "integer_bits": int_bits,
             "relative": sum(int_bits.values()) / sum(float_bits.values()) - 1}
     if not args.no_large:
         console.print("coding one 4000x3000 image in a separate process ...")
-        results["large_image"] = large_image(args.model, args.threads)
+        results["large_image"] = large_image(args.model, args.threads, args.quality)
 
     name = codec.name
-    out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"codec-{name}.json"
-    report = write_report(out, f"hvqcodec-{name}", (
-        f"hvqcodec {name} ({codec.sha256[:12]}) on {Path(args.data).name}: whole-file bpp, 8-bit RGB PSNR / "
-        f"MS-SSIM, CPU {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"),
-        results)
+    suffix = f"-q{args.quality}" if args.quality is not None else ""
+    out = (Path(args.json) if args.json else
+           ROOT / "benchmarks" / "results" / f"codec-{name}{suffix}.json" if args.update else None)
+    description = (
+        f"hvqcodec {name} ({codec.sha256[:12]}) on {Path(args.data).name} at quality {args.quality or 'default'}: "
+        f"whole-file bpp, 8-bit RGB PSNR / MS-SSIM, CPU {platform.processor() or platform.machine()}, "
+        f"{args.threads} threads, torch {torch.__version__}")
+    if out is not None:
+        report = write_report(out, f"hvqcodec-{name}", description, results)
+    else:
+        report = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
 
     console.print(f"[bold]{name}[/] on {args.data} ({len(per_image)} images, {args.threads} threads):")
     console.print(f"  {results['bpp']:.4f} bpp (raw index cost {results['raw_index_bpp']:.4f}), "
@@ -184,7 +221,13 @@ def main() -> int:
         large = results["large_image"]
         console.print(f"  4000x3000: {large['bpp']:.4f} bpp, encode {large['encode_seconds']:.1f} s, decode "
                       f"{large['decode_seconds']:.1f} s, peak RSS {large['peak_rss_mb']:.0f} MB")
-    console.print(f"wrote {out}")
+    if reference is not None:
+        ref = results["reference"]
+        console.print(f"  reference {ref['model']}: {ref['bpp']:.4f} bpp, PSNR {ref['psnr']:.2f} dB, decode "
+                      f"{ref['decode_seconds_median']:.3f} s (median): decode time ratio "
+                      f"{results['decode_time_ratio_to_reference']:.2f}x")
+    if out is not None:
+        console.print(f"wrote {out}")
     if args.update_manifest:
         record_metrics(name, codec_metrics(Path(args.data).name, report["command"], results), section="codec")
         console.print("updated the manifest")

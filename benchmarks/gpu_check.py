@@ -20,7 +20,7 @@ from PIL import Image
 
 from hvqcodec.codec import load_codec
 from hvqcodec.data import find_images
-from hvqcodec.entropy import level_frequencies
+from hvqcodec.entropy import level_frequencies, stage_frequencies
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,16 +49,21 @@ def main() -> int:
     records, ok = [], True
     for path in find_images(args.data)[:args.images]:
         rgb = np.asarray(Image.open(path).convert("RGB"))
-        codes = cpu.encode_codes(rgb)
+        codes = cpu.encode_codes(rgb)  # every stream, nearest codes
+        on_gpu = [c.cuda() for c in codes]
         same_probabilities = all(
-            torch.equal(level_frequencies(cpu.prior.levels[l], codes[l], codes[:l]).cpu(),
-                        level_frequencies(cuda.prior.levels[l], codes[l].cuda(), [c.cuda() for c in codes[:l]]).cpu())
+            torch.equal(level_frequencies(cpu.prior.levels[l], codes[l], codes[:l])[0].cpu(),
+                        level_frequencies(cuda.prior.levels[l], on_gpu[l], on_gpu[:l])[0].cpu())
             for l in range(3))
+        same_probabilities &= all(
+            torch.equal(stage_frequencies(cpu.prior.stages[s], codes, codes[3 + s]).cpu(),
+                        stage_frequencies(cuda.prior.stages[s], on_gpu, on_gpu[3 + s]).cpu())
+            for s in range(len(cpu.prior.stages)))
         record = {"image": path.name, "probabilities_equal": same_probabilities}
         for source, target, name in ((cpu, cuda, "cpu_to_cuda"), (cuda, cpu, "cuda_to_cpu")):
             compressed, encode_s = timed(source.compress, path)
             decoded, decode_s = timed(target.decompress, compressed.data)
-            expected = source.encode_codes(rgb)
+            expected = source.encode_codes(rgb, source.operating_point())
             exact = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(decoded.codes[0], expected))
             record[name] = {"codes_equal": exact, "encode_seconds": encode_s, "decode_seconds": decode_s,
                             "bytes": len(compressed.data)}

@@ -1,11 +1,12 @@
 """hvqcodec: a learned image codec built on a 3-level hierarchical VQ-VAE.
 
     import hvqcodec
-    data = hvqcodec.compress("photo.png")     # bytes of a .hvq file
-    image = hvqcodec.decompress(data)         # PIL.Image
+    data = hvqcodec.compress("photo.png", quality=75)     # bytes of a .hvq file
+    image = hvqcodec.decompress(data)                     # PIL.Image
+    samples = hvqcodec.sample(4, size=(256, 256), seed=1) # new images from the priors
 """
-__version__ = "0.1.0"
-__all__ = ["compress", "decompress"]
+__version__ = "0.2.0"
+__all__ = ["compress", "decompress", "sample"]
 
 
 def __getattr__(name: str):

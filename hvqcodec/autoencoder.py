@@ -16,8 +16,7 @@ from torch import nn
 from .convnext import ConvNeXtBlock, Downsample, LayerNorm2d, Upsample, convnext_stage
 from .quantiser import EMAQuantiser
 
-LEVEL_NAMES = ("top", "mid", "bottom")
-LEVEL_STRIDES = (16, 8, 4)
+from .names import LEVEL_NAMES, LEVEL_STRIDES, stream_names  # noqa: F401 (re-exported)
 PAD_MULTIPLE = 16
 
 
@@ -35,6 +34,18 @@ class AutoencoderConfig:
     # Probability per training sample of dropping the bottom level, and of dropping bottom and mid.
     drop_bottom: float = 0.1
     drop_bottom_mid: float = 0.1
+    # Refinement stages at the bottom level (the quality ladder): stage s quantises what the bottom code and
+    # the stages before it left over, with a product quantiser (the residual split into groups of dimensions,
+    # one EMA codebook per group). 0 keeps the plain 3-level model.
+    refine_stages: int = 0
+    refine_groups: int = 4
+    refine_codebook_size: int = 32
+    # Refinement dropout: per training sample, all stages with this probability, else a uniform number of
+    # them (0..stages-1), so that every prefix of the stages is a trained reconstruction.
+    keep_all_refine: float = 0.4
+    # A linear path from the /4 decoder features straight to each 4x4 pixel block (zero-initialised, so a
+    # warm start is unchanged): fine detail need not squeeze through the narrow /2 stage.
+    detail_head: bool = False
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
@@ -50,16 +61,56 @@ class AutoencoderConfig:
     def raw_index_bpp(self) -> float:
         """Bits per pixel of the codes stored as fixed-width indices: sum of log2(K) / stride^2."""
         import math
-        return sum(math.log2(k) / s ** 2 for k, s in zip(self.codebook_sizes, LEVEL_STRIDES))
+        levels = sum(math.log2(k) / s ** 2 for k, s in zip(self.codebook_sizes, LEVEL_STRIDES))
+        return levels + self.refine_stages * self.refine_groups * math.log2(self.refine_codebook_size) / 16
+
+    @property
+    def num_streams(self) -> int:
+        """Code grids in coarse-to-fine order: top, mid, bottom, then each refinement stage."""
+        return 3 + self.refine_stages
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        return stream_names(self.refine_stages)
 
 
 @dataclass
 class AutoencoderOutput:
     reconstruction: torch.Tensor  # (N, 3, H, W), RGB in about [0, 1]
-    codes: list[torch.Tensor]  # top, mid, bottom: (N, H/16, W/16), (N, H/8, W/8), (N, H/4, W/4)
+    # top, mid, bottom: (N, H/16, W/16), (N, H/8, W/8), (N, H/4, W/4); then refinement stages (N, G, H/4, W/4)
+    codes: list[torch.Tensor]
     commitment_loss: torch.Tensor
     perplexities: list[torch.Tensor] = field(default_factory=list)
     dead_codes: list[int] = field(default_factory=list)
+
+
+class ProductQuantiser(nn.Module):
+    """A vector split into groups of dimensions, each quantised by its own EMA codebook (product VQ).
+
+    Codes are (N, G, H, W): one index per group per position.
+    """
+
+    def __init__(self, dim: int, groups: int, codebook_size: int, decay: float) -> None:
+        super().__init__()
+        if dim % groups:
+            raise ValueError(f"code_dim {dim} is not divisible into {groups} groups")
+        self.groups = groups
+        self.codebook_size = codebook_size
+        self.quantisers = nn.ModuleList(EMAQuantiser(dim // groups, codebook_size, decay=decay)
+                                        for _ in range(groups))
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(N, D, H, W) -> hard quantised (N, D, H, W), codes (N, G, H, W), commitment, perplexity, dead."""
+        outs = [q(x) for q, x in zip(self.quantisers, inputs.chunk(self.groups, dim=1))]
+        codes = torch.stack([o.codes for o in outs], 1)
+        return (self.lookup(codes).to(inputs.dtype), codes, sum(o.commitment_loss for o in outs) / self.groups,
+                sum(o.perplexity for o in outs) / self.groups, sum(o.dead_codes for o in outs))
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.cat([q.lookup(codes[:, g]) for g, q in enumerate(self.quantisers)], 1)
+
+    def group_lookup(self, group: int, codes: torch.Tensor) -> torch.Tensor:
+        return self.quantisers[group].lookup(codes)
 
 
 class ContextUp(nn.Module):
@@ -102,6 +153,9 @@ class HierarchicalVQVAE(nn.Module):
             EMAQuantiser(code_dim, k, decay=config.ema_decay) for k in config.codebook_sizes)
         # Learned stand-ins for a missing mid or bottom level (level dropout, previews).
         self.absent = nn.Parameter(torch.zeros(2, code_dim))
+        self.refiners = nn.ModuleList(
+            ProductQuantiser(code_dim, config.refine_groups, config.refine_codebook_size, config.ema_decay)
+            for _ in range(config.refine_stages))
 
         # Context path: top codes -> c2 at /8; [mid codes, c2] -> c1 at /4.
         self.context_top = ContextUp(code_dim, w3, w2, dec3, ls)
@@ -113,32 +167,71 @@ class HierarchicalVQVAE(nn.Module):
         self.dec_up = Upsample(w1, half)
         self.dec_half = ConvNeXtBlock(half, ls)
         self.to_rgb = nn.Sequential(LayerNorm2d(half), nn.ConvTranspose2d(half, 3, kernel_size=2, stride=2))
+        self.detail = None
+        if config.detail_head:
+            self.detail = nn.Sequential(nn.Conv2d(w1, 3 * 16, kernel_size=1), nn.PixelShuffle(4))
+            nn.init.zeros_(self.detail[0].weight)
+            nn.init.zeros_(self.detail[0].bias)
 
     # --- encoding -------------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> AutoencoderOutput:
-        """images: (N, 3, H, W) in [0, 1], H and W multiples of 16."""
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images (N, 3, H, W) in [0, 1], H and W multiples of 16 -> encoder features at /4, /8, /16."""
         f1 = self.enc1(self.stem(images * 2 - 1))
         f2 = self.enc2(self.down2(f1))
-        f3 = self.enc3(self.down3(f2))
+        return f1, f2, self.enc3(self.down3(f2))
 
+    def bottom_latent(self, features, top_codes: torch.Tensor, mid_codes: torch.Tensor) -> torch.Tensor:
+        """The bottom level's unquantised vectors (N, D, H/4, W/4), given the upper levels' codes."""
+        f1, f2, _ = features
+        c2 = self.context_top(self.quantisers[0].lookup(top_codes))
+        c1 = self.context_mid(torch.cat([self.quantisers[1].lookup(mid_codes), c2], 1))
+        return self.pre_quant[2](torch.cat([f1, c1], 1))
+
+    def forward(self, images: torch.Tensor) -> AutoencoderOutput:
+        """images: (N, 3, H, W) in [0, 1], H and W multiples of 16."""
+        f1, f2, f3 = self.features(images)
         drop_mid, drop_bottom = self._level_dropout_masks(images)
         top = self.quantisers[0](self.pre_quant[0](f3))
         c2 = self.context_top(top.quantised)
         mid = self.quantisers[1](self.pre_quant[1](torch.cat([f2, c2], 1)))
         mid_q = self._replace_with_absent(mid.quantised, 1, drop_mid)
         c1 = self.context_mid(torch.cat([mid_q, c2], 1))
-        bottom = self.quantisers[2](self.pre_quant[2](torch.cat([f1, c1], 1)))
-        bottom_q = self._replace_with_absent(bottom.quantised, 2, drop_bottom)
+        latent = self.pre_quant[2](torch.cat([f1, c1], 1))
+        bottom = self.quantisers[2](latent)
+        levels = [top, mid, bottom]
+        codes = [lv.codes for lv in levels]
+        commitment = sum(lv.commitment_loss for lv in levels)
+        perplexities = [lv.perplexity for lv in levels]
+        dead = [lv.dead_codes for lv in levels]
+        bottom_q = bottom.quantised
+        if self.refiners:
+            # Residual stages: each quantises what the stages before it left; the decoder sees a per-sample
+            # prefix of them (refinement dropout), through one straight-through estimator on the sum.
+            total = self.quantisers[2].lookup(bottom.codes).to(latent.dtype)
+            partials = [total]
+            for refiner in self.refiners:
+                hard, stage_codes, stage_commitment, perplexity, stage_dead = refiner(latent - total)
+                total = total + hard
+                partials.append(total)
+                codes.append(stage_codes)
+                commitment = commitment + stage_commitment
+                perplexities.append(perplexity)
+                dead.append(stage_dead)
+            chosen = torch.stack(partials)[self._refine_counts(images), torch.arange(images.shape[0])]
+            bottom_q = latent + (chosen - latent).detach() if self.training else chosen
+        bottom_q = self._replace_with_absent(bottom_q, 2, drop_bottom)
         reconstruction = self._decode_bottom(bottom_q, c1)
+        return AutoencoderOutput(reconstruction=reconstruction, codes=codes, commitment_loss=commitment,
+                                 perplexities=perplexities, dead_codes=dead)
 
-        levels = (top, mid, bottom)
-        return AutoencoderOutput(
-            reconstruction=reconstruction,
-            codes=[lv.codes for lv in levels],
-            commitment_loss=sum(lv.commitment_loss for lv in levels),
-            perplexities=[lv.perplexity for lv in levels],
-            dead_codes=[lv.dead_codes for lv in levels],
-        )
+    def _refine_counts(self, images: torch.Tensor) -> torch.Tensor:
+        """Refinement stages each sample keeps: all of them outside training."""
+        stages, n = self.config.refine_stages, images.shape[0]
+        if not self.training:
+            return torch.full((n,), stages, dtype=torch.long, device=images.device)
+        keep_all = torch.rand(n, device=images.device) < self.config.keep_all_refine
+        partial = torch.randint(0, stages, (n,), device=images.device)
+        return torch.where(keep_all, torch.full_like(partial, stages), partial)
 
     def _level_dropout_masks(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per training sample, one draw decides: drop bottom + mid, drop bottom only, or keep all levels."""
@@ -156,8 +249,25 @@ class HierarchicalVQVAE(nn.Module):
         return torch.where(mask[:, None, None, None], absent, quantised)
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Images (N, 3, H, W) in [0, 1] (any size) -> code grids [top, mid, bottom] of the padded image."""
-        return self(pad_to_multiple(images)).codes
+        """Images (N, 3, H, W) in [0, 1] (any size) -> code grids [top, mid, bottom, refinement stages...] of the
+        padded image, by nearest-code quantisation. Runs only the encoder side (no decoder)."""
+        features = self.features(pad_to_multiple(images))
+        top = self.quantisers[0](self.pre_quant[0](features[2])).codes
+        c2 = self.context_top(self.quantisers[0].lookup(top))
+        mid = self.quantisers[1](self.pre_quant[1](torch.cat([features[1], c2], 1))).codes
+        latent = self.bottom_latent(features, top, mid)
+        return [top, mid] + self.quantise_bottom(latent)
+
+    def quantise_bottom(self, latent: torch.Tensor) -> list[torch.Tensor]:
+        """Bottom latent (N, D, h, w) -> nearest bottom codes, then each refinement stage's codes."""
+        bottom = self.quantisers[2](latent).codes
+        codes = [bottom]
+        total = self.quantisers[2].lookup(bottom)
+        for refiner in self.refiners:
+            _, stage_codes, *_ = refiner(latent - total)
+            total = total + refiner.lookup(stage_codes)
+            codes.append(stage_codes)
+        return codes
 
     # --- decoding -------------------------------------------------------------------------------------
     def _absent_like(self, level: int, reference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -166,17 +276,19 @@ class HierarchicalVQVAE(nn.Module):
 
     def _decode_bottom(self, bottom_q: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
         x = self.dec1(self.dec_in(torch.cat([bottom_q, c1], 1)))
-        x = self.dec_half(self.dec_up(x))
-        return (self.to_rgb(x) + 1) / 2
+        rgb = self.to_rgb(self.dec_half(self.dec_up(x)))
+        if self.detail is not None:
+            rgb = rgb + self.detail(x)
+        return (rgb + 1) / 2
 
     def decode(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Code grids [top] or [top, mid] or [top, mid, bottom] -> RGB (N, 3, 16h, 16w) in about [0, 1].
+        """A prefix of the code grids [top, mid, bottom, refinement stages...] -> RGB (N, 3, 16h, 16w), about [0, 1].
 
         With fewer than three levels the missing ones are replaced by their learned 'absent' vectors,
-        giving the preview the decoder was trained to produce.
+        giving the preview the decoder was trained to produce; missing refinement stages are simply not added.
         """
-        if not 1 <= len(codes) <= 3:
-            raise ValueError("decode needs the top level and optionally mid and bottom")
+        if not 1 <= len(codes) <= self.config.num_streams:
+            raise ValueError(f"decode needs the top level and optionally up to {self.config.num_streams - 1} more")
         top = self.quantisers[0].lookup(codes[0])
         n, _, h, w = top.shape
         c2 = self.context_top(top)
@@ -185,17 +297,21 @@ class HierarchicalVQVAE(nn.Module):
         c1 = self.context_mid(torch.cat([mid_q, c2], 1))
         bottom_q = (self.quantisers[2].lookup(codes[2]) if len(codes) > 2
                     else self._absent_like(2, top, (4 * h, 4 * w)))
+        for refiner, stage_codes in zip(self.refiners, codes[3:]):
+            bottom_q = bottom_q + refiner.lookup(stage_codes)
         return self._decode_bottom(bottom_q, c1)
 
-    def reconstruct(self, images: torch.Tensor, levels: int = 3) -> torch.Tensor:
-        """Encode and decode images of any size (padded internally, cropped back); clamped to [0, 1]."""
+    def reconstruct(self, images: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """Encode and decode images of any size (padded internally, cropped back); clamped to [0, 1].
+
+        `levels` counts code grids (streams) to use: 1 top only, 2 top + mid, 3 all levels, more adds stages."""
         h, w = images.shape[-2:]
         codes = self.encode(images)
-        return self.decode(codes[:levels])[..., :h, :w].clamp(0, 1)
+        return self.decode(codes[:levels or len(codes)])[..., :h, :w].clamp(0, 1)
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
-    """Replicate-pad (N, C, H, W) on the bottom and right to multiples of `multiple` (DESIGN section 1)."""
+    """Replicate-pad (N, C, H, W) on the bottom and right to multiples of `multiple` (docs/DESIGN.md section 1)."""
     h, w = images.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
     if pad_h == 0 and pad_w == 0:

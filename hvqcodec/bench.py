@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import container
+from .codec import OperatingPoint
 from .data import find_images, load_rgb
 from .errors import HvqError
 from .evaluate import write_report
@@ -36,7 +37,6 @@ JPEG2000_RATIOS = (200, 100, 60, 40, 24, 16, 10)  # compression ratios, i.e. 24 
 # inside the 15-minute budget of a full run on 2 cores (speed 4 is ~3x slower for a few % of rate).
 AVIF_SPEED = 6
 HVQ_LEVELS = (1, 2, 3)
-TRAILER_BYTES = 4  # the CRC32 that ends every .hvq file
 REPORT_NAME = "hvqcodec-bench"
 
 
@@ -220,26 +220,37 @@ def _run_classic(plan: BenchPlan) -> Iterator[tuple[str, int, list[dict[str, Any
 
 def preview_bytes(data: bytes, levels: int) -> int:
     """Size of the .hvq file that holds only the first `levels` levels: header + those streams + trailer."""
-    header = container.read_header(data)
-    if levels >= header.levels:
-        return len(data)
-    return header.header_size + sum(sum(lengths) for lengths in header.stream_lengths[:levels]) + TRAILER_BYTES
+    return container.prefix_size(container.read_header(data), levels)
 
 
 def measure_hvq(codec: Any, rgb: np.ndarray) -> list[dict[str, Any]]:
-    """Compress once, then decode each progressive level: one point per level (single-run timings)."""
-    start = time.perf_counter()
-    data = codec.compress(Image.fromarray(rgb)).data
-    encode_seconds = time.perf_counter() - start
+    """One point per operating point (single-run timings).
+
+    A model with a calibrated quality ladder gives one point per ladder entry. Entries that share a lambda
+    share one compression: the streams are coded coarse to fine, so the file of an entry with fewer streams is
+    a prefix of it (header + those streams + trailer, counted by preview_bytes). A model without a ladder gives
+    one point per progressive level, as before.
+    """
+    if not codec.calibrated:
+        entries = [{"quality": None, "streams": s, "lambda": 0.0} for s in HVQ_LEVELS]
+    else:
+        entries = codec.ladder
     points = []
-    for levels in HVQ_LEVELS:
+    for lam in sorted({e["lambda"] for e in entries}):
+        group = [e for e in entries if e["lambda"] == lam]
+        streams = max(e["streams"] for e in group)
         start = time.perf_counter()
-        decoded = codec.decompress(data, levels=levels).image
-        decode_seconds = time.perf_counter() - start
-        point = _point(f"levels {levels}", preview_bytes(data, levels), rgb, np.asarray(decoded.convert("RGB")),
-                       encode_seconds, decode_seconds)
-        points.append({"levels": levels, **point})
-    return points
+        data = codec.compress(Image.fromarray(rgb), point=OperatingPoint(streams, lam)).data
+        encode_seconds = time.perf_counter() - start
+        for entry in group:
+            start = time.perf_counter()
+            decoded = codec.decompress(data, levels=entry["streams"]).image
+            decode_seconds = time.perf_counter() - start
+            label = f"q {entry['quality']}" if entry["quality"] is not None else f"levels {entry['streams']}"
+            point = _point(label, preview_bytes(data, entry["streams"]), rgb, np.asarray(decoded.convert("RGB")),
+                           encode_seconds, decode_seconds)
+            points.append({"levels": entry["streams"], "quality": entry["quality"], **point})
+    return sorted(points, key=lambda p: (p["quality"] or 0, p["levels"]))
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -300,7 +311,7 @@ def mean_points(per_image: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per setting, the means over images of bpp, PSNR, MS-SSIM and the timings."""
     means = []
     for settings in zip(*per_image):
-        point = {k: v for k, v in settings[0].items() if k in ("setting", "levels")}
+        point = {k: v for k, v in settings[0].items() if k in ("setting", "levels", "quality")}
         for key in ("bpp", "psnr", "ms_ssim", "encode_seconds", "decode_seconds"):
             point[key] = _mean([p[key] for p in settings])
         means.append(point)
@@ -400,7 +411,8 @@ def compare(codecs: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
             for anchor in lossy:
                 rate = rate_at_quality(*_curve(codecs[anchor]["points"], "psnr"), point["psnr"])
                 needs[anchor] = {"bpp": rate, "ratio": point["bpp"] / rate if rate else None}
-            same[name].append({"levels": point["levels"], "bpp": point["bpp"], "psnr": point["psnr"], "codecs": needs})
+            same[name].append({"levels": point["levels"], "quality": point.get("quality"), "bpp": point["bpp"],
+                               "psnr": point["psnr"], "codecs": needs})
         if "png" in codecs:
             png_bpp = codecs["png"]["points"][0]["bpp"]
             png[name] = [{"levels": p["levels"], "bpp": p["bpp"], "png_bpp": png_bpp, "fraction": p["bpp"] / png_bpp}
@@ -459,13 +471,14 @@ def print_report(results: dict[str, Any], console: Console) -> None:
         anchors = list(rows[0]["codecs"]) if rows else []
         table = Table(title=f"{name}: bpp each codec needs for the same PSNR (x = hvq bpp / codec bpp; "
                             "-: outside the codec's range)")
-        for column in ("levels", "bpp", "PSNR", *anchors, *(["of PNG"] if name in results["png_fraction"] else [])):
+        for column in ("quality", "streams", "bpp", "PSNR", *anchors, *(["of PNG"] if name in results["png_fraction"] else [])):
             table.add_column(column, justify="right")
         for i, row in enumerate(rows):
             cells = [f"{c['bpp']:.3f} (x{c['ratio']:.2f})" if c["bpp"] else "-" for c in row["codecs"].values()]
             if name in results["png_fraction"]:
                 cells.append(f"{100 * results['png_fraction'][name][i]['fraction']:.1f}%")
-            table.add_row(str(row["levels"]), _fmt(row["bpp"], ".4f"), _fmt(row["psnr"], ".2f"), *cells)
+            table.add_row("-" if row.get("quality") is None else str(row["quality"]), str(row["levels"]),
+                          _fmt(row["bpp"], ".4f"), _fmt(row["psnr"], ".2f"), *cells)
         console.print(table)
     for note in results["notes"]:
         console.print(f"note: {note}")

@@ -45,6 +45,9 @@ def int_list(count: int) -> click.ParamType:
     return IntList()
 
 
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(1), default=None, metavar="N",
+    help="Refuse images (and files that decode to images) over N pixels (default 100,000,000).")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="Where to run; auto picks CUDA when available.")
 
@@ -56,12 +59,16 @@ def main() -> None:
 
     \b
     Examples:
-      hvqcodec compress photo.png                 # writes photo.hvq
+      hvqcodec compress photo.png                 # writes photo.hvq (quality 75)
+      hvqcodec compress photo.png -q 95           # larger file, better picture
+      hvqcodec compress photo.png --bpp 0.3       # the best quality that fits 0.3 bits per pixel
       hvqcodec decompress photo.hvq -o back.png
       hvqcodec decompress photo.hvq --levels 1    # quick preview from the top level
       hvqcodec info photo.hvq
       hvqcodec train autoencoder --data ../shared/datasets/train --out runs/ae
       hvqcodec models list
+      hvqcodec bench                              # hvq vs PNG/JPEG/WebP/AVIF on built-in photos
+      hvqcodec sample -n 8 --seed 1 -o samples.png
     """
 
 
@@ -96,27 +103,45 @@ def _progress(total: int):
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(), help="Output file (one input) or folder (several).")
 @click.option("--model", default=None, help="Model name (default: the shipped default; see `hvqcodec models list`).")
+@click.option("-q", "--quality", type=click.IntRange(1, 100), default=None,
+              help="1-100: higher gives a larger file and a better picture (default 75).")
+@click.option("--bpp", "target_bpp", type=click.FloatRange(0, min_open=True), default=None,
+              help="Aim for this many bits per pixel: the highest quality whose file fits.")
+@max_pixels_option
 @device_option
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @user_errors
-def compress(images, output, model, device, force) -> None:
+def compress(images, output, model, quality, target_bpp, max_pixels, device, force) -> None:
     """Compress images into .hvq files.
 
     \b
     Examples:
-      hvqcodec compress photo.png                  # -> photo.hvq
+      hvqcodec compress photo.png                  # -> photo.hvq, default quality
+      hvqcodec compress photo.png -q 90            # larger file, better picture
+      hvqcodec compress photo.png --bpp 0.5        # the best quality that fits 0.5 bits per pixel
       hvqcodec compress *.png -o compressed/       # into a folder
       hvqcodec compress photo.jpg -o out.hvq --force
     """
     from .codec import load_codec
     from .fileio import atomic_write_bytes
 
+    from .container import DEFAULT_MAX_PIXELS
+
+    if quality is not None and target_bpp is not None:
+        raise click.UsageError("give either --quality or --bpp, not both")
+    limit = max_pixels or DEFAULT_MAX_PIXELS
     targets = _output_paths(images, output, ".hvq")
     _check_outputs(targets, force)
     codec = load_codec(model, device)
     with _progress(len(images)) as progress:
         for source, target in progress.track(list(zip(images, targets)), description="compressing"):
-            result = codec.compress(source)
+            if target_bpp is not None:
+                from .ladder import compress_to_bpp
+                result, used = compress_to_bpp(codec, source, target_bpp, limit)
+                if result.bpp > target_bpp:
+                    console.print(f"[yellow]warning[/]: {source}: even quality {used} takes {result.bpp:.4f} bpp")
+            else:
+                result = codec.compress(source, quality, max_pixels=limit)
             for note in result.warnings:
                 console.print(f"[yellow]warning[/]: {source}: {note}")
             atomic_write_bytes(target, result.data)
@@ -126,11 +151,12 @@ def compress(images, output, model, device, force) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(), help="Output image (one input) or folder (several); the suffix picks the format (default .png).")
-@click.option("--levels", type=click.IntRange(1, 3), help="Decode only the top 1 or 2 levels: a quick, coarser preview.")
+@click.option("--levels", type=click.IntRange(1, 11), help="Decode only the first N streams: 1 top, 2 top + mid (quick, coarse previews), 3 all levels, 4+ adds refinement stages.")
+@max_pixels_option
 @device_option
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @user_errors
-def decompress(files, output, levels, device, force) -> None:
+def decompress(files, output, levels, max_pixels, device, force) -> None:
     """Decompress .hvq files into images.
 
     A truncated file decodes to the preview its complete levels allow, with a warning.
@@ -141,15 +167,18 @@ def decompress(files, output, levels, device, force) -> None:
       hvqcodec decompress photo.hvq -o photo.webp  # lossless WebP
       hvqcodec decompress photo.hvq --levels 2 -o preview.png
     """
-    from .codec import codec_for
+    from . import container
+    from .codec import TILE_SIZE, codec_for
     from .imageio import save_image
 
+    limit = max_pixels or container.DEFAULT_MAX_PIXELS
     targets = _output_paths(files, output, ".png")
     _check_outputs(targets, force)
     with _progress(len(files)) as progress:
         for source, target in progress.track(list(zip(files, targets)), description="decompressing"):
             data = _read(source)
-            decoded = codec_for(data, device).decompress(data, levels)
+            container.check_limits(container.read_header(data), TILE_SIZE, limit)  # before loading a model
+            decoded = codec_for(data, device).decompress(data, levels, limit)
             for note in decoded.warnings:
                 console.print(f"[yellow]warning[/]: {source}: {note}")
             save_image(decoded.image, target, force=force)
@@ -177,6 +206,7 @@ def info(files) -> None:
       hvqcodec info photo.hvq
     """
     from . import container
+    from .names import stream_names
 
     out = Console()
     for path in files:
@@ -184,15 +214,15 @@ def info(files) -> None:
         parsed = container.unpack(data)
         header = parsed.header
         pixels = header.width * header.height
-        out.print(f"[bold]{path}[/]: hvq format {container.FORMAT_VERSION}, model {header.model_name} "
+        out.print(f"[bold]{path}[/]: hvq format {header.version}, model {header.model_name} "
                   f"({header.model_hash}), {header.width}x{header.height} {header.mode}, "
                   f"{header.num_tiles} tile(s), {header.levels} level(s)"
                   + (f" ([yellow]truncated[/]: {parsed.truncated_levels} level(s) missing)" if parsed.truncated_levels else ""))
-        for name, lengths in zip(("top", "mid", "bottom"), header.stream_lengths):
+        for name, lengths in zip(stream_names(container.MAX_LEVELS - 3), header.stream_lengths):
             out.print(f"  {name:>6}: {sum(lengths):>9,} bytes  {8 * sum(lengths) / pixels:.4f} bpp")
         if header.alpha_length:
             out.print(f"   alpha: {header.alpha_length:>9,} bytes  {8 * header.alpha_length / pixels:.4f} bpp")
-        out.print(f"  header: {header.header_size + 4:>9,} bytes (with the trailing checksum)")
+        out.print(f"  header: {header.header_size + container.TRAILER_BYTES:>9,} bytes (with the trailing checksum)")
         out.print(f"   total: {len(data):>9,} bytes  {8 * len(data) / pixels:.4f} bpp")
 
 
@@ -259,6 +289,65 @@ def bench(folder, codecs, model, json_path, plot_path, reference, device, jobs, 
         console.print(f"plot: {plot_path}")
 
 
+def _size(ctx, param, value: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("expected WIDTHxHEIGHT, e.g. 256x256") from None
+    if not (1 <= width and 1 <= height):
+        raise click.BadParameter("width and height must be at least 1")
+    return width, height
+
+
+@main.command()
+@click.option("-n", "count", type=click.IntRange(1, 64), default=1, show_default=True, help="How many images.")
+@click.option("--size", callback=_size, default="256x256", show_default=True, help="WIDTHxHEIGHT of each sample.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Same seed, same images, anywhere.")
+@click.option("--temperature", type=click.FloatRange(0.05, 5.0), default=1.0, show_default=True,
+              help="Below 1: safer, flatter samples; above 1: wilder ones.")
+@click.option("--model", default=None, help="Model name (default: the shipped default).")
+@click.option("--from", "source", type=click.Path(dir_okay=False), help="A .hvq file: sample variations of it.")
+@click.option("--keep-levels", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="With --from: streams of the file to keep (1 top, 2 top + mid, ...); the rest are sampled.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="samples.png", show_default=True,
+              help="Output PNG: one image, or a grid of them.")
+@device_option
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@user_errors
+def sample(count, size, seed, temperature, model, source, keep_levels, output, device, force) -> None:
+    """Draw new images from the priors: top level first, each level below conditioned on those above.
+
+    Codes are drawn from the same integer probabilities the decoder uses, with a seeded integer RNG, so a
+    seed gives the same codes on every machine. These are samples of a small compression model: textures and
+    colours of photos, not recognisable scenes.
+
+    \b
+    Examples:
+      hvqcodec sample -n 8 --size 256x256 --seed 1 -o samples.png
+      hvqcodec sample -n 4 --temperature 0.8 -o calm.png
+      hvqcodec sample --from photo.hvq --keep-levels 2 -n 4 -o variations.png
+    """
+    from PIL import Image
+
+    from .codec import codec_for, load_codec
+    from .fileio import atomic_write_bytes
+    from .sampling import grid, sample_images
+
+    target = Path(output)
+    _check_outputs([target], force)
+    data = _read(source) if source else None
+    codec = codec_for(data, device) if data is not None else load_codec(model, device)
+    with console.status(f"sampling {count} image(s)"):
+        images = sample_images(codec, count, size, seed, temperature, data, keep_levels)
+    import io
+    buffer = io.BytesIO()
+    Image.fromarray(grid(images) if len(images) > 1 else images[0]).save(buffer, "PNG")
+    atomic_write_bytes(target, buffer.getvalue())
+    height, width = images[0].shape[:2]
+    console.print(f"wrote {target}: {count} sample(s) of {width}x{height} from {codec.name}, seed {seed}, "
+                  f"temperature {temperature}")
+
+
 @main.group()
 def train() -> None:
     """Train the models on a folder of images."""
@@ -284,6 +373,9 @@ def training_options(steps: int, crop: int, crop_help: str, lr: float, warmup: i
         device_option,
         click.option("--val-every", type=click.IntRange(1), default=val_every, show_default=True),
         click.option("--checkpoint-every", type=click.IntRange(1), default=250, show_default=True),
+        click.option("--time-budget", type=click.FloatRange(0), default=0, show_default=True, metavar="MINUTES",
+                     help="Stop after this many minutes (0: no limit); the learning-rate schedule then runs on "
+                          "time, whichever of steps and minutes ends first."),
     ]
 
     def decorate(func: Callable) -> Callable:
@@ -294,7 +386,7 @@ def training_options(steps: int, crop: int, crop_help: str, lr: float, warmup: i
 
 
 _SHARED_TRAINING = ("data", "val", "out", "exclude", "steps", "batch_size", "crop", "lr", "warmup", "seed", "device",
-                    "val_every", "checkpoint_every")
+                    "val_every", "checkpoint_every", "time_budget")
 
 
 def _train_options(options_type: type, shared: dict, **extra):
@@ -315,8 +407,17 @@ def _train_options(options_type: type, shared: dict, **extra):
 @click.option("--decoder-depths", type=int_list(3), default="3,3,4", show_default=True, help="Blocks in the /16, /8 context and /4 decoder stages.")
 @click.option("--codebook-sizes", type=int_list(3), default="512,512,512", show_default=True, help="Codes per level: top, mid, bottom.")
 @click.option("--code-dim", type=click.IntRange(1), default=32, show_default=True, help="Dimension of codebook vectors.")
+@click.option("--refine-stages", type=click.IntRange(0, 8), default=0, show_default=True,
+              help="Residual refinement stages at the bottom level (the quality ladder).")
+@click.option("--refine-groups", type=click.IntRange(1), default=4, show_default=True,
+              help="Product-quantiser groups per refinement stage (must divide --code-dim).")
+@click.option("--refine-codebook-size", type=click.IntRange(2, 4096), default=32, show_default=True,
+              help="Codes per group codebook of a refinement stage.")
+@click.option("--detail-head", is_flag=True, help="Add a linear path from the /4 decoder features to the pixels.")
+@click.option("--init-from", metavar="MODEL", help="Start from a shipped model's weights (same-shaped tensors).")
 @user_errors
 def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, codebook_sizes, code_dim,
+                              refine_stages, refine_groups, refine_codebook_size, detail_head, init_from,
                               **shared) -> None:
     """Train the 3-level hierarchical VQ-VAE.
 
@@ -334,9 +435,17 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
     from .train import TrainOptions, train_autoencoder
 
     options = _train_options(TrainOptions, shared)
+    if code_dim % refine_groups:
+        raise click.BadParameter(f"must divide --code-dim {code_dim}", param_hint="--refine-groups")
     config = AutoencoderConfig(widths=widths, encoder_depths=encoder_depths, decoder_depths=decoder_depths,
-                               codebook_sizes=codebook_sizes, code_dim=code_dim)
-    train_autoencoder(options, config, resume=resume, console=console)
+                               codebook_sizes=codebook_sizes, code_dim=code_dim, refine_stages=refine_stages,
+                               refine_groups=refine_groups, refine_codebook_size=refine_codebook_size,
+                               detail_head=detail_head)
+    initial = None
+    if init_from and not resume:
+        from .zoo import load_model
+        initial = load_model(init_from).state_dict()
+    train_autoencoder(options, config, resume=resume, console=console, init_from=initial)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
 
 
@@ -348,8 +457,11 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
 @click.option("--channels", type=click.IntRange(1), default=64, show_default=True, help="Prior width.")
 @click.option("--causal-blocks", type=click.IntRange(0), default=2, show_default=True, help="1x1 gated blocks after the masked conv.")
 @click.option("--cond-blocks", type=click.IntRange(0), default=3, show_default=True, help="3x3 gated blocks over the upper levels.")
+@click.option("--stage-channels", type=click.IntRange(1), default=32, show_default=True, help="Width of the refinement-stage priors.")
+@click.option("--stage-blocks", type=click.IntRange(0), default=2, show_default=True, help="3x3 gated blocks in each stage prior.")
 @user_errors
-def train_priors_command(model, resume, code_crops, channels, causal_blocks, cond_blocks, **shared) -> None:
+def train_priors_command(model, resume, code_crops, channels, causal_blocks, cond_blocks, stage_channels,
+                         stage_blocks, **shared) -> None:
     """Train the PixelCNN priors on the codes a shipped autoencoder gives.
 
     Random crops of the training images are encoded once into code grids (kept in --out/codes.pt); the three
@@ -368,7 +480,8 @@ def train_priors_command(model, resume, code_crops, channels, causal_blocks, con
     from .zoo import default_model
 
     options = _train_options(PriorTrainOptions, shared, model=model or default_model(), code_crops=code_crops)
-    config = PriorConfig(channels=channels, causal_blocks=causal_blocks, cond_blocks=cond_blocks)
+    config = PriorConfig(channels=channels, causal_blocks=causal_blocks, cond_blocks=cond_blocks,
+                         stage_channels=stage_channels, stage_blocks=stage_blocks)
     train_priors(options, config, resume=resume, console=console)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
 
@@ -389,19 +502,75 @@ def models_list() -> None:
     """
     from rich.table import Table
 
-    from .zoo import available_models, models_dir
+    from .manifest import available_models, default_model, models_dir
 
+    default = default_model()
     table = Table(title=f"models in {models_dir()}")
-    for column in ("name", "sha256", "parameters", "steps", "Kodak PSNR (3 / 2 / 1 levels)", "raw bpp"):
+    for column in ("name", "sha256", "parameters", "steps", "streams", "quality ladder (calibration bpp, PSNR)",
+                   "Kodak"):
         table.add_column(column)
     for name, entry in sorted(available_models().items()):
-        metrics = entry.get("metrics", {})
-        psnrs = metrics.get("psnr", {})
-        quality = " / ".join(f"{psnrs[k]:.2f}" for k in ("full", "top_mid", "top") if k in psnrs) or "-"
-        raw = f"{metrics['raw_index_bpp']:.3f}" if "raw_index_bpp" in metrics else "-"
-        table.add_row(name, entry["sha256"][:12], f"{entry.get('parameters', 0) / 1e6:.2f}M",
-                      str(entry.get("training_steps", "-")), quality, raw)
+        config = entry.get("config", {})
+        ladder = entry.get("ladder") or []
+        span = (f"{len(ladder)} points, {ladder[0]['calibration_bpp']:.2f}-{ladder[-1]['calibration_bpp']:.2f} bpp, "
+                f"{ladder[0]['calibration_psnr']:.1f}-{ladder[-1]['calibration_psnr']:.1f} dB" if ladder else "-")
+        codec = entry.get("metrics", {}).get("codec", {})
+        kodak = f"{codec['bpp']:.3f} bpp, {codec['psnr']:.2f} dB" if "bpp" in codec else "-"
+        table.add_row(name + (" (default)" if name == default else ""), entry["sha256"][:12],
+                      f"{entry.get('parameters', 0) / 1e6:.2f}M", str(entry.get("training_steps", "-")),
+                      str(3 + config.get("refine_stages", 0)), span, kodak)
     Console().print(table)
+
+
+@models.command("calibrate")
+@click.argument("name")
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="Training images (never the evaluation set).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out image paths matching GLOB (repeatable).")
+@click.option("--images", "count", type=click.IntRange(1), default=12, show_default=True, help="Images to measure on.")
+@click.option("--crop", type=click.IntRange(16), default=512, show_default=True, help="Center crop of each image, in pixels.")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Models folder (default: the shipped models/).")
+@device_option
+@user_errors
+def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> None:
+    """Calibrate a model's quality ladder (quality 1-100 -> streams and lambda) on training images.
+
+    Every candidate operating point is measured (bpp and PSNR, whole files); the points no cheaper point beats
+    are spread over quality 1-100 and written into the manifest.
+
+    \b
+    Examples:
+      hvqcodec models calibrate hvq-ladder --data ../shared/datasets/train/bsds500 --images 12
+    """
+    import random
+
+    from rich.progress import Progress
+
+    from .codec import Codec
+    from .data import center_crops, find_images, load_rgb
+    from .ladder import build_ladder, candidate_points, measure_points
+    from .zoo import load_bundle, read_manifest, write_manifest, models_dir as default_dir
+    from .device import resolve_device
+
+    folder = Path(models_dir) if models_dir else default_dir()
+    codec = Codec(load_bundle(name, folder), resolve_device(device))
+    paths = find_images(data, exclude)
+    paths = random.Random(0).sample(paths, min(count, len(paths)))
+    crops = center_crops([load_rgb(p) for p in paths], crop)
+    images = [(c.permute(1, 2, 0) * 255).round().byte().numpy() for c in crops]
+    points = candidate_points(codec.num_streams)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("measuring operating points", total=len(points) * len(images))
+        measured = measure_points(codec, images, points, lambda: progress.advance(task))
+    ladder = build_ladder(measured)
+    manifest = read_manifest(folder)
+    manifest["models"][name]["ladder"] = ladder
+    manifest["models"][name]["ladder_calibration"] = {
+        "command": " ".join(["hvqcodec"] + sys.argv[1:]), "images": [str(p) for p in paths], "crop": crop,
+        "measured": measured}
+    write_manifest(manifest, folder)
+    for entry in ladder:
+        console.print(f"quality {entry['quality']:>3}: {entry['streams']} streams, lambda {entry['lambda']:<6} "
+                      f"{entry['calibration_bpp']:.4f} bpp {entry['calibration_psnr']:.2f} dB")
 
 
 @models.command("export")
@@ -411,8 +580,9 @@ def models_list() -> None:
 @click.option("--data", default="", help="Description of the training data, for the manifest.")
 @click.option("--priors", type=click.Path(dir_okay=False), help="Priors checkpoint to ship with it (needed to compress).")
 @click.option("--force", is_flag=True, help="Replace an existing model of the same name.")
+@click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
 @user_errors
-def models_export(checkpoint, name, models_dir, data, priors, force) -> None:
+def models_export(checkpoint, name, models_dir, data, priors, force, make_default) -> None:
     """Export a training checkpoint as fp16 weights plus a manifest entry.
 
     \b
@@ -427,6 +597,11 @@ def models_export(checkpoint, name, models_dir, data, priors, force) -> None:
     folder = Path(models_dir) if models_dir else default_models_dir()
     entry = export_model(load_checkpoint(checkpoint), name, folder, data=data, force=force,
                          priors_checkpoint=load_checkpoint(priors, "priors") if priors else None)
+    if make_default:
+        from .manifest import read_manifest, write_manifest
+        manifest = read_manifest(folder)
+        manifest["default"] = name
+        write_manifest(manifest, folder)
     console.print(f"exported {name}: {folder / entry['file']} (sha256 {entry['sha256'][:12]}, "
                   f"{(folder / entry['file']).stat().st_size / 1e6:.2f} MB)")
 

@@ -20,16 +20,37 @@ import torch
 from PIL import Image
 
 from . import container
-from .autoencoder import LEVEL_STRIDES, PAD_MULTIPLE
-from .entropy import decode_level, encode_level
+from .autoencoder import LEVEL_STRIDES, PAD_MULTIPLE, pad_to_multiple
+from .entropy import decode_level, decode_stage, encode_level, encode_stage, level_frequencies, stage_frequencies
 from .errors import ModelError
-from .imageio import decode_alpha, encode_alpha, load_image, to_pil
+from .intprior import FREQ_TOTAL
+from .imageio import ImageError, LoadedImage, decode_alpha, encode_alpha, load_image, to_pil
 from .intprior import IntPrior
 from .device import resolve_device
 from .zoo import ModelBundle, default_model, load_bundle
 
 TILE_SIZE = 1024
-HASH_CHARS = 16  # the container stores the first 8 bytes of the weights' sha256
+ECVQ_CANDIDATES = 8  # nearest bottom codewords considered by entropy-constrained selection
+DEFAULT_QUALITY = 75
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """What the encoder codes: how many streams (3 levels, then refinement stages) and the rate weight lambda
+    of entropy-constrained code selection (squared latent distance per bit; 0 = nearest codes)."""
+    streams: int
+    lam: float = 0.0
+
+
+def quality_point(ladder: list[dict], quality: int) -> OperatingPoint:
+    """The operating point for quality 1-100: the ladder's entry with the highest quality at or below it."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality {quality} is not in 1..100")
+    chosen = ladder[0]
+    for entry in ladder:
+        if entry["quality"] <= quality:
+            chosen = entry
+    return OperatingPoint(int(chosen["streams"]), float(chosen["lambda"]))
 
 
 @dataclass
@@ -55,14 +76,7 @@ class DecodedImage:
     warnings: list[str] = field(default_factory=list)
 
 
-def _tiles(width: int, height: int, tile_size: int) -> list[tuple[int, int, int, int]]:
-    """(top, left, height, width) of each tile, raster order; tile_size 0 means one tile."""
-    step_x, step_y = (tile_size, tile_size) if tile_size else (width, height)
-    return [(top, left, min(step_y, height - top), min(step_x, width - left))
-            for top in range(0, height, step_y) for left in range(0, width, step_x)]
-
-
-def _grid_sizes(height: int, width: int) -> list[tuple[int, int]]:
+def grid_sizes(height: int, width: int) -> list[tuple[int, int]]:
     padded_h, padded_w = (math.ceil(height / PAD_MULTIPLE) * PAD_MULTIPLE, math.ceil(width / PAD_MULTIPLE) * PAD_MULTIPLE)
     return [(padded_h // s, padded_w // s) for s in LEVEL_STRIDES]
 
@@ -77,48 +91,125 @@ class Codec:
         self.name, self.sha256 = bundle.name, bundle.sha256
         self.device = torch.device(device)
         self.autoencoder = bundle.autoencoder.to(self.device).eval()
-        self.prior = IntPrior(bundle.prior_config.causal_blocks, bundle.prior_config.cond_blocks,
-                              bundle.prior_tables, self.device)
+        config = bundle.prior_config
+        self.prior = IntPrior(config.causal_blocks, config.cond_blocks, bundle.prior_tables, self.device,
+                              config.refine_stages, config.refine_groups, config.stage_blocks)
+        self.num_streams = self.autoencoder.config.num_streams
+        self.tile_size = TILE_SIZE  # what files made with this codec use, and what decoding accepts
+        # quality -> operating point, calibrated on training images; without one every quality codes everything.
+        self.calibrated = bool(bundle.ladder)
+        self.ladder = bundle.ladder or [{"quality": 1, "streams": self.num_streams, "lambda": 0.0}]
+
+    def operating_point(self, quality: int | None = None) -> OperatingPoint:
+        return quality_point(self.ladder, DEFAULT_QUALITY if quality is None else quality)
 
     @torch.no_grad()
-    def encode_codes(self, rgb: np.ndarray) -> list[torch.Tensor]:
-        """(H, W, 3) uint8 -> code grids [top, mid, bottom] of the padded image."""
+    def encode_codes(self, rgb: np.ndarray, point: OperatingPoint | None = None) -> list[torch.Tensor]:
+        """(H, W, 3) uint8 -> the code grids of the padded image that an operating point codes.
+
+        With lambda > 0 the bottom codes and each refinement group are chosen by squared distance + lambda *
+        bits under the integer prior (entropy-constrained selection); the decoder needs nothing to know it.
+        """
+        point = point or OperatingPoint(self.num_streams)
         x = torch.tensor(rgb).permute(2, 0, 1)[None].float().div(255).to(self.device)  # a copy: rgb may be read-only
-        return [c[0] for c in self.autoencoder.encode(x)]
+        model = self.autoencoder
+        if point.lam <= 0 or point.streams < 3:
+            return [c[0] for c in model.encode(x)][:point.streams]
+        features = model.features(pad_to_multiple(x))
+        top = model.quantisers[0](model.pre_quant[0](features[2])).codes
+        c2 = model.context_top(model.quantisers[0].lookup(top))
+        mid = model.quantisers[1](model.pre_quant[1](torch.cat([features[1], c2], 1))).codes
+        latent = model.bottom_latent(features, top, mid)[0]  # (D, h, w)
+        codes = [top[0], mid[0]]
+        codes.append(self._ecvq_bottom(latent, codes, point.lam))
+        total = model.quantisers[2].lookup(codes[2][None])[0]
+        for stage in range(point.streams - 3):
+            stage_codes = self._ecvq_stage(stage, latent - total, codes, point.lam)
+            total = total + model.refiners[stage].lookup(stage_codes[None])[0]
+            codes.append(stage_codes)
+        return codes
+
+    def _ecvq_bottom(self, latent: torch.Tensor, codes: list[torch.Tensor], lam: float) -> torch.Tensor:
+        """Bottom codes minimising distance + lam * bits among the nearest codewords, the bits under the
+        causal prior with the nearest codes as context (one parallel pass)."""
+        d, h, w = latent.shape
+        flat = latent.permute(1, 2, 0).reshape(-1, d)
+        codebook = self.autoencoder.quantisers[2].codebook
+        distances = torch.cdist(flat, codebook).pow(2)
+        candidate_distances, candidates = distances.topk(ECVQ_CANDIDATES, dim=1, largest=False)
+        nearest = candidates[:, 0].view(h, w)
+        freq, state = level_frequencies(self.prior.levels[2], nearest, codes)
+        raster = torch.empty_like(freq)
+        raster[state.order] = freq
+        bits = -torch.log2(raster.gather(1, candidates.to(raster.device)).double().cpu() / FREQ_TOTAL)
+        cost = candidate_distances.double() + lam * bits
+        return candidates.gather(1, cost.argmin(1, keepdim=True)).view(h, w)
+
+    def _ecvq_stage(self, stage: int, residual: torch.Tensor, codes: list[torch.Tensor], lam: float) -> torch.Tensor:
+        """A refinement stage's codes, group by group, each minimising distance + lam * bits under the stage
+        prior (exact: a group's probabilities depend only on codes already chosen)."""
+        prior, refiner = self.prior.stages[stage], self.autoencoder.refiners[stage]
+        d, h, w = residual.shape
+        context, previous, chosen = prior.context(codes), None, []
+        for group, part in enumerate(residual.chunk(prior.groups, dim=0)):
+            freq, context = prior.group_frequencies(context, group, previous)
+            bits = -torch.log2(freq.double().cpu() / FREQ_TOTAL)
+            flat = part.permute(1, 2, 0).reshape(h * w, -1)
+            distances = torch.cdist(flat, refiner.quantisers[group].codebook).pow(2).double()
+            previous = (distances + lam * bits).argmin(1)
+            chosen.append(previous.view(h, w))
+        return torch.stack(chosen)
 
     @torch.no_grad()
     def decode_codes(self, codes: list[torch.Tensor], height: int, width: int) -> np.ndarray:
-        """Code grids (1 to 3 levels) -> (H, W, 3) uint8."""
+        """Code grids (a prefix of the streams) -> (H, W, 3) uint8."""
         image = self.autoencoder.decode([c[None].to(self.device) for c in codes])[0, :, :height, :width]
         return image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
-    def compress(self, source, tile_size: int = TILE_SIZE) -> CompressedImage:
-        """Any image (path, bytes, PIL image) -> .hvq bytes and figures about them."""
-        loaded = load_image(source)
+    def compress(self, source, quality: int | None = None, point: OperatingPoint | None = None,
+                 max_pixels: int = container.DEFAULT_MAX_PIXELS) -> CompressedImage:
+        """Any image (path, bytes, PIL image) -> .hvq bytes and figures about them.
+
+        `quality` (1-100, higher = larger and better) picks an operating point from the model's calibrated
+        ladder; `point` gives one directly. Images over max_pixels are refused (ImageError)."""
+        point = point or self.operating_point(quality)
+        if not 1 <= point.streams <= self.num_streams:
+            raise ValueError(f"{point.streams} streams: this model has 1..{self.num_streams}")
+        loaded = source if isinstance(source, LoadedImage) else load_image(source)
         height, width = loaded.rgb.shape[:2]
-        tile_size = 0 if width <= tile_size and height <= tile_size else tile_size
-        streams: list[list[bytes]] = [[], [], []]
-        bits = [0.0, 0.0, 0.0]
-        for top, left, h, w in _tiles(width, height, tile_size):
-            codes = self.encode_codes(loaded.rgb[top:top + h, left:left + w])
-            for level, prior in enumerate(self.prior.levels):
-                encoded = encode_level(prior, codes[level], codes[:level])
-                streams[level].append(encoded.data)
-                bits[level] += encoded.cross_entropy_bits
+        if width * height > max_pixels:
+            raise ImageError(f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+                             f"{max_pixels:,} (raise it with --max-pixels)")
+        tile_size = 0 if width <= self.tile_size and height <= self.tile_size else self.tile_size
+        streams: list[list[bytes]] = [[] for _ in range(point.streams)]
+        bits = [0.0] * point.streams
+        for top, left, h, w in container.tile_grid(width, height, tile_size):
+            codes = self.encode_codes(loaded.rgb[top:top + h, left:left + w], point)
+            for index in range(point.streams):
+                if index < 3:
+                    encoded = encode_level(self.prior.levels[index], codes[index], codes[:index])
+                else:
+                    encoded = encode_stage(self.prior.stages[index - 3], codes, codes[index])
+                streams[index].append(encoded.data)
+                bits[index] += encoded.cross_entropy_bits
         alpha = encode_alpha(loaded.alpha) if loaded.alpha is not None else b""
-        data = container.pack(self.name, self.sha256[:HASH_CHARS], width, height, loaded.mode, tile_size,
+        data = container.pack(self.name, self.sha256[:container.HASH_CHARS], width, height, loaded.mode, tile_size,
                               streams, alpha)
         header_bytes = len(data) - sum(len(s) for level in streams for s in level) - len(alpha)
         return CompressedImage(data, width, height, [sum(len(s) for s in level) for level in streams], bits,
                                header_bytes, list(loaded.warnings))
 
-    def decompress(self, data: bytes, levels: int | None = None) -> DecodedImage:
-        """.hvq bytes -> image; `levels` (1-3) limits the reconstruction to a preview."""
+    def decompress(self, data: bytes, levels: int | None = None,
+                   max_pixels: int = container.DEFAULT_MAX_PIXELS) -> DecodedImage:
+        """.hvq bytes -> image; `levels` limits the reconstruction to the first streams (1 or 2: a preview).
+
+        Files over max_pixels, or tiled otherwise than this codec tiles, are refused from their header."""
+        container.check_limits(container.read_header(data), self.tile_size, max_pixels)
         parsed = container.unpack(data)
         header = parsed.header
-        if header.model_name != self.name or header.model_hash != self.sha256[:HASH_CHARS]:
+        if header.model_name != self.name or header.model_hash != self.sha256[:container.HASH_CHARS]:
             raise ModelError(f"file was made with model {header.model_name} ({header.model_hash}) but this is "
-                             f"{self.name}, which has hash {self.sha256[:HASH_CHARS]}: install the matching hvqcodec")
+                             f"{self.name}, which has hash {self.sha256[:container.HASH_CHARS]}: install the matching hvqcodec")
         notes = []
         if parsed.truncated_levels:
             notes.append(f"file is truncated: decoding {header.levels} of {header.levels + parsed.truncated_levels} "
@@ -126,14 +217,23 @@ class Codec:
         elif parsed.truncated:
             notes.append("file is truncated after its last level: decoded without checksum verification")
         use = min(levels or header.levels, header.levels)
-        tiles = _tiles(header.width, header.height, header.tile_size)
+        tiles = container.tile_grid(header.width, header.height, header.tile_size)
         all_codes: list[list[torch.Tensor]] = [[] for _ in tiles]  # [tile][level]
+        if use > self.num_streams:
+            raise container.ContainerError(f"corrupt hvq file ({use} streams, but model {self.name} codes at "
+                                           f"most {self.num_streams})")
         for level in range(use):
-            sizes = [_grid_sizes(h, w)[level] for _, _, h, w in tiles]
             try:
-                grids = decode_level(self.prior.levels[level], parsed.streams[level], sizes, all_codes)
-            except ValueError as exc:
-                raise container.ContainerError(f"corrupt hvq stream ({exc})") from None
+                if level < 3:
+                    sizes = [grid_sizes(h, w)[level] for _, _, h, w in tiles]
+                    grids = decode_level(self.prior.levels[level], parsed.streams[level], sizes, all_codes)
+                else:
+                    grids = [decode_stage(self.prior.stages[level - 3], data, codes)
+                             for data, codes in zip(parsed.streams[level], all_codes)]
+            except container.ContainerError:
+                raise
+            except Exception as exc:  # the range decoder's own failures on damaged data, whatever their type
+                raise container.ContainerError(f"corrupt hvq stream ({_one_line(exc)})") from None
             for codes, grid in zip(all_codes, grids):
                 codes.append(grid)
         rgb = np.zeros((header.height, header.width, 3), dtype=np.uint8)
@@ -148,6 +248,11 @@ class Codec:
                 notes.append("file is truncated: its alpha channel is lost, the image is returned without it")
                 mode = "RGB" if mode == "RGBA" else "L"
         return DecodedImage(to_pil(rgb, mode, alpha), use, all_codes, notes)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
 
 
 @functools.lru_cache(maxsize=4)
@@ -166,17 +271,36 @@ def codec_for(data: bytes, device: str = "auto") -> Codec:
     return codec  # Codec.decompress checks the weights hash
 
 
-def compress(image: str | Path | bytes | Image.Image, model: str | None = None, device: str = "auto") -> bytes:
-    """Compress an image (path, encoded bytes or PIL image) into the bytes of a .hvq file."""
-    result = load_codec(model, device).compress(image)
+def compress(image: str | Path | bytes | Image.Image, model: str | None = None, device: str = "auto",
+             quality: int | None = None, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> bytes:
+    """Compress an image (path, encoded bytes or PIL image) into the bytes of a .hvq file.
+
+    quality: 1-100, higher gives a larger file and a better picture (default DEFAULT_QUALITY)."""
+    result = load_codec(model, device).compress(image, quality, max_pixels=max_pixels)
     for note in result.warnings:
         warnings.warn(note, stacklevel=2)
     return result.data
 
 
-def decompress(data: bytes, levels: int | None = None, device: str = "auto") -> Image.Image:
-    """Decompress .hvq bytes into a PIL image (levels=1 or 2 for a preview)."""
-    decoded = codec_for(data, device).decompress(data, levels)
+def decompress(data: bytes, levels: int | None = None, device: str = "auto",
+               max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decompress .hvq bytes into a PIL image (levels=1 or 2 for a preview); files that would decode to more
+    than max_pixels are refused before any work."""
+    container.check_limits(container.read_header(data), TILE_SIZE, max_pixels)
+    decoded = codec_for(data, device).decompress(data, levels, max_pixels)
     for note in decoded.warnings:
         warnings.warn(note, stacklevel=2)
     return decoded.image
+
+
+def sample(count: int = 1, size: tuple[int, int] = (256, 256), seed: int = 0, temperature: float = 1.0,
+           model: str | None = None, source: bytes | None = None, keep_levels: int = 1,
+           device: str = "auto") -> list[Image.Image]:
+    """New images drawn from the model's priors (the same seed gives the same codes on any machine).
+
+    size is (width, height). With `source` (.hvq bytes) the file's first keep_levels streams are kept and the
+    rest are sampled: variations of that picture, at its size, made with the model the file names."""
+    from .sampling import sample_images
+
+    codec = codec_for(source, device) if source is not None else load_codec(model, device)
+    return [Image.fromarray(rgb) for rgb in sample_images(codec, count, size, seed, temperature, source, keep_levels)]

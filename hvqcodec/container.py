@@ -1,15 +1,15 @@
-"""The .hvq container (format version 1): header, level-ordered streams, checksums.
+"""The .hvq container (format version 2; version 1 files are read too): header, coarse-to-fine streams, checksums.
 
 Byte layout, integers little-endian, "varint" = unsigned LEB128 (minimal encoding, at most 9 bytes):
 
     magic          4 bytes  b"\\x89HVQ"
-    version        u8       1
+    version        u8       2 (1: at most 3 streams, written by hvqcodec 0.1)
     model name     u8 length (1..64) + UTF-8 bytes
     model hash     8 bytes  first 8 bytes of the weights' sha256 (exposed as 16 hex chars)
     width, height  varint each, 1..2**24
     mode           u8       0 = RGB, 1 = L, 2 = RGBA, 3 = LA (the mode to restore on decode)
     tile size      varint   pixels; 0 = one tile covers the whole image; tiles in raster order
-    levels         u8       1..3, top level first
+    streams        u8       1..11: top, mid, bottom level, then the bottom's refinement stages, coarse first
     stream lengths varint per (level, tile): all tiles of level 0, then level 1, ...
     alpha length   varint   0 when there is no alpha
     header CRC32   u32      of every header byte before it, magic included
@@ -29,15 +29,22 @@ from dataclasses import dataclass, replace
 from hvqcodec.errors import HvqError
 
 MAGIC = b"\x89HVQ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODES = ("RGB", "L", "RGBA", "LA")
 ALPHA_MODES = ("RGBA", "LA")
-MAX_LEVELS = 3
+MAX_LEVELS = 11  # streams: 3 levels + up to 8 refinement stages (version 1: 3)
+_MAX_LEVELS_BY_VERSION = {1: 3, 2: MAX_LEVELS}
 MAX_DIMENSION = 2 ** 24
 MAX_NAME_BYTES = 64
 HASH_BYTES = 8
+HASH_CHARS = 2 * HASH_BYTES  # the model hash as the header exposes it: hex digits
+TRAILER_BYTES = 4  # the CRC32 that ends every file
+# Pixels a file may decode to (or an image be encoded from) unless the caller raises the limit; like Pillow's
+# decompression-bomb guard. 100 million pixels is a 12,000 x 8,000 photo: about 300 MB of output.
+DEFAULT_MAX_PIXELS = 100_000_000
 _MAX_VARINT_BYTES = 9
 _CRC = struct.Struct("<I")
+assert _CRC.size == TRAILER_BYTES
 _HEADER_INCOMPLETE = "truncated hvq file (header incomplete)"
 
 
@@ -58,6 +65,7 @@ class Header:
     levels: int
     stream_lengths: tuple[tuple[int, ...], ...]
     alpha_length: int
+    version: int = FORMAT_VERSION  # the file's format version
 
     @property
     def tiles_x(self) -> int:
@@ -170,6 +178,37 @@ def unpack(data: bytes, allow_truncated: bool = True) -> Container:
                      truncated_levels=header.levels - levels, truncated=True)
 
 
+def tile_grid(width: int, height: int, tile_size: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of each tile, raster order; tile_size 0 means one tile."""
+    step_x, step_y = (tile_size, tile_size) if tile_size else (width, height)
+    return [(top, left, min(step_y, height - top), min(step_x, width - left))
+            for top in range(0, height, step_y) for left in range(0, width, step_x)]
+
+
+def prefix_size(header: Header, streams: int) -> int:
+    """Bytes of the file that keeps only the first `streams` streams: header + those streams + trailer.
+
+    (A file written with fewer streams has a header a few varints shorter; this counts the longer one.)"""
+    if streams >= header.levels:
+        return header.header_size + header.body_size + TRAILER_BYTES
+    return header.header_size + sum(sum(lengths) for lengths in header.stream_lengths[:streams]) + TRAILER_BYTES
+
+
+def check_limits(header: Header, tile_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse, from the header alone and before any large allocation, a file that would decode to more than
+    max_pixels or whose tiling is not the decoder's (tile_size, or 0 for one tile that fits in it)."""
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        raise ContainerError(f"hvq file decodes to {header.width}x{header.height} = {pixels:,} pixels, over the "
+                             f"limit of {max_pixels:,} (raise it with --max-pixels if you trust the file)")
+    if header.tile_size not in (0, tile_size):
+        raise ContainerError(f"corrupt hvq header (tile size {header.tile_size}; this model codes tiles of "
+                             f"{tile_size})")
+    if header.tile_size == 0 and max(header.width, header.height) > tile_size:
+        raise ContainerError(f"corrupt hvq header (one tile of {header.width}x{header.height}; tiles are at most "
+                             f"{tile_size} pixels on a side)")
+
+
 def _tile_count(size: int, tile_size: int) -> int:
     return 1 if tile_size == 0 else -(-size // tile_size)
 
@@ -207,7 +246,7 @@ def _varint(value: int) -> bytes:
 
 def _encode_header(header: Header) -> bytes:
     name = header.model_name.encode("utf-8")
-    parts = [MAGIC, bytes([FORMAT_VERSION, len(name)]), name, bytes.fromhex(header.model_hash),
+    parts = [MAGIC, bytes([header.version, len(name)]), name, bytes.fromhex(header.model_hash),
              _varint(header.width), _varint(header.height), bytes([MODES.index(header.mode)]),
              _varint(header.tile_size), bytes([header.levels])]
     parts += [_varint(n) for level in header.stream_lengths for n in level]
@@ -266,6 +305,8 @@ def _parse_header(data: bytes) -> tuple[Header, int]:
     if mode_byte >= len(MODES):
         raise ContainerError(f"corrupt hvq header (unknown mode byte {mode_byte})")
     tile_size, levels = reader.varint("tile size"), reader.u8()
+    if _MAX_LEVELS_BY_VERSION[version] < levels <= MAX_LEVELS:
+        raise ContainerError(f"corrupt hvq header ({levels} streams in a version {version} file)")
     # Checked before reading the lengths so that a damaged count gives a clear message, not a huge loop.
     problem = _field_problem(name, width, height, MODES[mode_byte], tile_size, levels, alpha_length=None)
     if problem:
@@ -283,7 +324,7 @@ def _parse_header(data: bytes) -> tuple[Header, int]:
     if problem:
         raise ContainerError(f"corrupt hvq header ({problem})")
     return Header(name, model_hash, width, height, MODES[mode_byte], tile_size, levels, lengths,
-                  alpha_length), reader.pos
+                  alpha_length, version), reader.pos
 
 
 def _split(data: bytes, offset: int, lengths: tuple[tuple[int, ...], ...]) -> list[list[bytes]]:

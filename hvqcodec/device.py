@@ -16,3 +16,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise HvqError(f"--device {name}: expected auto, cpu or cuda")
     return torch.device(name)
+
+
+def training_device(name: str | torch.device) -> torch.device:
+    """The device of this training process: under torchrun (LOCAL_RANK set) each process takes its own GPU."""
+    import os
+
+    device = resolve_device(name)
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device.type == "cuda" and local_rank is not None:
+        device = torch.device("cuda", int(local_rank))
+        torch.cuda.set_device(device)
+    return device

@@ -8,7 +8,7 @@ import constriction
 import numpy as np
 import torch
 
-from .intprior import FREQ_TOTAL, IntLevelPrior, LevelState
+from .intprior import FREQ_TOTAL, IntLevelPrior, IntStagePrior, LevelState
 
 # Positions per batch in the encoder's parallel pass: bounds memory on large grids, changes no result.
 ENCODE_CHUNK = 8192
@@ -39,25 +39,92 @@ def level_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Se
     return freq, state
 
 
-def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor]) -> EncodedLevel:
-    """Code grid (h, w) -> range-coded bytes (little-endian 32-bit words)."""
-    freq, state = level_frequencies(prior, codes, upper_codes)
-    symbols = state.canvas[state.centres]
-    chosen = freq.gather(1, symbols[:, None]).double()
+def _range_encode(symbols: torch.Tensor, freq: torch.Tensor) -> EncodedLevel:
+    """Symbols (P,) with their frequencies (P, K) -> range-coded bytes (little-endian 32-bit words)."""
+    chosen = freq.gather(1, symbols[:, None].to(freq.device)).double()
     bits = float(-(torch.log2(chosen / FREQ_TOTAL)).sum())
     encoder = constriction.stream.queue.RangeEncoder()
     encoder.encode(symbols.cpu().numpy().astype(np.int32), _family(), _probabilities(freq))
     return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
 
 
+# Once a range decoder has read its last word, its state holds at most 64 bits: decoding more information than
+# that (plus slack for constriction's own rounding of the probabilities) means reading past the stream's end.
+EXHAUSTED_BITS_MAX = 96
+
+
+class StreamDecoder:
+    """A range decoder over one stream that fails as soon as it reads past the stream's end.
+
+    constriction pads a finished stream with zeros and keeps decoding; for a damaged or hostile file that is
+    garbage at full cost. Here every batch decoded after the last word was consumed is charged its information
+    content, and more than the final state can hold is an error at once.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) % 4:
+            raise ValueError("range-coded stream length is not a multiple of 4")
+        self.decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        self.bits_after_end = 0.0
+
+    def decode(self, family, probabilities: np.ndarray) -> np.ndarray:
+        exhausted = self.decoder.maybe_exhausted()
+        symbols = self.decoder.decode(family, probabilities)
+        if exhausted:
+            chosen = probabilities[np.arange(len(symbols)), symbols]
+            self.bits_after_end += float(-np.log2(np.maximum(chosen, 1e-300)).sum())
+            if self.bits_after_end > EXHAUSTED_BITS_MAX:
+                raise ValueError("stream ends before its codes do (truncated or corrupt)")
+        return symbols
+
+
+def _decoder(source) -> StreamDecoder:
+    """A decoder for a stream's bytes; anything else with the same decode(family, probabilities) method (the
+    sampler) is used as it is, so sampling runs through the very same loops as decoding."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return StreamDecoder(bytes(source))
+    return source
+
+
+def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor]) -> EncodedLevel:
+    """Code grid (h, w) -> range-coded bytes (little-endian 32-bit words)."""
+    freq, state = level_frequencies(prior, codes, upper_codes)
+    return _range_encode(state.canvas[state.centres], freq)
+
+
+def stage_frequencies(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_codes: torch.Tensor) -> torch.Tensor:
+    """Frequencies (G, h*w, K) of a known refinement stage (G, h, w) given one tile's earlier code grids."""
+    context, previous, freqs = prior.context(codes), None, []
+    for group in range(prior.groups):
+        freq, context = prior.group_frequencies(context, group, previous)
+        freqs.append(freq)
+        previous = stage_codes[group].flatten()
+    return torch.stack(freqs)
+
+
+def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_codes: torch.Tensor) -> EncodedLevel:
+    """A refinement stage's codes (G, h, w) -> range-coded bytes: group after group, each in raster order."""
+    freq = stage_frequencies(prior, codes, stage_codes)
+    return _range_encode(stage_codes.flatten(), freq.flatten(0, 1))
+
+
+def decode_stage(prior: IntStagePrior, data, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Range-coded bytes of one tile's refinement stage -> its codes (G, h, w)."""
+    decoder = _decoder(data)
+    h, w = codes[2].shape[-2:]
+    context, previous, groups = prior.context(codes), None, []
+    family = _family()
+    for group in range(prior.groups):
+        freq, context = prior.group_frequencies(context, group, previous)
+        previous = torch.from_numpy(decoder.decode(family, _probabilities(freq)).astype(np.int64))
+        groups.append(previous.view(h, w))
+    return torch.stack(groups).to(codes[2].device)
+
+
 def decode_level(prior: IntLevelPrior, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
                  upper_codes: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
     """Range-coded streams of several tiles -> their code grids, all tiles advancing one wavefront per step."""
-    decoders = []
-    for data in streams:
-        if len(data) % 4:
-            raise ValueError("range-coded stream length is not a multiple of 4")
-        decoders.append(constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32)))
+    decoders = [_decoder(data) for data in streams]
     state = LevelState(prior, sizes, upper_codes)
     family = _family()
     for start, stop in state.fronts:

@@ -1,4 +1,4 @@
-"""Images in and out (DESIGN.md section 6).
+"""Images in and out (docs/DESIGN.md section 6).
 
 The codec codes 8-bit RGB. `load_image` turns any readable image into that plus what is needed to give the
 user back the same kind of image: the mode to restore ("RGB", "L", "RGBA" or "LA") and the alpha plane, which

@@ -1,4 +1,4 @@
-"""Exact integer inference of the priors: the probabilities the range coder sees (DESIGN section 4).
+"""Exact integer inference of the priors: the probabilities the range coder sees (docs/DESIGN.md section 4).
 
 Arithmetic decoding fails totally if the decoder's probabilities differ from the encoder's in one bit, and
 floating point differs across devices, thread counts and batch shapes. So the prior is quantised once, at
@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .priors import KERNEL, WAVEFRONT_SLOPE, HierarchicalPrior, LevelPrior, causal_mask
+from .priors import KERNEL, WAVEFRONT_SLOPE, HierarchicalPrior, LevelPrior, StagePrior, causal_mask
 
 ACT_BITS = 10
 ACT_MAX = (1 << 15) - 1  # |activation| < 32 on the 2^-10 grid
@@ -91,11 +91,31 @@ def export_level(prior: LevelPrior) -> dict[str, torch.Tensor]:
     return tables
 
 
+def export_stage(prior: StagePrior) -> dict[str, torch.Tensor]:
+    """Integer tables for one refinement stage's (parallel) prior."""
+    tables = {f"level_embedding{u}": quantise_table(e.weight) for u, e in enumerate(prior.level_embeddings)}
+    tables.update({f"stage_embedding{e}": quantise_table(m.weight) for e, m in enumerate(prior.stage_embeddings)})
+    layers = {}
+    for i, (conv, out) in enumerate(zip(prior.convs, prior.outs)):
+        layers[f"block{i}.in"] = (conv.weight, conv.bias)
+        layers[f"block{i}.out"] = (out.weight, out.bias)
+    for g in range(prior.groups):
+        layers[f"group{g}.in"] = (prior.group_in[g].weight, prior.group_in[g].bias)
+        layers[f"group{g}.out"] = (prior.group_out[g].weight, prior.group_out[g].bias)
+        layers[f"head{g}"] = (prior.heads[g].weight, prior.heads[g].bias)
+    for name, (weight, bias) in layers.items():
+        for key, value in quantise_linear(weight, bias).items():
+            tables[f"{name}.{key}"] = value
+    return tables
+
+
 def export_prior(prior: HierarchicalPrior) -> dict[str, torch.Tensor]:
-    """All integer tables of the three levels plus the shared lookup tables."""
+    """All integer tables of the three levels and the refinement stages, plus the shared lookup tables."""
     tables = {f"lut.{k}": v for k, v in lookup_tables().items()}
     for level, level_prior in enumerate(prior.levels):
         tables.update({f"level{level}.{k}": v for k, v in export_level(level_prior).items()})
+    for stage, stage_prior in enumerate(prior.stages):
+        tables.update({f"stage{stage}.{k}": v for k, v in export_stage(stage_prior).items()})
     return tables
 
 
@@ -109,21 +129,15 @@ def _widen(table: torch.Tensor) -> torch.Tensor:
 # Tensors below hold integers in float64: every value, product and partial sum is an integer below 2^53, so
 # float64 represents them exactly and matmuls, additions and power-of-two scalings are exact; keeping one
 # dtype avoids conversions on the hot path. Only table lookups go through int64 indices.
-class IntLevelPrior:
-    """One level's integer prior, rebuilt from its tables (no floating-point state at all)."""
+class _IntNetwork:
+    """Integer layers rebuilt from the tables under one prefix: exact linear layers and the gate lookup."""
 
-    def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], level: int,
-                 causal_blocks: int, cond_blocks: int, device: torch.device | str = "cpu") -> None:
-        prefix = f"level{level}."
+    def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], prefix: str,
+                 channels: int, device: torch.device | str) -> None:
         self.device = torch.device(device)
         t = {k[len(prefix):]: v.to(self.device) for k, v in tables.items() if k.startswith(prefix)}
-        self.level = level
-        self.causal_blocks = causal_blocks
-        self.cond_blocks = cond_blocks if level > 0 else 0
-        self.codebook_size = t["head.weight"].shape[0]
-        self.channels = t["embedding"].shape[1]
-        self.embedding = t["embedding"].double()
-        self.cond_embeddings = [t[f"cond.embedding{u}"].long() for u in range(level)]
+        self.tables = t
+        self.channels = channels
         # Per layer: weight transposed (I, O), bias plus the rounding offset 2^(shift-1), and 2^-shift.
         self.layers = {}
         for key in t:
@@ -140,6 +154,39 @@ class IntLevelPrior:
         self.gate_offset = torch.cat([torch.full((self.channels,), GATE_DOMAIN),
                                       torch.full((self.channels,), GATE_DOMAIN + span)]).to(self.device).double()
         self.exp = luts["exp"].to(self.device).long()
+        self.temperature_milli = 1000  # 1.0: what coding uses; only sampling changes it
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """x (P, I) on the activation grid -> (P, O) on the activation grid: exact matmul, rounding shift."""
+        weight, bias_and_half, inv_scale = self.layers[name]
+        return torch.addmm(bias_and_half, x, weight).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """tanh(a) * sigmoid(b) on the activation grid, a and b the two channel halves of x."""
+        tanh, sigmoid = self.gate_table[(x + self.gate_offset).long()].chunk(2, dim=-1)
+        return (tanh * sigmoid).add_(1 << (ACT_BITS - 1)).mul_(1.0 / (1 << ACT_BITS)).floor_()
+
+    def conv3x3_block(self, name: str, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """x + out(gate(conv3x3(x))) on an (h*w, C) grid; the 3x3 convolution is an unfold (a gather) + matmul."""
+        columns = F.unfold(x.t().reshape(1, -1, h, w), 3, padding=1)[0].t()  # (h*w, C*9): exact
+        pre = self.linear(f"{name}.in", columns)
+        return (x + self.linear(f"{name}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+
+
+class IntLevelPrior(_IntNetwork):
+    """One level's integer prior, rebuilt from its tables (no floating-point state at all)."""
+
+    def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], level: int,
+                 causal_blocks: int, cond_blocks: int, device: torch.device | str = "cpu") -> None:
+        prefix = f"level{level}."
+        super().__init__(tables, luts, prefix, tables[f"{prefix}embedding"].shape[1], device)
+        t = self.tables
+        self.level = level
+        self.causal_blocks = causal_blocks
+        self.cond_blocks = cond_blocks if level > 0 else 0
+        self.codebook_size = t["head.weight"].shape[0]
+        self.embedding = t["embedding"].double()
+        self.cond_embeddings = [t[f"cond.embedding{u}"].long() for u in range(level)]
         self.tap_rows = torch.tensor([r for r, _ in TAPS], device=self.device)
         self.tap_cols = torch.tensor([c for _, c in TAPS], device=self.device)
         # The masked convolution reads only code embeddings, so fold it into one table per tap:
@@ -153,16 +200,6 @@ class IntLevelPrior:
         self.tap_tables = torch.einsum("oct,kc->tko", weight, embedding).reshape(-1, 2 * self.channels).contiguous()
         self.tap_offsets = torch.arange(len(TAPS), device=self.device) * (self.codebook_size + 1)
 
-    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """x (P, I) on the activation grid -> (P, O) on the activation grid: exact matmul, rounding shift."""
-        weight, bias_and_half, inv_scale = self.layers[name]
-        return torch.addmm(bias_and_half, x, weight).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
-
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """tanh(a) * sigmoid(b) on the activation grid, a and b the two channel halves of x."""
-        tanh, sigmoid = self.gate_table[(x + self.gate_offset).long()].chunk(2, dim=-1)
-        return (tanh * sigmoid).add_(1 << (ACT_BITS - 1)).mul_(1.0 / (1 << ACT_BITS)).floor_()
-
     def conditioning(self, upper_codes: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
         """Upper levels' codes -> per gated unit a (h_u * w_u, 2C) projection on the nearest upper level's grid."""
         if self.level == 0:
@@ -175,9 +212,7 @@ class IntLevelPrior:
             x = x + table[grid]  # (h, w, C)
         x = x.clamp(-ACT_MAX, ACT_MAX).reshape(h * w, -1).double()
         for i in range(self.cond_blocks):
-            columns = F.unfold(x.t().reshape(1, -1, h, w), 3, padding=1)[0].t()  # (h*w, C*9): a gather, exact
-            pre = self.linear(f"cond.block{i}.in", columns)
-            x = (x + self.linear(f"cond.block{i}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+            x = self.conv3x3_block(f"cond.block{i}", x, h, w)
         return [self.linear(f"cond.proj{i}", x) for i in range(1 + self.causal_blocks)]
 
     def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
@@ -199,7 +234,48 @@ class IntLevelPrior:
             if cond is not None:
                 pre = pre + cond[i + 1][upper]
             h = (h + self.linear(f"block{i}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
-        return logits_to_frequencies(self.linear("head", h).long(), self.exp)
+        return logits_to_frequencies(self.linear("head", h).long(), self.exp, self.temperature_milli)
+
+
+class IntStagePrior(_IntNetwork):
+    """One refinement stage's integer prior (fully parallel: a context pass, then one pass per group)."""
+
+    def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], stage: int, groups: int,
+                 blocks: int, device: torch.device | str = "cpu") -> None:
+        prefix = f"stage{stage}."
+        super().__init__(tables, luts, prefix, tables[f"{prefix}level_embedding0"].shape[1], device)
+        t = self.tables
+        self.stage, self.groups, self.blocks = stage, groups, blocks
+        self.codebook_size = t["head0.weight"].shape[0]
+        self.level_embeddings = [t[f"level_embedding{u}"].double() for u in range(3)]
+        self.stage_embeddings = [t[f"stage_embedding{e}"].double() for e in range((stage + 1) * groups - 1)]
+
+    def context(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One tile's [top, mid, bottom, earlier stages (G, h, w)...] -> context (h*w, C) on the bottom grid."""
+        h, w = codes[2].shape[-2:]
+        x = 0
+        for table, grid in zip(self.level_embeddings, codes[:3]):
+            factor = h // grid.shape[-2]
+            x = x + table[grid.to(self.device).repeat_interleave(factor, -2).repeat_interleave(factor, -1)]
+        for s, stage_codes in enumerate(codes[3:3 + self.stage]):
+            for g in range(self.groups):
+                x = x + self.stage_embeddings[s * self.groups + g][stage_codes[g].to(self.device)]
+        x = x.reshape(h * w, -1).clamp_(-ACT_MAX, ACT_MAX)
+        for i in range(self.blocks):
+            x = self.conv3x3_block(f"block{i}", x, h, w)
+        return x
+
+    def group_frequencies(self, context: torch.Tensor, group: int,
+                          previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frequencies (P, K) of one group's codes; returns them with the context for the next group.
+
+        `previous` holds the (P,) codes of the group before (None for the first group)."""
+        if group:
+            context = (context + self.stage_embeddings[self.stage * self.groups + group - 1][previous.to(self.device)]
+                       ).clamp_(-ACT_MAX, ACT_MAX)
+        h = (context + self.linear(f"group{group}.out", self.gate(self.linear(f"group{group}.in", context)))
+             ).clamp_(-ACT_MAX, ACT_MAX)
+        return logits_to_frequencies(self.linear(f"head{group}", h).long(), self.exp, self.temperature_milli), context
 
 
 class LevelState:
@@ -283,10 +359,16 @@ def _front_start(fronts: list[tuple[int, int]], position: int) -> int:
     return fronts[bisect.bisect_right(fronts, (position, float("inf"))) - 1][0]
 
 
-def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor) -> torch.Tensor:
-    """Integer logits (P, K) -> integer frequencies (P, K), each >= 1, every row summing to FREQ_TOTAL."""
+def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor, temperature_milli: int = 1000) -> torch.Tensor:
+    """Integer logits (P, K) -> integer frequencies (P, K), each >= 1, every row summing to FREQ_TOTAL.
+
+    temperature_milli (sampling only; coding always uses 1000) divides the logits by temperature / 1000, in
+    integers: distances below the maximum become d * 1000 // temperature_milli."""
     k = logits.shape[1]
-    weights = exp_table[(logits.amax(1, keepdim=True) - logits).clamp_(max=EXP_MAX)]
+    distances = logits.amax(1, keepdim=True) - logits
+    if temperature_milli != 1000:
+        distances = distances.mul_(1000).floor_divide_(temperature_milli)
+    weights = exp_table[distances.clamp_(max=EXP_MAX)]
     total = weights.sum(1, keepdim=True)
     freq = weights.mul_(FREQ_TOTAL - k).floor_divide_(total).add_(1)
     # What integer division leaves over goes to the most probable code (the first one on ties).
@@ -296,9 +378,12 @@ def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor) -> torc
 
 
 class IntPrior:
-    """The three levels' integer priors, rebuilt from exported tables."""
+    """The three levels' and the refinement stages' integer priors, rebuilt from exported tables."""
 
     def __init__(self, causal_blocks: int, cond_blocks: int, tables: dict[str, torch.Tensor],
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", refine_stages: int = 0, refine_groups: int = 1,
+                 stage_blocks: int = 0) -> None:
         luts = {k[len("lut."):]: v for k, v in tables.items() if k.startswith("lut.")}
         self.levels = [IntLevelPrior(tables, luts, level, causal_blocks, cond_blocks, device) for level in range(3)]
+        self.stages = [IntStagePrior(tables, luts, s, refine_groups, stage_blocks, device)
+                       for s in range(refine_stages)]

@@ -9,14 +9,14 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from .autoencoder import LEVEL_NAMES, LEVEL_STRIDES, HierarchicalVQVAE
+from .autoencoder import HierarchicalVQVAE, stream_names
 from .data import CropSampler, center_crops, find_images
 from .errors import CheckpointError
 from .fileio import atomic_torch_save
-from .priors import HierarchicalPrior, PriorConfig
-from .device import resolve_device
+from .priors import HierarchicalPrior, PriorConfig, bits_per_code
+from .device import training_device
 from .train import (CHECKPOINT_NAME, TrainingTask, TrainOptions, TrainState, cache_images, load_checkpoint,
-                    prepare_output, resumed_options, run_training)
+                    prepare_output, resumed_options, run_training, unwrap)
 from .zoo import DEFAULT_MODEL, autoencoder_fingerprint, load_bundle
 
 CODES_NAME = "codes.pt"
@@ -35,10 +35,10 @@ class PriorTrainOptions(TrainOptions):
 @torch.no_grad()
 def encode_crops(autoencoder: HierarchicalVQVAE, batches: Iterable[torch.Tensor], total: int,
                  console: Console) -> list[torch.Tensor]:
-    """Code grids [top, mid, bottom] (int16, (N, h, w) each) of the image batches (`total` of them)."""
+    """Code grids [top, mid, bottom, stages...] (int16) of the image batches (`total` of them)."""
     autoencoder.eval()
     device = next(autoencoder.parameters()).device
-    grids: list[list[torch.Tensor]] = [[], [], []]
+    grids: list[list[torch.Tensor]] = [[] for _ in range(autoencoder.config.num_streams)]
     with Progress(console=console, transient=True) as progress:
         for batch in progress.track(batches, total=total, description="encoding crops into codes"):
             codes = autoencoder.encode(batch.to(device))
@@ -61,29 +61,44 @@ class PriorTask(TrainingTask):
         picks = torch.randint(self.codes[0].shape[0], (batch_size,), generator=generator)
         return [grid[picks].long().to(self.device) for grid in self.codes]
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return stream_names(self.config.refine_stages)
+
+    def config_weights(self) -> list[int]:
+        """Codes per grid position of each stream: 1 per level, G per refinement stage."""
+        return [1, 1, 1] + [self.config.refine_groups] * self.config.refine_stages
+
+    def _bpp(self, bits: list[float]) -> float:
+        """Bits per pixel of the streams: bits per code x codes per position / pixels per position."""
+        strides = (16, 8) + (4,) * (len(bits) - 2)
+        return sum(b * n / s ** 2 for b, n, s in zip(bits, self.config_weights(), strides))
+
     def loss(self, batch: list[torch.Tensor]):
-        bits = self.model.bits_per_code(batch)
-        values = {f"bits_{n}": b.item() for n, b in zip(LEVEL_NAMES, bits)}
-        values["bpp"] = sum(values[f"bits_{n}"] / s ** 2 for n, s in zip(LEVEL_NAMES, LEVEL_STRIDES))
-        return sum(bits), values, {}
+        bits = bits_per_code(self.model(batch), batch)  # through self.model: under DDP, the wrapper
+        values = {f"bits_{n}": b.item() for n, b in zip(self.names, bits)}
+        values["bpp"] = self._bpp([b.item() for b in bits])
+        weights = self.config_weights()
+        return sum(b * n for b, n in zip(bits, weights)), values, {}
 
     @torch.no_grad()
     def validate(self) -> dict | None:
         if self.val_codes is None:
             return None
-        self.model.eval()
-        bits = self.model.bits_per_code([g.long().to(self.device) for g in self.val_codes])
-        self.model.train()
-        record = {f"val_bits_{n}": float(b) for n, b in zip(LEVEL_NAMES, bits)}
-        record["val_bpp"] = sum(float(b) / s ** 2 for b, s in zip(bits, LEVEL_STRIDES))
+        prior = unwrap(self.model)
+        prior.eval()
+        bits = prior.bits_per_code([g.long().to(self.device) for g in self.val_codes])
+        prior.train()
+        record = {f"val_bits_{n}": float(b) for n, b in zip(self.names, bits)}
+        record["val_bpp"] = self._bpp([float(b) for b in bits])
         return record
 
     def describe(self, record: dict) -> str:
-        bits = "/".join(f"{record[f'bits_{n}']:.2f}" for n in LEVEL_NAMES)
+        bits = "/".join(f"{record[f'bits_{n}']:.2f}" for n in self.names)
         return f"bits/code {bits} ~{record['bpp']:.3f} bpp {record['steps_per_s']:.2f} it/s"
 
     def describe_validation(self, record: dict) -> str:
-        bits = ", ".join(f"{n} {record[f'val_bits_{n}']:.3f}" for n in LEVEL_NAMES)
+        bits = ", ".join(f"{n} {record[f'val_bits_{n}']:.3f}" for n in self.names)
         return f"validation bits per code: {bits}; rate ~{record['val_bpp']:.4f} bpp (float prior)"
 
     def checkpoint_extras(self) -> dict:
@@ -96,7 +111,7 @@ def train_priors(options: PriorTrainOptions, config: PriorConfig | None = None, 
     """Train (or resume) the priors of the shipped model options.model (or of `autoencoder`, for tests)."""
     console = console or Console(stderr=True)
     out = prepare_output(options.out)
-    device = resolve_device(options.device)
+    device = training_device(options.device)
     checkpoint = load_checkpoint(out / CHECKPOINT_NAME, "priors") if resume else None
     if checkpoint is not None:
         config = PriorConfig.from_dict(checkpoint["config"])
@@ -110,8 +125,10 @@ def train_priors(options: PriorTrainOptions, config: PriorConfig | None = None, 
     if checkpoint is not None and checkpoint["autoencoder"]["fingerprint"] != info["fingerprint"]:
         raise CheckpointError(f"{out / CHECKPOINT_NAME}: these priors were trained for a different autoencoder")
     autoencoder = autoencoder.to(device).eval()
-    sizes = tuple(autoencoder.config.codebook_sizes)
-    config = PriorConfig(**{**(config or PriorConfig()).to_dict(), "codebook_sizes": sizes})
+    ae = autoencoder.config
+    config = PriorConfig(**{**(config or PriorConfig()).to_dict(), "codebook_sizes": tuple(ae.codebook_sizes),
+                            "refine_stages": ae.refine_stages, "refine_groups": ae.refine_groups,
+                            "refine_codebook_size": ae.refine_codebook_size})
 
     codes = _training_codes(autoencoder, options, info["fingerprint"], out, console)
     val_paths = find_images(options.val, options.exclude)[:options.val_images] if options.val else []

@@ -39,6 +39,12 @@ class PriorConfig:
     channels: int = 64
     causal_blocks: int = 2  # 1x1 gated residual blocks after the masked convolution
     cond_blocks: int = 3  # 3x3 gated residual blocks over the upper levels
+    # Refinement stages of the bottom level (must match the autoencoder): fully parallel priors.
+    refine_stages: int = 0
+    refine_groups: int = 4
+    refine_codebook_size: int = 32
+    stage_channels: int = 32
+    stage_blocks: int = 2  # 3x3 gated residual blocks over the levels and the earlier stages
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
@@ -118,20 +124,77 @@ class LevelPrior(nn.Module):
         return self.head(h)
 
 
+class StagePrior(nn.Module):
+    """Prior of one refinement stage: fully parallel, no causal part.
+
+    When a stage is decoded, the three levels and the earlier stages are known everywhere, so its context is a
+    non-causal stack of 3x3 gated residual blocks over their embeddings on the bottom grid. Within a position
+    the stage's groups are coded in order, each conditioned on the groups before it (an embedding added to the
+    context, then one 1x1 gated block and a head per group). Decoding a stage takes G steps, not a wavefront
+    per diagonal.
+    """
+
+    def __init__(self, stage: int, level_sizes: Sequence[int], config: PriorConfig) -> None:
+        super().__init__()
+        c, groups, k = config.stage_channels, config.refine_groups, config.refine_codebook_size
+        self.stage, self.groups, self.codebook_size = stage, groups, k
+        self.level_embeddings = nn.ModuleList(nn.Embedding(size, c) for size in level_sizes)
+        # Earlier stages' groups, then this stage's groups (the within-position conditioning).
+        self.stage_embeddings = nn.ModuleList(nn.Embedding(k, c) for _ in range((stage + 1) * groups - 1))
+        self.convs = nn.ModuleList(nn.Conv2d(c, 2 * c, 3, padding=1) for _ in range(config.stage_blocks))
+        self.outs = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in range(config.stage_blocks))
+        self.group_in = nn.ModuleList(nn.Conv2d(c, 2 * c, 1) for _ in range(groups))
+        self.group_out = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in range(groups))
+        self.heads = nn.ModuleList(nn.Conv2d(c, k, 1) for _ in range(groups))
+
+    def context(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[top, mid, bottom, earlier stages (N, G, h, w)...] -> context features (N, C, h, w) on the bottom grid."""
+        h, w = codes[2].shape[-2:]
+        x = 0
+        for embedding, grid in zip(self.level_embeddings, codes[:3]):
+            factor = h // grid.shape[-2]
+            grid = grid.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+            x = x + embedding(grid).permute(0, 3, 1, 2)
+        for s, stage_codes in enumerate(codes[3:3 + self.stage]):
+            for g in range(self.groups):
+                x = x + self.stage_embeddings[s * self.groups + g](stage_codes[:, g]).permute(0, 3, 1, 2)
+        for conv, out in zip(self.convs, self.outs):
+            x = x + out(gate(conv(x)))
+        return x
+
+    def forward(self, codes: Sequence[torch.Tensor], stage_codes: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K, G, h, w) of this stage's codes (N, G, h, w), teacher-forced on the earlier groups."""
+        x = self.context(codes)
+        logits = []
+        for g in range(self.groups):
+            if g:
+                x = x + self.stage_embeddings[self.stage * self.groups + g - 1](stage_codes[:, g - 1]).permute(0, 3, 1, 2)
+            h = x + self.group_out[g](gate(self.group_in[g](x)))
+            logits.append(self.heads[g](h))
+        return torch.stack(logits, 2)
+
+
 class HierarchicalPrior(nn.Module):
-    """The three level priors: top (unconditioned), mid | top, bottom | top, mid."""
+    """The three level priors: top (unconditioned), mid | top, bottom | top, mid; then one prior per refinement
+    stage, conditioned on the levels and the stages before it."""
 
     def __init__(self, config: PriorConfig) -> None:
         super().__init__()
         self.config = config
         sizes = list(config.codebook_sizes)
         self.levels = nn.ModuleList(LevelPrior(k, sizes[:i], config) for i, k in enumerate(sizes))
+        self.stages = nn.ModuleList(StagePrior(s, sizes, config) for s in range(config.refine_stages))
 
     def forward(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Code grids [top, mid, bottom] -> logits per level."""
-        return [prior(c, codes[:i]) for i, (prior, c) in enumerate(zip(self.levels, codes))]
+        """Code grids [top, mid, bottom, stages...] -> logits per stream."""
+        logits = [prior(c, codes[:i]) for i, (prior, c) in enumerate(zip(self.levels, codes))]
+        return logits + [prior(codes, c) for prior, c in zip(self.stages, codes[3:])]
 
     def bits_per_code(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Cross-entropy in bits per code, per level (the training loss)."""
-        return [F.cross_entropy(logits, c) / torch.log(torch.tensor(2.0))
-                for logits, c in zip(self(codes), codes)]
+        """Cross-entropy in bits per code, per stream (a refinement stage's code is one group's index)."""
+        return bits_per_code(self(codes), codes)
+
+
+def bits_per_code(logits: Sequence[torch.Tensor], codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Cross-entropy in bits per code of each stream's logits against its codes."""
+    return [F.cross_entropy(x.float(), c) / torch.log(torch.tensor(2.0)) for x, c in zip(logits, codes)]

@@ -76,8 +76,13 @@ class EMAQuantiser(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> int:
-        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         sums = torch.zeros_like(self.codebook_sum).index_add_(0, codes, flat)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Under DDP every process updates its codebook from the statistics of all processes' batches.
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.codebook_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         # Laplace smoothing keeps codes with (nearly) zero usage from dividing by zero.
         total = self.cluster_size.sum()

@@ -1,8 +1,10 @@
 """Training of the hierarchical VQ-VAE: cached crops, AdamW with warmup + cosine, checkpoints, exact resume."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .autoencoder import LEVEL_NAMES, AutoencoderConfig, HierarchicalVQVAE
-from .device import resolve_device
+from .device import training_device
 from .data import CropSampler, center_crops, find_images, load_rgb
 from .errors import CheckpointError, DataError
 from .fileio import atomic_torch_save
@@ -44,6 +46,7 @@ class TrainOptions:
     checkpoint_every: int = 250
     val_images: int = 16
     val_crop: int = 256
+    time_budget: float = 0.0  # minutes; 0 = none. With a budget the schedule follows time (or steps, if sooner)
     command: str = ""  # the command line that started the run, for the manifest
 
     def to_dict(self) -> dict:
@@ -58,11 +61,12 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # validation records
 
 
-def learning_rate(step: int, options: TrainOptions) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
+def learning_rate(step: int, options: TrainOptions, time_fraction: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak; with a time budget, over whichever of steps and
+    time runs out first (time_fraction: share of the budget used)."""
     if step < options.warmup:
         return options.lr * (step + 1) / options.warmup
-    progress = min(1.0, (step - options.warmup) / max(1, options.steps - options.warmup))
+    progress = min(1.0, max((step - options.warmup) / max(1, options.steps - options.warmup), time_fraction))
     return options.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -80,11 +84,14 @@ def prepare_output(out: str | Path) -> Path:
 
 @torch.no_grad()
 def validate(model: HierarchicalVQVAE, images: torch.Tensor, device: torch.device, chunk: int = 4) -> dict:
-    """Mean PSNR of the full reconstruction and of both previews, and per-level code perplexity."""
+    """Mean PSNR of every prefix of the streams (previews, levels, refinement stages), per-stream code perplexity.
+
+    Keys: val_psnr_N for N streams (1 top only, 2 top + mid, 3 levels, 4+ with refinement stages)."""
     was_training = model.training
     model.eval()
-    scores = {3: [], 2: [], 1: []}
-    counts = [torch.zeros(q.codebook_size) for q in model.quantisers]
+    scores = {n: [] for n in range(model.config.num_streams, 0, -1)}
+    counts = ([torch.zeros(q.codebook_size) for q in model.quantisers]
+              + [torch.zeros(r.codebook_size) for r in model.refiners])
     for start in range(0, images.shape[0], chunk):
         batch = images[start:start + chunk].to(device)
         codes = model.encode(batch)
@@ -95,7 +102,7 @@ def validate(model: HierarchicalVQVAE, images: torch.Tensor, device: torch.devic
             counts[i] += torch.bincount(grid.flatten().cpu(), minlength=counts[i].numel()).float()
     model.train(was_training)
     record = {f"val_psnr_{levels}": sum(v) / len(v) for levels, v in scores.items()}
-    for name, count in zip(LEVEL_NAMES, counts):
+    for name, count in zip(model.config.stream_names, counts):
         p = count / count.sum()
         record[f"val_perplexity_{name}"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
         record[f"val_used_{name}"] = int((count > 0).sum())
@@ -166,15 +173,52 @@ def resumed_options(checkpoint: dict, options: TrainOptions, options_type: type 
     return options_type(**{**stored, **new, "command": command})
 
 
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size): under torchrun (WORLD_SIZE > 1) the process group is started here, gloo on the CPU
+    and NCCL on GPUs; a plain run is rank 0 of 1."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("LOCAL_RANK") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def _replicas_identical(model: torch.nn.Module) -> bool:
+    """Whether every process holds the same parameters (what DDP promises): compares sha256s over the group.
+
+    (Buffers such as EMA codebooks are re-broadcast from rank 0 at every forward pass.)"""
+    import torch.distributed as dist
+
+    digest = hashlib.sha256()
+    for value in model.parameters():
+        digest.update(value.detach().float().cpu().numpy().tobytes())
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest.hexdigest())
+    return len(set(digests)) == 1
+
+
 def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | None, console: Console,
                  on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainState:
     """The training loop: warmup + cosine AdamW, logging, validation, checkpoints, Ctrl-C, exact resume.
 
-    The model must already be built (after torch.manual_seed(options.seed)) and on options' device.
+    The model must already be built (after torch.manual_seed(options.seed)) and on options' device. Under
+    torchrun the same loop trains with DistributedDataParallel: every process draws its own crops (batch size
+    is per process), gradients are averaged, and rank 0 alone logs, validates and writes checkpoints. EMA
+    codebooks follow rank 0's (DDP broadcasts buffers). A resumed multi-process run continues the weights and
+    optimizer exactly but not the other ranks' crop sequence.
     """
     out = Path(options.out)
     checkpoint_path = out / CHECKPOINT_NAME
     device = next(task.model.parameters()).device
+    rank, world = distributed_context()
     generator = torch.Generator().manual_seed(options.seed)
     model = task.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -184,8 +228,17 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = TrainState(step=checkpoint["step"], history=list(checkpoint["history"]))
         _set_rng_state(checkpoint["rng"], generator, device)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        generator.manual_seed(options.seed + 1_000_003 * rank + state.step if rank else options.seed)
+        # The task calls its model for the loss; the DDP wrapper is what must be called for gradient averaging.
+        task.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        console = console if rank == 0 else Console(file=open(os.devnull, "w"))
 
     def save() -> None:
+        if rank != 0:
+            return
         atomic_torch_save({
             "kind": f"{task.kind}-checkpoint", "config": task.config.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "step": state.step, "history": state.history,
@@ -194,7 +247,7 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
 
     model.train()
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    log_file = open(out / LOG_NAME, "a")
+    log_file = open(out / LOG_NAME if rank == 0 else os.devnull, "a")
     window: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     progress = Progress(TextColumn(f"[bold]{task.kind}"), BarColumn(), MofNCompleteColumn(),
@@ -208,8 +261,20 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
     try:
         with progress:
             bar = progress.add_task("", total=options.steps, completed=state.step)
+            started = time.perf_counter()
+            budget = 60 * options.time_budget
             while state.step < options.steps:
-                lr = learning_rate(state.step, options)
+                used = (time.perf_counter() - started) / budget if budget else 0.0
+                if budget and world > 1:  # every process must stop at the same step: rank 0's clock decides
+                    clock = torch.tensor([used], dtype=torch.float64)
+                    torch.distributed.broadcast(clock, 0)
+                    used = float(clock)
+                if used >= 1.0:
+                    console.print(f"time budget of {options.time_budget:g} min reached at step {state.step}")
+                    log({"step": state.step, "time_budget_reached": True})
+                    save()
+                    break
+                lr = learning_rate(state.step, options, used)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batch = task.sample(options.batch_size, generator)
@@ -228,6 +293,7 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
                 if state.step % options.log_every == 0 or state.step == options.steps:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": state.step, "lr": lr, "steps_per_s": window_steps / elapsed,
+                              **({"world_size": world} if world > 1 else {}),
                               **{k: v / window_steps for k, v in window.items() if k in means},
                               **{k: v for k, v in window.items() if k in sums}}
                     log(record)
@@ -235,7 +301,7 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
                     if not console.is_terminal:
                         console.print(f"step {state.step}: {task.describe(record)}")
                     window, window_start, window_steps = {}, time.perf_counter(), 0
-                if state.step % options.val_every == 0 or state.step == options.steps:
+                if rank == 0 and (state.step % options.val_every == 0 or state.step == options.steps):
                     result = task.validate()
                     if result is not None:
                         record = {"step": state.step, **result}
@@ -245,6 +311,8 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
                 if state.step % options.checkpoint_every == 0 or state.step == options.steps:
                     save()
                 progress.update(bar, completed=state.step)
+        if world > 1:
+            log({"step": state.step, "world_size": world, "replicas_identical": _replicas_identical(model)})
     except KeyboardInterrupt:
         save()
         console.print(f"interrupted: checkpoint saved at step {state.step} in {checkpoint_path} "
@@ -252,6 +320,7 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
         raise
     finally:
         log_file.close()
+        task.model = model
     return state
 
 
@@ -270,29 +339,34 @@ class AutoencoderTask(TrainingTask):
         output = self.model(batch)
         mse = F.mse_loss(output.reconstruction.float(), batch)
         loss = mse + self.config.commitment * output.commitment_loss
+        names = self.config.stream_names
         means = {"loss": loss.item(), "mse": mse.item(),
-                 **{f"perplexity_{n}": float(p) for n, p in zip(LEVEL_NAMES, output.perplexities)}}
-        return loss, means, {f"dead_{n}": d for n, d in zip(LEVEL_NAMES, output.dead_codes)}
+                 **{f"perplexity_{n}": float(p) for n, p in zip(names, output.perplexities)}}
+        return loss, means, {f"dead_{n}": d for n, d in zip(names, output.dead_codes)}
 
     def validate(self) -> dict | None:
-        return None if self.val_batch is None else validate(self.model, self.val_batch, self.device)
+        return None if self.val_batch is None else validate(unwrap(self.model), self.val_batch, self.device)
 
     def describe(self, record: dict) -> str:
-        perplexities = "/".join(f"{record[f'perplexity_{n}']:.0f}" for n in LEVEL_NAMES)
-        dead = "/".join(f"{int(record[f'dead_{n}'])}" for n in LEVEL_NAMES)
+        names = self.config.stream_names
+        perplexities = "/".join(f"{record[f'perplexity_{n}']:.0f}" for n in names)
+        dead = "/".join(f"{int(record[f'dead_{n}'])}" for n in names)
         psnr_value = -10 * math.log10(max(record["mse"], 1e-10))
         return (f"loss {record['loss']:.4f} psnr {psnr_value:.2f} ppl {perplexities} restarts {dead} "
                 f"{record['steps_per_s']:.2f} it/s")
 
     def describe_validation(self, record: dict) -> str:
-        return (f"validation PSNR {record['val_psnr_3']:.2f} dB (previews: top+mid {record['val_psnr_2']:.2f}, "
-                f"top {record['val_psnr_1']:.2f}); used codes "
-                + ", ".join(f"{n} {record[f'val_used_{n}']}" for n in LEVEL_NAMES))
+        stages = "".join(f", +{s} stage{'s' if s > 1 else ''} {record[f'val_psnr_{3 + s}']:.2f}"
+                         for s in range(1, self.config.refine_stages + 1))
+        return (f"validation PSNR {record['val_psnr_3']:.2f} dB{stages} (previews: top+mid "
+                f"{record['val_psnr_2']:.2f}, top {record['val_psnr_1']:.2f}); used codes "
+                + ", ".join(f"{n} {record[f'val_used_{n}']}" for n in self.config.stream_names))
 
 
 def train_autoencoder(options: TrainOptions, config: AutoencoderConfig | None = None, resume: bool = False,
                       console: Console | None = None,
-                      on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainState:
+                      on_step: Callable[[int, torch.nn.Module], None] | None = None,
+                      init_from: dict[str, torch.Tensor] | None = None) -> TrainState:
     """Train (or resume) an autoencoder run in options.out; returns the final state.
 
     With resume=True the model config, optimizer, step, validation history and RNG states come from
@@ -300,7 +374,7 @@ def train_autoencoder(options: TrainOptions, config: AutoencoderConfig | None = 
     """
     console = console or Console(stderr=True)
     prepare_output(options.out)
-    device = resolve_device(options.device)
+    device = training_device(options.device)
     checkpoint = load_checkpoint(Path(options.out) / CHECKPOINT_NAME, "autoencoder") if resume else None
     if checkpoint is not None:
         config = AutoencoderConfig.from_dict(checkpoint["config"])
@@ -315,6 +389,8 @@ def train_autoencoder(options: TrainOptions, config: AutoencoderConfig | None = 
 
     torch.manual_seed(options.seed)
     model = HierarchicalVQVAE(config).to(device)
+    if init_from is not None and checkpoint is None:
+        _warm_start(model, init_from, console)
     step = checkpoint["step"] if checkpoint else 0
     console.print(f"[bold]autoencoder[/]: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                   f"{len(train_paths)} training images, {len(val_paths)} validation images, device {device}, "
@@ -322,6 +398,16 @@ def train_autoencoder(options: TrainOptions, config: AutoencoderConfig | None = 
                   + (f", resuming at step {step}" if step else ""))
     task = AutoencoderTask(model, CropSampler(images, options.crop), val_batch)
     return run_training(task, options, checkpoint, console, on_step)
+
+
+def _warm_start(model: HierarchicalVQVAE, state: dict[str, torch.Tensor], console: Console) -> None:
+    """Start from a trained model's weights: every tensor of the same name and shape is copied, so a model
+    that adds refinement stages to a shipped one only has to learn the new parts (and adapt the rest)."""
+    own = model.state_dict()
+    copied = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
+    own.update(copied)
+    model.load_state_dict(own)
+    console.print(f"warm start: {len(copied)} of {len(own)} tensors copied")
 
 
 def cache_images(paths: list[Path], max_side: int, console: Console, what: str) -> list:

@@ -21,44 +21,13 @@ from .autoencoder import AutoencoderConfig, HierarchicalVQVAE
 from .intprior import export_prior
 from .priors import HierarchicalPrior, PriorConfig
 from .errors import ModelError
-from .fileio import atomic_torch_save, atomic_write_bytes
+from .fileio import atomic_torch_save
+from .manifest import (DEFAULT_MODEL, MANIFEST_NAME, available_models, default_model, models_dir,  # noqa: F401
+                       read_manifest, write_manifest)
 
-MANIFEST_NAME = "manifest.json"
 WEIGHTS_FORMAT = "hvqcodec-weights"
 WEIGHTS_VERSION = 1
-DEFAULT_MODEL = "hvq-small"
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-
-
-def models_dir() -> Path:
-    """Folder of the models: $HVQCODEC_MODELS if set, else the installed `hvqcodec._models` package, else the
-    checkout's models/."""
-    if os.environ.get("HVQCODEC_MODELS"):
-        return Path(os.environ["HVQCODEC_MODELS"])
-    try:
-        folder = Path(str(resources.files("hvqcodec._models")))
-        if (folder / MANIFEST_NAME).is_file():
-            return folder
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "models"
-
-
-def read_manifest(folder: Path | None = None) -> dict[str, Any]:
-    path = (folder or models_dir()) / MANIFEST_NAME
-    if not path.is_file():
-        return {"models": {}}
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable model manifest ({exc})") from None
-    if not isinstance(manifest.get("models"), dict):
-        raise ModelError(f"{path}: malformed model manifest (no 'models' table)")
-    return manifest
-
-
-def write_manifest(manifest: dict[str, Any], folder: Path) -> None:
-    atomic_write_bytes(folder / MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def record_metrics(name: str, metrics: dict[str, Any], section: str | None = None,
@@ -170,6 +139,7 @@ class ModelBundle:
     autoencoder: HierarchicalVQVAE
     prior_config: PriorConfig | None
     prior_tables: dict[str, torch.Tensor] | None
+    ladder: list[dict] | None = None  # quality -> operating point, from the manifest
 
 
 def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBundle:
@@ -197,15 +167,6 @@ def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBun
                        prior_config, payload.get("prior_tables"))
 
 
-def available_models(folder: Path | None = None) -> dict[str, dict[str, Any]]:
-    return read_manifest(folder)["models"]
-
-
-def default_model(folder: Path | None = None) -> str:
-    """The manifest's default model (the first one exported), else DEFAULT_MODEL."""
-    return read_manifest(folder).get("default", DEFAULT_MODEL)
-
-
 def load_bundle(name: str | None = None, folder: Path | None = None) -> ModelBundle:
     """Load a model by name (default: the default model); unknown names and hash mismatches raise ModelError."""
     folder = folder or models_dir()
@@ -217,6 +178,7 @@ def load_bundle(name: str | None = None, folder: Path | None = None) -> ModelBun
     entry = models[name]
     bundle = load_bundle_file(folder / entry["file"], entry["sha256"])
     bundle.name = name
+    bundle.ladder = entry.get("ladder")
     return bundle
 
 

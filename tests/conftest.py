@@ -82,3 +82,53 @@ def tiny_codec(tiny_models_dir):
     from hvqcodec.codec import load_codec
 
     return load_codec("tiny", "cpu")
+
+
+LADDER_CONFIG = dict(TINY_CONFIG, refine_stages=2, refine_groups=2, refine_codebook_size=8)
+LADDER_PRIOR = dict(TINY_PRIOR, stage_channels=8, stage_blocks=1)
+
+
+def export_tiny(folder: Path, name: str, config: dict, prior_options: dict, ladder: list[dict] | None = None) -> None:
+    """Export a random tiny autoencoder (codebooks from a real init) with random, peaked priors as `name`."""
+    from hvqcodec import zoo
+    from hvqcodec.priors import HierarchicalPrior, PriorConfig
+
+    torch.manual_seed(0)
+    autoencoder = HierarchicalVQVAE(AutoencoderConfig(**config))
+    autoencoder.train()(torch.rand(4, 3, 64, 64))
+    state = {k: v.half().float() if v.is_floating_point() else v for k, v in autoencoder.state_dict().items()}
+    autoencoder.load_state_dict(state)
+    ae = autoencoder.config
+    prior = HierarchicalPrior(PriorConfig(codebook_sizes=ae.codebook_sizes, refine_stages=ae.refine_stages,
+                                          refine_groups=ae.refine_groups,
+                                          refine_codebook_size=ae.refine_codebook_size, **prior_options))
+    for p in prior.parameters():  # larger random weights: peaked, varied distributions
+        p.data.mul_(3)
+    ae_checkpoint = {"config": ae.to_dict(), "model": autoencoder.state_dict(), "step": 0,
+                     "history": [], "options": {"command": "test"}}
+    prior_checkpoint = {"config": prior.config.to_dict(), "model": prior.state_dict(), "step": 0, "history": [],
+                        "options": {"command": "test"},
+                        "autoencoder": {"fingerprint": zoo.autoencoder_fingerprint(autoencoder)}}
+    zoo.export_model(ae_checkpoint, name, folder, priors_checkpoint=prior_checkpoint)
+    if ladder is not None:
+        manifest = zoo.read_manifest(folder)
+        manifest["models"][name]["ladder"] = ladder
+        zoo.write_manifest(manifest, folder)
+
+
+TINY_LADDER = [{"quality": 1, "streams": 1, "lambda": 0.0}, {"quality": 10, "streams": 3, "lambda": 0.05},
+               {"quality": 30, "streams": 3, "lambda": 0.0}, {"quality": 50, "streams": 4, "lambda": 0.02},
+               {"quality": 70, "streams": 5, "lambda": 0.01}, {"quality": 90, "streams": 5, "lambda": 0.0}]
+
+
+@pytest.fixture
+def ladder_codec(tmp_path, monkeypatch):
+    """A tiny random model with two refinement stages and a quality ladder."""
+    from hvqcodec import codec
+
+    folder = tmp_path / "ladder-models"
+    export_tiny(folder, "tiny-ladder", LADDER_CONFIG, LADDER_PRIOR, TINY_LADDER)
+    monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
+    codec.load_codec.cache_clear()
+    yield codec.load_codec("tiny-ladder", "cpu")
+    codec.load_codec.cache_clear()

@@ -99,8 +99,27 @@ def test_random_bytes_and_wrong_magic():
 
 def test_future_version():
     data, _, _ = tiled_file()
-    assert error_message(data[:4] + b"\x02" + data[5:]) == \
-        "unsupported hvq format version 2 (this hvqcodec reads version 1); upgrade hvqcodec"
+    assert error_message(data[:4] + b"\x03" + data[5:]) == \
+        "unsupported hvq format version 3 (this hvqcodec reads version 2); upgrade hvqcodec"
+
+
+def test_version_1_files_are_read_but_hold_at_most_3_streams():
+    import zlib
+    from hvqcodec.container import pack, unpack
+
+    def as_version_1(data: bytes) -> bytes:
+        header = read_header(data)
+        body = data[header.header_size:-4]
+        head = data[:4] + b"\x01" + data[5:header.header_size - 4]
+        head += zlib.crc32(head).to_bytes(4, "little")
+        return head + body + zlib.crc32(head + body).to_bytes(4, "little")
+
+    three = pack("m", HASH, 8, 8, "RGB", 0, [[b"a"], [b"b"], [b"c"]])
+    old = unpack(as_version_1(three))
+    assert (old.header.version, old.header.levels, old.streams) == (1, 3, [[b"a"], [b"b"], [b"c"]])
+    four = pack("m", HASH, 8, 8, "RGB", 0, [[b"a"], [b"b"], [b"c"], [b"d"]])
+    assert unpack(four).header.version == 2
+    assert error_message(as_version_1(four)) == "corrupt hvq header (4 streams in a version 1 file)"
 
 
 def test_header_cut_short():
@@ -124,8 +143,8 @@ def header_bytes(name: bytes = b"m", mode: int = 0, levels: int = 1, width: byte
     (dict(name=b""), "model name must be 1..64 UTF-8 bytes"),
     (dict(name=b"\xff\xfe"), "model name is not UTF-8"),
     (dict(mode=4), "unknown mode byte 4"),
-    (dict(levels=0), "0 levels, expected 1..3"),
-    (dict(levels=4), "4 levels, expected 1..3"),
+    (dict(levels=0), "0 levels, expected 1..11"),
+    (dict(levels=12), "12 levels, expected 1..11"),
     (dict(width=b"\x00"), "width 0 is not in 1..16777216"),
     (dict(width=b"\x81\x80\x80\x08"), "width 16777217 is not in 1..16777216"),
     (dict(width=b"\x81\x00"), "overlong varint in width"),
@@ -222,7 +241,7 @@ def test_trailing_garbage():
     (dict(width=1.5), "width must be an int"),
     (dict(tile_size=-1), "tile size"),
     (dict(streams=[]), "0 levels"),
-    (dict(streams=[[b""]] * 4), "4 levels"),
+    (dict(streams=[[b""]] * 12), "12 levels"),
     (dict(streams=[[b"", b""]]), "expected 1"),
     (dict(streams=[["text"]]), "must be bytes"),
     (dict(alpha=b"a"), "alpha stream for mode RGB"),

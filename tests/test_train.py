@@ -68,3 +68,19 @@ def test_learning_rate_schedule():
     assert learning_rate(0, opts) == pytest.approx(0.01)
     assert learning_rate(99, opts) == pytest.approx(1.0)
     assert learning_rate(1000, opts) == pytest.approx(0.1)
+
+
+def test_time_budget_stops_training_and_saves(image_folder, tmp_path):
+    import json
+
+    from hvqcodec.autoencoder import AutoencoderConfig
+    from hvqcodec.train import TrainOptions, load_checkpoint, train_autoencoder
+    from conftest import TINY_CONFIG
+
+    options = TrainOptions(data=str(image_folder), out=str(tmp_path / "run"), steps=100000, batch_size=2, crop=32,
+                           warmup=1, val_every=100000, checkpoint_every=100000, time_budget=0.02)
+    state = train_autoencoder(options, AutoencoderConfig(**TINY_CONFIG))
+    assert 0 < state.step < 100000
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == state.step
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert records[-1] == {"step": state.step, "time_budget_reached": True}

@@ -1,0 +1,85 @@
+"""The quality ladder: which operating points (streams coded, lambda of entropy-constrained selection) a model
+offers, calibrated on training images, and the search for the quality that fits a size.
+
+Calibration measures every candidate point's mean bpp and PSNR on a set of training images (never the
+evaluation set), keeps the points that no cheaper point beats in PSNR (the Pareto front), and spreads them over
+quality 1-100 by rank. Higher quality therefore means a larger file and a higher PSNR on the calibration set.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from PIL import Image
+
+from .codec import Codec, CompressedImage, OperatingPoint
+
+LAMBDAS = (0.0, 0.003, 0.01, 0.03, 0.1)  # squared latent distance per bit
+
+
+def candidate_points(num_streams: int, lambdas: Sequence[float] = LAMBDAS) -> list[OperatingPoint]:
+    """Previews (1 and 2 streams) as they are; from 3 streams on, every lambda."""
+    points = [OperatingPoint(1), OperatingPoint(2)]
+    points += [OperatingPoint(s, lam) for s in range(3, num_streams + 1) for lam in lambdas]
+    return points
+
+
+def measure_points(codec: Codec, images: Sequence[np.ndarray], points: Sequence[OperatingPoint],
+                   on_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Mean whole-file bpp and PSNR (8-bit RGB) of each point over the images."""
+    results = []
+    for point in points:
+        bpps, psnrs = [], []
+        for rgb in images:
+            result = codec.compress(Image.fromarray(rgb), point=point)
+            decoded = codec.decompress(result.data)
+            bpps.append(result.bpp)
+            psnrs.append(psnr_uint8(np.asarray(decoded.image.convert("RGB")), rgb))
+            if on_step is not None:
+                on_step()
+        results.append({"streams": point.streams, "lambda": point.lam, "bpp": float(np.mean(bpps)),
+                        "psnr": float(np.mean(psnrs))})
+    return results
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def build_ladder(measured: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Pareto front of the measured points (rising bpp, rising PSNR), spread over quality 1-100."""
+    front = []
+    for point in sorted(measured, key=lambda p: (p["bpp"], -p["psnr"])):
+        if not front or point["psnr"] > front[-1]["psnr"]:
+            front.append(point)
+    count = len(front)
+    return [{"quality": 1 + round(99 * i / max(1, count - 1)), "streams": p["streams"], "lambda": p["lambda"],
+             "calibration_bpp": round(p["bpp"], 5), "calibration_psnr": round(p["psnr"], 3)}
+            for i, p in enumerate(front)]
+
+
+def compress_to_bpp(codec: Codec, source, target_bpp: float,
+                    max_pixels: int | None = None) -> tuple[CompressedImage, int]:
+    """The highest ladder quality whose file fits target_bpp (binary search over the ladder's entries; the
+    smallest entry when none fits). Returns the compressed image and the quality used."""
+    from .imageio import load_image
+
+    from .container import DEFAULT_MAX_PIXELS
+
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    loaded = load_image(source)  # read once, compressed several times
+    qualities = [entry["quality"] for entry in codec.ladder]
+    low, high = 0, len(qualities) - 1
+    best = None
+    while low <= high:
+        middle = (low + high) // 2
+        result = codec.compress(loaded, qualities[middle], max_pixels=limit)
+        if result.bpp <= target_bpp:
+            best, low = (result, qualities[middle]), middle + 1
+        else:
+            high = middle - 1
+    if best is None:
+        return codec.compress(loaded, qualities[0], max_pixels=limit), qualities[0]
+    return best
