@@ -4,7 +4,8 @@ both previews, per-level code usage, raw index cost, parameters, encode+decode s
     python benchmarks/autoencoder.py                        # hvq-small on ../shared/datasets/kodak
     python benchmarks/autoencoder.py --model hvq-small --update-manifest
 
-Writes benchmarks/results/autoencoder-<model>.json ({name, description, results}) and prints a summary.
+Prints a summary; writes JSON ({name, description, results}) only where asked: --json PATH, or --update for the
+committed benchmarks/results/autoencoder-<model>.json.
 """
 from __future__ import annotations
 
@@ -25,11 +26,19 @@ from hvqcodec.zoo import available_models, default_model, load_model, models_dir
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _unwritten_report(path, name: str, description: str, results: dict) -> dict:
+    """The report write_report would write, kept in memory (nothing in the repository changes unless asked)."""
+    return {"name": name, "description": description, "results": results,
+            "command": " ".join(["python"] + sys.argv)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=default_model(), help="shipped model name (see `hvqcodec models list`)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "kodak"), help="image folder")
-    parser.add_argument("--json", help="output JSON (default benchmarks/results/autoencoder-<model>.json)")
+    parser.add_argument("--json", help="write the results JSON here")
+    parser.add_argument("--update", action="store_true",
+                        help="write the committed benchmarks/results/autoencoder-<model>.json")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--update-manifest", action="store_true",
                         help="record the mean figures as the model's measured metrics in models/manifest.json")
@@ -41,8 +50,9 @@ def main() -> int:
     paths = find_images(args.data)
     results = evaluate_autoencoder(model, list(track(paths, description="evaluating", console=console)))
     entry = available_models()[args.model]
-    out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"autoencoder-{args.model}.json"
-    report = write_report(out, f"hvqcodec-autoencoder-{args.model}", (
+    out = (Path(args.json) if args.json else
+           ROOT / "benchmarks" / "results" / f"autoencoder-{args.model}.json" if args.update else None)
+    report = (write_report if out is not None else _unwritten_report)(out, f"hvqcodec-autoencoder-{args.model}", (
         f"Autoencoder of {args.model} ({entry['sha256'][:12]}) on {Path(args.data).name}: 8-bit RGB reconstruction "
         f"from 3 levels and previews from top+mid and top; {platform.processor() or platform.machine()}, "
         f"{args.threads} threads, torch {torch.__version__}"), results)
@@ -59,7 +69,8 @@ def main() -> int:
     console.print(f"code usage: {usage}")
     console.print(f"raw index cost {results['raw_index_bpp']:.4f} bpp; {results['parameters'] / 1e6:.2f}M parameters; "
                   f"encode+decode {results['encode_decode_seconds_median']:.3f} s/image (median, {args.threads} threads)")
-    console.print(f"wrote {out}")
+    if out is not None:
+        console.print(f"wrote {out}")
 
     if args.update_manifest:
         record_metrics(args.model, {

@@ -108,10 +108,12 @@ def _progress(total: int):
 @click.option("--bpp", "target_bpp", type=click.FloatRange(0, min_open=True), default=None,
               help="Aim for this many bits per pixel: the highest quality whose file fits.")
 @max_pixels_option
+@click.option("--jobs", type=click.IntRange(0), default=0, show_default=True,
+              help="Worker processes for many files (0: one per core from 4 files on, on the CPU).")
 @device_option
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @user_errors
-def compress(images, output, model, quality, target_bpp, max_pixels, device, force) -> None:
+def compress(images, output, model, quality, target_bpp, max_pixels, jobs, device, force) -> None:
     """Compress images into .hvq files.
 
     \b
@@ -122,30 +124,33 @@ def compress(images, output, model, quality, target_bpp, max_pixels, device, for
       hvqcodec compress *.png -o compressed/       # into a folder
       hvqcodec compress photo.jpg -o out.hvq --force
     """
-    from .codec import load_codec
-    from .fileio import atomic_write_bytes
+    import os
 
+    from .batch import compress_many
+    from .codec import load_codec
     from .container import DEFAULT_MAX_PIXELS
+    from .device import resolve_device
+    from .fileio import atomic_write_bytes
 
     if quality is not None and target_bpp is not None:
         raise click.UsageError("give either --quality or --bpp, not both")
     limit = max_pixels or DEFAULT_MAX_PIXELS
     targets = _output_paths(images, output, ".hvq")
     _check_outputs(targets, force)
-    codec = load_codec(model, device)
+    resolved = str(resolve_device(device))
+    if jobs == 0:
+        jobs = min(os.cpu_count() or 1, len(images)) if len(images) >= 4 and resolved == "cpu" else 1
+    load_codec(model, resolved)  # a bad model name fails here, once, before any worker starts
+    results = compress_many(images, model, resolved, quality, target_bpp, limit, jobs)
     with _progress(len(images)) as progress:
         for source, target in progress.track(list(zip(images, targets)), description="compressing"):
-            if target_bpp is not None:
-                from .ladder import compress_to_bpp
-                result, used = compress_to_bpp(codec, source, target_bpp, limit)
-                if result.bpp > target_bpp:
-                    console.print(f"[yellow]warning[/]: {source}: even quality {used} takes {result.bpp:.4f} bpp")
-            else:
-                result = codec.compress(source, quality, max_pixels=limit)
-            for note in result.warnings:
+            data, bpp, notes, used = next(results)
+            if target_bpp is not None and bpp > target_bpp:
+                console.print(f"[yellow]warning[/]: {source}: even quality {used} takes {bpp:.4f} bpp")
+            for note in notes:
                 console.print(f"[yellow]warning[/]: {source}: {note}")
-            atomic_write_bytes(target, result.data)
-            console.print(f"{source} -> {target}: {len(result.data):,} bytes, {result.bpp:.4f} bpp")
+            atomic_write_bytes(target, data)
+            console.print(f"{source} -> {target}: {len(data):,} bytes, {bpp:.4f} bpp")
 
 
 @main.command()
@@ -216,8 +221,8 @@ def info(files) -> None:
         pixels = header.width * header.height
         out.print(f"[bold]{path}[/]: hvq format {header.version}, model {header.model_name} "
                   f"({header.model_hash}), {header.width}x{header.height} {header.mode}, "
-                  f"{header.num_tiles} tile(s), {header.levels} level(s)"
-                  + (f" ([yellow]truncated[/]: {parsed.truncated_levels} level(s) missing)" if parsed.truncated_levels else ""))
+                  f"{header.num_tiles} tile(s), {header.levels} stream(s)"
+                  + (f" ([yellow]truncated[/]: {parsed.truncated_levels} stream(s) missing)" if parsed.truncated_levels else ""))
         for name, lengths in zip(stream_names(container.MAX_LEVELS - 3), header.stream_lengths):
             out.print(f"  {name:>6}: {sum(lengths):>9,} bytes  {8 * sum(lengths) / pixels:.4f} bpp")
         if header.alpha_length:

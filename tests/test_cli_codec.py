@@ -113,3 +113,23 @@ def test_bad_images_are_refused(tmp_path, tiny_models_dir):
     assert not bad.with_suffix(".hvq").exists()
     assert_one_line_error(run("compress", tmp_path / "none.png"), "no such file")
     assert_one_line_error(run("compress", bad, "--model", "nope"), "unknown model 'nope'")
+
+
+def test_compress_many_files_in_worker_processes(tiny_models_dir, tmp_path):
+    """Several files on two worker processes give the same bytes as one at a time, in order."""
+    import hvqcodec
+    from click.testing import CliRunner
+    from hvqcodec.cli import main
+    from conftest import synthetic_image
+
+    sources = []
+    for i in range(4):
+        path = tmp_path / f"p{i}.png"
+        Image.fromarray(synthetic_image(i, 32, 48)).save(path)
+        sources.append(str(path))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(main, ["compress", *sources, "-o", str(out), "--jobs", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for i, source in enumerate(sources):
+        assert (out / f"p{i}.hvq").read_bytes() == hvqcodec.compress(source, device="cpu")

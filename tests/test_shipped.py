@@ -30,16 +30,48 @@ def test_shipped_model_is_listed_and_verified():
     assert bundle.sha256 == models[default_model()]["sha256"]
 
 
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _psnr(image: Image.Image, rgb: np.ndarray) -> float:
+    return psnr(torch.tensor(np.asarray(image.convert("RGB"))).permute(2, 0, 1).double() / 255,
+                torch.from_numpy(rgb).permute(2, 0, 1).double() / 255)
+
+
 def test_shipped_codec_round_trip():
     codec = load_codec(None, "cpu")
     rgb = photo()
-    compressed = codec.compress(Image.fromarray(rgb))
+    compressed = codec.compress(Image.fromarray(rgb), 100)  # every stream
     decoded = codec.decompress(compressed.data)
-    codes = codec.encode_codes(rgb)
+    codes = codec.encode_codes(rgb, codec.operating_point(100))
+    assert len(codes) == codec.num_streams
     assert all(torch.equal(a, b) for a, b in zip(decoded.codes[0], codes))
     raw = codec.autoencoder.config.raw_index_bpp()
     assert compressed.bpp < raw  # the priors must beat fixed-width indices
-    reference = torch.from_numpy(rgb).permute(2, 0, 1).double() / 255
-    quality = [psnr(torch.tensor(np.asarray(codec.decompress(compressed.data, levels).image)).permute(2, 0, 1)
-                    .double() / 255, reference) for levels in (1, 2, 3)]
-    assert quality[0] < quality[1] < quality[2] and quality[2] > 22
+    quality = [_psnr(codec.decompress(compressed.data, n).image, rgb) for n in range(1, codec.num_streams + 1)]
+    assert quality == sorted(quality) and quality[2] > 22
+
+
+def test_shipped_quality_ladder_is_monotone():
+    codec = load_codec(None, "cpu")
+    assert codec.calibrated
+    rgb = photo()
+    sizes, quality = [], []
+    for entry in codec.ladder[2:]:  # past the previews
+        compressed = codec.compress(Image.fromarray(rgb), entry["quality"])
+        sizes.append(compressed.bpp)
+        quality.append(_psnr(codec.decompress(compressed.data).image, rgb))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert quality[-1] > quality[0]
+
+
+def test_files_of_hvqcodec_0_1_still_decode():
+    """A file written by hvqcodec 0.1.0 (format version 1, model hvq-small) decodes as it did then."""
+    import hvqcodec
+    from hvqcodec import container
+
+    data = (DATA / "v1-hvq-small.hvq").read_bytes()
+    assert container.read_header(data).version == 1
+    image = np.asarray(hvqcodec.decompress(data, device="cpu"), dtype=np.int16)
+    then = np.asarray(Image.open(DATA / "v1-hvq-small-decoded.png"), dtype=np.int16)
+    assert image.shape == then.shape and np.abs(image - then).max() <= 1

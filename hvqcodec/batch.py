@@ -1,0 +1,44 @@
+"""Compressing many files on several cores: one worker process per core, each with its own codec and one
+torch thread (the prior's wavefront steps are small: processes scale where threads do not)."""
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any, Iterator, Sequence
+
+_codec = None
+
+
+def _start(model: str | None, device: str) -> None:
+    global _codec
+    import torch
+
+    from .codec import load_codec
+
+    torch.set_num_threads(1)
+    _codec = load_codec(model, device)
+
+
+def _compress(task: tuple[str, int | None, float | None, int]) -> tuple[bytes, float, list[str], int | None]:
+    source, quality, target_bpp, max_pixels = task
+    if target_bpp is not None:
+        from .ladder import compress_to_bpp
+
+        result, used = compress_to_bpp(_codec, source, target_bpp, max_pixels)
+        return result.data, result.bpp, list(result.warnings), used
+    result = _codec.compress(source, quality, max_pixels=max_pixels)
+    return result.data, result.bpp, list(result.warnings), None
+
+
+def compress_many(sources: Sequence[str], model: str | None, device: str, quality: int | None,
+                  target_bpp: float | None, max_pixels: int, jobs: int) -> Iterator[tuple[bytes, float, list[str], Any]]:
+    """Results in the order of `sources`, computed by `jobs` worker processes (in this process when 1)."""
+    global _codec
+    tasks = [(str(s), quality, target_bpp, max_pixels) for s in sources]
+    if jobs <= 1:
+        from .codec import load_codec
+
+        _codec = load_codec(model, device)  # cached: the CLI has loaded it already
+        yield from map(_compress, tasks)
+        return
+    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_start, initargs=(model, device)) as pool:
+        yield from pool.imap(_compress, tasks)
