@@ -39,7 +39,7 @@ def fuzz_codec(tmp_path_factory):
 def seed_files(codec) -> list[bytes]:
     """Valid files of several shapes: one tile, many tiles, alpha, grayscale, every stream count."""
     files = []
-    rgb = synthetic_image(1, 32, 48)
+    rgb = synthetic_image(1, 16, 32)
     for quality in (1, 30, 90):
         files.append(codec.compress(Image.fromarray(rgb), quality).data)
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
