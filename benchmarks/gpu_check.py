@@ -1,7 +1,7 @@
 """CUDA check, for a machine with a GPU: the integer probabilities are identical on CUDA and CPU, files encoded
 on one device decode bit-exactly on the other, and how long each takes.
 
-    python benchmarks/gpu_check.py [--model NAME] [--images 6] [--json OUT]
+    python benchmarks/gpu_check.py [--model NAME] [--images 6] [--json OUT | --update]
 
 Exits 0 when every check passes, 1 when one fails, 2 when there is no CUDA device.
 """
@@ -40,7 +40,8 @@ def main() -> int:
     parser.add_argument("--model")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "kodak"))
     parser.add_argument("--images", type=int, default=6)
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "gpu_check.json"))
+    parser.add_argument("--json", help="write the results JSON here")
+    parser.add_argument("--update", action="store_true", help="write the committed benchmarks/results/gpu_check.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -77,7 +78,9 @@ def main() -> int:
             f"{d}_{k}_median": statistics.median(r[d][f"{k}_seconds"] for r in records)
             for d in ("cpu_to_cuda", "cuda_to_cpu") for k in ("encode", "decode")}},
     }
-    Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    out = args.json or (ROOT / "benchmarks" / "results" / "gpu_check.json" if args.update else None)
+    if out is not None:
+        Path(out).write_text(json.dumps(summary, indent=2) + "\n")
     print("PASSED" if ok else "FAILED", json.dumps(summary["results"], default=str)[:400])
     return 0 if ok else 1
 

@@ -42,6 +42,6 @@ hvqcodec models export "$OUT/ae/checkpoint.pt" --name "$NAME" --models-dir "$OUT
 hvqcodec models calibrate "$NAME" --models-dir "$OUT/models" --data "$DATA" --images "$CAL_IMAGES" \
     --crop "$CAL_CROP" --device "$DEVICE"
 if [ "$DEVICE" = cuda ]; then
-    python benchmarks/gpu_check.py --model "$NAME" | tee "$OUT/gpu_check.txt"
+    python benchmarks/gpu_check.py --model "$NAME" --json "$OUT/gpu_check.json" | tee "$OUT/gpu_check.txt"
 fi
 echo "done: $OUT/models holds $NAME"

@@ -173,16 +173,18 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
       hvqcodec decompress photo.hvq --levels 2 -o preview.png
     """
     from . import container
-    from .codec import TILE_SIZE, codec_for
-    from .imageio import save_image
 
     limit = max_pixels or container.DEFAULT_MAX_PIXELS
     targets = _output_paths(files, output, ".png")
     _check_outputs(targets, force)
+    for source in files:  # every header checked before torch is even imported: a bomb costs nothing
+        container.check_limits(container.read_header(_read(source)), container.TILE_SIZE, limit)
+    from .codec import codec_for
+    from .imageio import save_image
+
     with _progress(len(files)) as progress:
         for source, target in progress.track(list(zip(files, targets)), description="decompressing"):
             data = _read(source)
-            container.check_limits(container.read_header(data), TILE_SIZE, limit)  # before loading a model
             decoded = codec_for(data, device).decompress(data, levels, limit)
             for note in decoded.warnings:
                 console.print(f"[yellow]warning[/]: {source}: {note}")

@@ -29,7 +29,7 @@ from .intprior import IntPrior
 from .device import resolve_device
 from .zoo import ModelBundle, default_model, load_bundle
 
-TILE_SIZE = 1024
+TILE_SIZE = container.TILE_SIZE
 ECVQ_CANDIDATES = 8  # nearest bottom codewords considered by entropy-constrained selection
 DEFAULT_QUALITY = 75
 

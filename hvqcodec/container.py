@@ -42,6 +42,7 @@ TRAILER_BYTES = 4  # the CRC32 that ends every file
 # Pixels a file may decode to (or an image be encoded from) unless the caller raises the limit; like Pillow's
 # decompression-bomb guard. 100 million pixels is a 12,000 x 8,000 photo: about 300 MB of output.
 DEFAULT_MAX_PIXELS = 100_000_000
+TILE_SIZE = 1024  # the tiles the codec writes (a file of one smaller image has tile size 0)
 _MAX_VARINT_BYTES = 9
 _CRC = struct.Struct("<I")
 assert _CRC.size == TRAILER_BYTES

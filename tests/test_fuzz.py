@@ -175,3 +175,22 @@ def test_images_over_the_pixel_limit_are_refused_and_the_limit_can_be_raised(fuz
     with pytest.raises(HvqError, match="over the limit"):
         hvqcodec.decompress(data, device="cpu", max_pixels=1000)
     assert hvqcodec.decompress(data, device="cpu", max_pixels=40 * 56).size == (56, 40)
+
+
+def test_cli_refuses_a_bomb_before_importing_torch(fuzz_codec, tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.hvq"
+    path.write_bytes(bomb(30000, 30000, 1024, 4, fuzz_codec))
+    code = ("import sys, runpy; sys.argv = ['hvqcodec', 'decompress', sys.argv[1], '-o', sys.argv[2]]\n"
+            "try:\n    runpy.run_module('hvqcodec.cli', run_name='__main__')\n"
+            "except SystemExit as exit:\n    print('torch' in sys.modules, file=sys.stderr); raise\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "out.png")],
+                          capture_output=True, text=True, timeout=60)
+    assert time.perf_counter() - start < 5
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and lines[0].startswith("Error: ") and "over the limit" in lines[0]
+    assert lines[-1] == "False"  # refused from the header alone: torch never imported
+    assert not (tmp_path / "out.png").exists()
