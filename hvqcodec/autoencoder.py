@@ -180,12 +180,15 @@ class HierarchicalVQVAE(nn.Module):
         f2 = self.enc2(self.down2(f1))
         return f1, f2, self.enc3(self.down3(f2))
 
-    def bottom_latent(self, features, top_codes: torch.Tensor, mid_codes: torch.Tensor) -> torch.Tensor:
-        """The bottom level's unquantised vectors (N, D, H/4, W/4), given the upper levels' codes."""
-        f1, f2, _ = features
-        c2 = self.context_top(self.quantisers[0].lookup(top_codes))
-        c1 = self.context_mid(torch.cat([self.quantisers[1].lookup(mid_codes), c2], 1))
-        return self.pre_quant[2](torch.cat([f1, c1], 1))
+    def encode_latent(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images (N, 3, H, W) in [0, 1] (any size) -> top codes, mid codes (nearest) and the bottom level's
+        unquantised vectors (N, D, H/4, W/4) of the padded image: everything the bottom quantisation needs."""
+        f1, f2, f3 = self.features(pad_to_multiple(images))
+        top = self.quantisers[0](self.pre_quant[0](f3)).codes
+        c2 = self.context_top(self.quantisers[0].lookup(top))
+        mid = self.quantisers[1](self.pre_quant[1](torch.cat([f2, c2], 1))).codes
+        c1 = self.context_mid(torch.cat([self.quantisers[1].lookup(mid), c2], 1))
+        return top, mid, self.pre_quant[2](torch.cat([f1, c1], 1))
 
     def forward(self, images: torch.Tensor) -> AutoencoderOutput:
         """images: (N, 3, H, W) in [0, 1], H and W multiples of 16."""
@@ -251,11 +254,7 @@ class HierarchicalVQVAE(nn.Module):
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images (N, 3, H, W) in [0, 1] (any size) -> code grids [top, mid, bottom, refinement stages...] of the
         padded image, by nearest-code quantisation. Runs only the encoder side (no decoder)."""
-        features = self.features(pad_to_multiple(images))
-        top = self.quantisers[0](self.pre_quant[0](features[2])).codes
-        c2 = self.context_top(self.quantisers[0].lookup(top))
-        mid = self.quantisers[1](self.pre_quant[1](torch.cat([features[1], c2], 1))).codes
-        latent = self.bottom_latent(features, top, mid)
+        top, mid, latent = self.encode_latent(images)
         return [top, mid] + self.quantise_bottom(latent)
 
     def quantise_bottom(self, latent: torch.Tensor) -> list[torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import container
-from .autoencoder import LEVEL_STRIDES, PAD_MULTIPLE, pad_to_multiple
+from .autoencoder import LEVEL_STRIDES, PAD_MULTIPLE
 from .entropy import decode_level, decode_stage, encode_level, encode_stage, level_frequencies, stage_frequencies
 from .errors import ModelError
 from .intprior import FREQ_TOTAL
@@ -115,11 +115,8 @@ class Codec:
         model = self.autoencoder
         if point.lam <= 0 or point.streams < 3:
             return [c[0] for c in model.encode(x)][:point.streams]
-        features = model.features(pad_to_multiple(x))
-        top = model.quantisers[0](model.pre_quant[0](features[2])).codes
-        c2 = model.context_top(model.quantisers[0].lookup(top))
-        mid = model.quantisers[1](model.pre_quant[1](torch.cat([features[1], c2], 1))).codes
-        latent = model.bottom_latent(features, top, mid)[0]  # (D, h, w)
+        top, mid, latent = model.encode_latent(x)
+        latent = latent[0]  # (D, h, w)
         codes = [top[0], mid[0]]
         codes.append(self._ecvq_bottom(latent, codes, point.lam))
         total = model.quantisers[2].lookup(codes[2][None])[0]

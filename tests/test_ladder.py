@@ -33,8 +33,8 @@ def test_refinement_stages_are_residuals_and_every_prefix_decodes():
     codes = model.encode(images)
     assert [tuple(c.shape) for c in codes] == [(2, 2, 3), (2, 4, 6), (2, 8, 12), (2, 2, 8, 12), (2, 2, 8, 12)]
     # Each stage quantises what the stages before it left over: the residual shrinks stage by stage.
-    features = model.features(images)
-    latent = model.bottom_latent(features, codes[0], codes[1])
+    top, mid, latent = model.encode_latent(images)
+    assert torch.equal(top, codes[0]) and torch.equal(mid, codes[1])
     total = model.quantisers[2].lookup(codes[2])
     errors = [float((latent - total).pow(2).mean())]
     for refiner, stage_codes in zip(model.refiners, codes[3:]):
