@@ -74,7 +74,8 @@ def prepare_output(out: str | Path) -> Path:
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        # A probe name per process: under torchrun every rank checks the same folder at the same moment.
+        probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
