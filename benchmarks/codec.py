@@ -159,7 +159,7 @@ def main() -> int:
     point = codec.operating_point(args.quality)
     results = {
         "images": len(per_image),
-        "quality": args.quality, "operating_point": {"streams": point.streams, "lambda": point.lam},
+        "quality": args.quality, "operating_point": point.to_entry(),
         "bpp": mean("bpp"), "psnr": mean("psnr"), "ms_ssim": mean("ms_ssim"),
         "bpp_per_level": {n: sum(8 * r["level_bytes"][i] for r in per_image) / pixels
                           for i, n in enumerate(names[:point.streams])},

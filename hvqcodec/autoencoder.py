@@ -43,9 +43,16 @@ class AutoencoderConfig:
     # Refinement dropout: per training sample, all stages with this probability, else a uniform number of
     # them (0..stages-1), so that every prefix of the stages is a trained reconstruction.
     keep_all_refine: float = 0.4
+    # Rate weight per refinement stage (squared latent distance per bit; empty = 0 for all): stage codes are
+    # chosen by distance + lambda * bits under the codebook's usage, in training and in encode(), so a stage
+    # spends bits where the residual is large and next to nothing on flat areas (entropy-constrained VQ).
+    refine_lambdas: Sequence[float] = ()
     # A linear path from the /4 decoder features straight to each 4x4 pixel block (zero-initialised, so a
     # warm start is unchanged): fine detail need not squeeze through the narrow /2 stage.
     detail_head: bool = False
+    # ConvNeXt blocks at /2 in the decoder (the last stage before the pixels). Blocks beyond the first start as
+    # the identity (layer scale), so a deeper decoder can be warm-started from a shallower model exactly.
+    half_depth: int = 1
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
@@ -156,6 +163,12 @@ class HierarchicalVQVAE(nn.Module):
         self.refiners = nn.ModuleList(
             ProductQuantiser(code_dim, config.refine_groups, config.refine_codebook_size, config.ema_decay)
             for _ in range(config.refine_stages))
+        if config.refine_lambdas and len(config.refine_lambdas) != config.refine_stages:
+            raise ValueError(f"refine_lambdas has {len(config.refine_lambdas)} values for "
+                             f"{config.refine_stages} refinement stages")
+        for refiner, lam in zip(self.refiners, config.refine_lambdas):
+            for quantiser in refiner.quantisers:
+                quantiser.rate_lambda = float(lam)
 
         # Context path: top codes -> c2 at /8; [mid codes, c2] -> c1 at /4.
         self.context_top = ContextUp(code_dim, w3, w2, dec3, ls)
@@ -166,6 +179,7 @@ class HierarchicalVQVAE(nn.Module):
         half = max(w1 // 2, 16)
         self.dec_up = Upsample(w1, half)
         self.dec_half = ConvNeXtBlock(half, ls)
+        self.dec_half_more = convnext_stage(half, config.half_depth - 1, ls) if config.half_depth > 1 else None
         self.to_rgb = nn.Sequential(LayerNorm2d(half), nn.ConvTranspose2d(half, 3, kernel_size=2, stride=2))
         self.detail = None
         if config.detail_head:
@@ -275,7 +289,10 @@ class HierarchicalVQVAE(nn.Module):
 
     def _decode_bottom(self, bottom_q: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
         x = self.dec1(self.dec_in(torch.cat([bottom_q, c1], 1)))
-        rgb = self.to_rgb(self.dec_half(self.dec_up(x)))
+        half = self.dec_half(self.dec_up(x))
+        if self.dec_half_more is not None:
+            half = self.dec_half_more(half)
+        rgb = self.to_rgb(half)
         if self.detail is not None:
             rgb = rgb + self.detail(x)
         return (rgb + 1) / 2

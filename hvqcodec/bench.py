@@ -126,7 +126,18 @@ def plan_bench(folder: str | Path | None, codecs: Sequence[str] | None, model: s
     if model and "hvq" not in wanted:
         notes.append(f"--model {model} ignored: hvq is not among the codecs")
     if "hvq" in wanted:
-        models = [model] if model else [n for n, e in sorted(available_models().items()) if e.get("priors")]
+        installed = {n for n, e in available_models().items() if e.get("priors")}
+        if model == "all":
+            models = sorted(installed)
+        elif model:
+            models = [m.strip() for m in model.split(",") if m.strip()]
+            missing = [m for m in models if m not in installed]
+            if missing:
+                known = ", ".join(sorted(installed)) or "none"
+                raise HvqError(f"hvq model(s) {', '.join(missing)} not installed with priors (available: {known})")
+        else:
+            from .zoo import default_model
+            models = [default_model()] if default_model() in installed else sorted(installed)[:1]
         if not models:
             message = "no installed hvq model has trained priors, so none can compress"
             if explicit:
@@ -226,8 +237,8 @@ def preview_bytes(data: bytes, levels: int) -> int:
 def measure_hvq(codec: Any, rgb: np.ndarray) -> list[dict[str, Any]]:
     """One point per operating point (single-run timings).
 
-    A model with a calibrated quality ladder gives one point per ladder entry. Entries that share a lambda
-    share one compression: the streams are coded coarse to fine, so the file of an entry with fewer streams is
+    A model with a calibrated quality ladder gives one point per ladder entry. Entries that share their
+    rate weights share one compression: the streams are coded coarse to fine, so the file of an entry with fewer streams is
     a prefix of it (header + those streams + trailer, counted by preview_bytes). A model without a ladder gives
     one point per progressive level, as before.
     """
@@ -236,11 +247,13 @@ def measure_hvq(codec: Any, rgb: np.ndarray) -> list[dict[str, Any]]:
     else:
         entries = codec.ladder
     points = []
-    for lam in sorted({e["lambda"] for e in entries}):
-        group = [e for e in entries if e["lambda"] == lam]
+    weights = lambda e: (e["lambda"], e.get("stage_lambda"))  # noqa: E731 (entries with equal weights share a file)
+    for key in sorted({weights(e) for e in entries}, key=str):
+        group = [e for e in entries if weights(e) == key]
         streams = max(e["streams"] for e in group)
         start = time.perf_counter()
-        data = codec.compress(Image.fromarray(rgb), point=OperatingPoint(streams, lam)).data
+        point = OperatingPoint.from_entry({**group[0], "streams": streams})
+        data = codec.compress(Image.fromarray(rgb), point=point).data
         encode_seconds = time.perf_counter() - start
         for entry in group:
             start = time.perf_counter()

@@ -45,6 +45,22 @@ def int_list(count: int) -> click.ParamType:
     return IntList()
 
 
+class FloatList(click.ParamType):
+    """Comma-separated non-negative numbers (any count)."""
+    name = "comma-separated numbers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            return tuple(value)
+        try:
+            numbers = tuple(float(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a list of comma-separated numbers", param, ctx)
+        if any(not n >= 0 for n in numbers):
+            self.fail(f"{value!r}: every value must be a number >= 0", param, ctx)
+        return numbers
+
+
 max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(1), default=None, metavar="N",
     help="Refuse images (and files that decode to images) over N pixels (default 100,000,000).")
@@ -251,7 +267,8 @@ def _codec_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @click.argument("folder", metavar="[DIR]", required=False, type=click.Path(file_okay=False))
 @click.option("--codecs", callback=_codec_list, metavar="LIST",
               help="Comma-separated codecs out of hvq,png,jpeg,webp,avif,jpeg2000 (default: all that are available).")
-@click.option("--model", default=None, help="hvq model to test (default: every installed model with priors).")
+@click.option("--model", default=None, metavar="NAMES",
+              help="hvq model(s) to test, comma-separated, or 'all' (default: the default model).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the results as JSON (CompressAI's shape).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
@@ -268,8 +285,9 @@ def bench(folder, codecs, model, json_path, plot_path, reference, device, jobs, 
     """Benchmark hvq against PNG, JPEG, WebP, AVIF and JPEG 2000 (through Pillow) on a folder of images.
 
     Every codec codes the same 8-bit RGB pixels in memory: bpp of the whole file, RGB PSNR, MS-SSIM, median
-    encode and decode times. hvq gives one point per progressive level (the bytes of a file holding the first
-    1, 2 or 3 levels). Prints tables with BD-rates and same-PSNR rates. Without DIR, three built-in photos.
+    encode and decode times. hvq gives one point per entry of the model's quality ladder (previews are the
+    bytes of a file holding only their streams). Prints tables with BD-rates and same-PSNR rates. Without DIR,
+    three built-in photos.
 
     \b
     Examples:
@@ -277,6 +295,7 @@ def bench(folder, codecs, model, json_path, plot_path, reference, device, jobs, 
       hvqcodec bench ../shared/datasets/kodak --json bench.json --plot rd.png \\
           --reference ../shared/reference/compressai-kodak
       hvqcodec bench photos/ --codecs hvq,jpeg,avif --jobs 2
+      hvqcodec bench photos/ --model hvq-ecvq,hvq-ladder --codecs hvq,jpeg
     """
     from . import bench as bench_module
     from .rdplot import save_rd_plot
@@ -420,12 +439,18 @@ def _train_options(options_type: type, shared: dict, **extra):
               help="Product-quantiser groups per refinement stage (must divide --code-dim).")
 @click.option("--refine-codebook-size", type=click.IntRange(2, 4096), default=32, show_default=True,
               help="Codes per group codebook of a refinement stage.")
+@click.option("--refine-lambdas", type=FloatList(), default="", metavar="L1,L2,...",
+              help="Rate weight per refinement stage: entropy-constrained code choice (distance + L * bits under "
+                   "the codebook's usage), e.g. 0.002,0.0007,0.0002. Default: nearest codes.")
 @click.option("--detail-head", is_flag=True, help="Add a linear path from the /4 decoder features to the pixels.")
-@click.option("--init-from", metavar="MODEL", help="Start from a shipped model's weights (same-shaped tensors).")
+@click.option("--half-depth", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="ConvNeXt blocks at /2 in the decoder (extra ones start as the identity).")
+@click.option("--init-from", metavar="MODEL|CHECKPOINT",
+              help="Start from a shipped model's weights, or a checkpoint.pt's (same-shaped tensors).")
 @user_errors
 def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, codebook_sizes, code_dim,
-                              refine_stages, refine_groups, refine_codebook_size, detail_head, init_from,
-                              **shared) -> None:
+                              refine_stages, refine_groups, refine_codebook_size, refine_lambdas, detail_head,
+                              half_depth, init_from, **shared) -> None:
     """Train the 3-level hierarchical VQ-VAE.
 
     Images are decoded once and cached in memory; each step draws random crops (random 0.5-1x downscale,
@@ -444,14 +469,21 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
     options = _train_options(TrainOptions, shared)
     if code_dim % refine_groups:
         raise click.BadParameter(f"must divide --code-dim {code_dim}", param_hint="--refine-groups")
+    if refine_lambdas and len(refine_lambdas) != refine_stages:
+        raise click.BadParameter(f"give one value per refinement stage ({refine_stages})",
+                                 param_hint="--refine-lambdas")
     config = AutoencoderConfig(widths=widths, encoder_depths=encoder_depths, decoder_depths=decoder_depths,
                                codebook_sizes=codebook_sizes, code_dim=code_dim, refine_stages=refine_stages,
                                refine_groups=refine_groups, refine_codebook_size=refine_codebook_size,
-                               detail_head=detail_head)
+                               refine_lambdas=refine_lambdas, detail_head=detail_head, half_depth=half_depth)
     initial = None
     if init_from and not resume:
-        from .zoo import load_model
-        initial = load_model(init_from).state_dict()
+        if init_from.endswith(".pt"):
+            from .train import load_checkpoint
+            initial = load_checkpoint(Path(init_from))["model"]
+        else:
+            from .zoo import load_model
+            initial = load_model(init_from).state_dict()
     train_autoencoder(options, config, resume=resume, console=console, init_from=initial)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
 
@@ -466,9 +498,11 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
 @click.option("--cond-blocks", type=click.IntRange(0), default=3, show_default=True, help="3x3 gated blocks over the upper levels.")
 @click.option("--stage-channels", type=click.IntRange(1), default=32, show_default=True, help="Width of the refinement-stage priors.")
 @click.option("--stage-blocks", type=click.IntRange(0), default=2, show_default=True, help="3x3 gated blocks in each stage prior.")
+@click.option("--init-from", type=click.Path(dir_okay=False), metavar="CHECKPOINT",
+              help="Start from a priors checkpoint's weights (same-shaped tensors), e.g. runs/priors/checkpoint.pt.")
 @user_errors
 def train_priors_command(model, resume, code_crops, channels, causal_blocks, cond_blocks, stage_channels,
-                         stage_blocks, **shared) -> None:
+                         stage_blocks, init_from, **shared) -> None:
     """Train the PixelCNN priors on the codes a shipped autoencoder gives.
 
     Random crops of the training images are encoded once into code grids (kept in --out/codes.pt); the three
@@ -489,7 +523,11 @@ def train_priors_command(model, resume, code_crops, channels, causal_blocks, con
     options = _train_options(PriorTrainOptions, shared, model=model or default_model(), code_crops=code_crops)
     config = PriorConfig(channels=channels, causal_blocks=causal_blocks, cond_blocks=cond_blocks,
                          stage_channels=stage_channels, stage_blocks=stage_blocks)
-    train_priors(options, config, resume=resume, console=console)
+    initial = None
+    if init_from and not resume:
+        from .train import load_checkpoint
+        initial = load_checkpoint(Path(init_from), "priors")["model"]
+    train_priors(options, config, resume=resume, console=console, init_from=initial)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
 
 
@@ -576,7 +614,8 @@ def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> No
         "measured": measured}
     write_manifest(manifest, folder)
     for entry in ladder:
-        console.print(f"quality {entry['quality']:>3}: {entry['streams']} streams, lambda {entry['lambda']:<6} "
+        stage = f" stage lambda {entry['stage_lambda']:<6}" if "stage_lambda" in entry else ""
+        console.print(f"quality {entry['quality']:>3}: {entry['streams']} streams, lambda {entry['lambda']:<6}{stage} "
                       f"{entry['calibration_bpp']:.4f} bpp {entry['calibration_psnr']:.2f} dB")
 
 

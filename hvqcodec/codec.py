@@ -36,10 +36,29 @@ DEFAULT_QUALITY = 75
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """What the encoder codes: how many streams (3 levels, then refinement stages) and the rate weight lambda
-    of entropy-constrained code selection (squared latent distance per bit; 0 = nearest codes)."""
+    """What the encoder codes: how many streams (3 levels, then refinement stages) and the rate weights of
+    entropy-constrained code selection (squared latent distance per bit; 0 = nearest codes): `lam` for the
+    bottom codes, `stage_lam` for the refinement stages (None: the same as lam), added to the rate weight each
+    stage was trained with."""
     streams: int
     lam: float = 0.0
+    stage_lam: float | None = None
+
+    @property
+    def stage_weight(self) -> float:
+        return self.lam if self.stage_lam is None else self.stage_lam
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> "OperatingPoint":
+        """A ladder entry of the manifest ({"streams", "lambda", optional "stage_lambda"}) as a point."""
+        stage_lam = entry.get("stage_lambda")
+        return cls(int(entry["streams"]), float(entry["lambda"]), None if stage_lam is None else float(stage_lam))
+
+    def to_entry(self) -> dict:
+        entry = {"streams": self.streams, "lambda": self.lam}
+        if self.stage_lam is not None:
+            entry["stage_lambda"] = self.stage_lam
+        return entry
 
 
 def quality_point(ladder: list[dict], quality: int) -> OperatingPoint:
@@ -50,7 +69,7 @@ def quality_point(ladder: list[dict], quality: int) -> OperatingPoint:
     for entry in ladder:
         if entry["quality"] <= quality:
             chosen = entry
-    return OperatingPoint(int(chosen["streams"]), float(chosen["lambda"]))
+    return OperatingPoint.from_entry(chosen)
 
 
 @dataclass
@@ -95,6 +114,8 @@ class Codec:
         self.prior = IntPrior(config.causal_blocks, config.cond_blocks, bundle.prior_tables, self.device,
                               config.refine_stages, config.refine_groups, config.stage_blocks)
         self.num_streams = self.autoencoder.config.num_streams
+        config_lambdas = tuple(self.autoencoder.config.refine_lambdas)
+        self.trained_stage_lambdas = config_lambdas or (0.0,) * self.autoencoder.config.refine_stages
         self.tile_size = TILE_SIZE  # what files made with this codec use, and what decoding accepts
         # quality -> operating point, calibrated on training images; without one every quality codes everything.
         self.calibrated = bool(bundle.ladder)
@@ -104,24 +125,33 @@ class Codec:
         return quality_point(self.ladder, DEFAULT_QUALITY if quality is None else quality)
 
     @torch.no_grad()
-    def encode_codes(self, rgb: np.ndarray, point: OperatingPoint | None = None) -> list[torch.Tensor]:
+    def encode_codes(self, rgb: np.ndarray, point: OperatingPoint | None = None,
+                     stage_frequencies: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
         """(H, W, 3) uint8 -> the code grids of the padded image that an operating point codes.
 
-        With lambda > 0 the bottom codes and each refinement group are chosen by squared distance + lambda *
-        bits under the integer prior (entropy-constrained selection); the decoder needs nothing to know it.
+        With a rate weight > 0 the bottom codes and each refinement group are chosen by squared distance +
+        lambda * bits under the integer prior (entropy-constrained selection); the decoder needs nothing to know
+        it. A stage's weight is the point's plus the one the stage was trained with. stage_frequencies, if
+        given, receives each selected stage's frequencies (stream index -> (G, h*w, K)) for its encoding.
         """
         point = point or OperatingPoint(self.num_streams)
         x = torch.tensor(rgb).permute(2, 0, 1)[None].float().div(255).to(self.device)  # a copy: rgb may be read-only
         model = self.autoencoder
-        if point.lam <= 0 or point.streams < 3:
+        stage_weights = [point.stage_weight + lam for lam in self.trained_stage_lambdas[:max(0, point.streams - 3)]]
+        if point.streams < 3 or (point.lam <= 0 and not any(w > 0 for w in stage_weights)):
             return [c[0] for c in model.encode(x)][:point.streams]
         top, mid, latent = model.encode_latent(x)
         latent = latent[0]  # (D, h, w)
         codes = [top[0], mid[0]]
-        codes.append(self._ecvq_bottom(latent, codes, point.lam))
+        if point.lam > 0:
+            codes.append(self._ecvq_bottom(latent, codes, point.lam))
+        else:
+            codes.append(model.quantisers[2](latent[None]).codes[0])
         total = model.quantisers[2].lookup(codes[2][None])[0]
-        for stage in range(point.streams - 3):
-            stage_codes = self._ecvq_stage(stage, latent - total, codes, point.lam)
+        for stage, weight in enumerate(stage_weights):
+            stage_codes, frequencies = self._ecvq_stage(stage, latent - total, codes, weight)
+            if stage_frequencies is not None:
+                stage_frequencies[3 + stage] = frequencies
             total = total + model.refiners[stage].lookup(stage_codes[None])[0]
             codes.append(stage_codes)
         return codes
@@ -142,12 +172,14 @@ class Codec:
         cost = candidate_distances.double() + lam * bits
         return candidates.gather(1, cost.argmin(1, keepdim=True)).view(h, w)
 
-    def _ecvq_stage(self, stage: int, residual: torch.Tensor, codes: list[torch.Tensor], lam: float) -> torch.Tensor:
-        """A refinement stage's codes, group by group, each minimising distance + lam * bits under the stage
-        prior (exact: a group's probabilities depend only on codes already chosen)."""
+    def _ecvq_stage(self, stage: int, residual: torch.Tensor, codes: list[torch.Tensor],
+                    lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """A refinement stage's codes (G, h, w), group by group, each minimising distance + lam * bits under the
+        stage prior (exact: a group's probabilities depend only on codes already chosen), and the frequencies
+        (G, h*w, K) they are coded with."""
         prior, refiner = self.prior.stages[stage], self.autoencoder.refiners[stage]
         d, h, w = residual.shape
-        context, previous, chosen = prior.context(codes), None, []
+        context, previous, chosen, frequencies = prior.context(codes), None, [], []
         for group, part in enumerate(residual.chunk(prior.groups, dim=0)):
             freq, context = prior.group_frequencies(context, group, previous)
             bits = -torch.log2(freq.double().cpu() / FREQ_TOTAL)
@@ -155,7 +187,8 @@ class Codec:
             distances = torch.cdist(flat, refiner.quantisers[group].codebook).pow(2).double()
             previous = (distances + lam * bits).argmin(1)
             chosen.append(previous.view(h, w))
-        return torch.stack(chosen)
+            frequencies.append(freq)
+        return torch.stack(chosen), torch.stack(frequencies)
 
     @torch.no_grad()
     def decode_codes(self, codes: list[torch.Tensor], height: int, width: int) -> np.ndarray:
@@ -181,12 +214,13 @@ class Codec:
         streams: list[list[bytes]] = [[] for _ in range(point.streams)]
         bits = [0.0] * point.streams
         for top, left, h, w in container.tile_grid(width, height, tile_size):
-            codes = self.encode_codes(loaded.rgb[top:top + h, left:left + w], point)
+            known: dict[int, torch.Tensor] = {}
+            codes = self.encode_codes(loaded.rgb[top:top + h, left:left + w], point, known)
             for index in range(point.streams):
                 if index < 3:
                     encoded = encode_level(self.prior.levels[index], codes[index], codes[:index])
                 else:
-                    encoded = encode_stage(self.prior.stages[index - 3], codes, codes[index])
+                    encoded = encode_stage(self.prior.stages[index - 3], codes, codes[index], known.get(index))
                 streams[index].append(encoded.data)
                 bits[index] += encoded.cross_entropy_bits
         alpha = encode_alpha(loaded.alpha) if loaded.alpha is not None else b""

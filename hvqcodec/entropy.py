@@ -102,9 +102,13 @@ def stage_frequencies(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage
     return torch.stack(freqs)
 
 
-def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_codes: torch.Tensor) -> EncodedLevel:
-    """A refinement stage's codes (G, h, w) -> range-coded bytes: group after group, each in raster order."""
-    freq = stage_frequencies(prior, codes, stage_codes)
+def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_codes: torch.Tensor,
+                 frequencies: torch.Tensor | None = None) -> EncodedLevel:
+    """A refinement stage's codes (G, h, w) -> range-coded bytes: group after group, each in raster order.
+
+    frequencies: the stage's (G, h*w, K) frequencies if the caller has them already (entropy-constrained
+    selection computes exactly these while it chooses the codes)."""
+    freq = stage_frequencies(prior, codes, stage_codes) if frequencies is None else frequencies
     return _range_encode(stage_codes.flatten(), freq.flatten(0, 1))
 
 

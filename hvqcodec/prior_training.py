@@ -15,8 +15,8 @@ from .errors import CheckpointError
 from .fileio import atomic_torch_save
 from .priors import HierarchicalPrior, PriorConfig, bits_per_code
 from .device import training_device
-from .train import (CHECKPOINT_NAME, TrainingTask, TrainOptions, TrainState, cache_images, load_checkpoint,
-                    prepare_output, resumed_options, run_training, unwrap)
+from .train import (CHECKPOINT_NAME, TrainingTask, TrainOptions, TrainState, _warm_start, cache_images,
+                    load_checkpoint, prepare_output, resumed_options, run_training, unwrap)
 from .zoo import DEFAULT_MODEL, autoencoder_fingerprint, load_bundle
 
 CODES_NAME = "codes.pt"
@@ -107,8 +107,12 @@ class PriorTask(TrainingTask):
 
 def train_priors(options: PriorTrainOptions, config: PriorConfig | None = None, resume: bool = False,
                  console: Console | None = None, autoencoder: HierarchicalVQVAE | None = None,
-                 on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainState:
-    """Train (or resume) the priors of the shipped model options.model (or of `autoencoder`, for tests)."""
+                 on_step: Callable[[int, torch.nn.Module], None] | None = None,
+                 init_from: dict[str, torch.Tensor] | None = None) -> TrainState:
+    """Train (or resume) the priors of the shipped model options.model (or of `autoencoder`, for tests).
+
+    init_from: a priors state dict to start from (every same-shaped tensor is copied), e.g. the priors of the
+    model this autoencoder was warm-started from: the level priors then only have to adapt."""
     console = console or Console(stderr=True)
     out = prepare_output(options.out)
     device = training_device(options.device)
@@ -141,6 +145,8 @@ def train_priors(options: PriorTrainOptions, config: PriorConfig | None = None, 
 
     torch.manual_seed(options.seed)
     prior = HierarchicalPrior(config).to(device)
+    if init_from is not None and checkpoint is None:
+        _warm_start(prior, init_from, console)
     console.print(f"[bold]priors[/]: {sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M parameters, "
                   f"{codes[0].shape[0]} training crops of {options.crop}px, {len(val_paths)} validation images, "
                   f"device {device}" + (f", resuming at step {checkpoint['step']}" if checkpoint else ""))

@@ -31,15 +31,27 @@ class EMAQuantiser(nn.Module):
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
         self.register_buffer("codebook_sum", self.codebook.clone())
         self.register_buffer("initialised", torch.tensor(False))
+        # Entropy-constrained assignment (ECVQ): a code is chosen by squared distance + rate_lambda * bits, the
+        # bits from the codebook's own EMA usage. Frequent codes get cheaper, so cells of cheap codes grow and
+        # the codebook learns a few coarse, nearly free vectors beside the fine ones (Chou, Lookabaugh & Gray).
+        self.rate_lambda = 0.0
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (N, H, W) -> codebook vectors (N, D, H, W)."""
         return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
 
+    def code_bits(self) -> torch.Tensor:
+        """-log2 of each code's share of the EMA usage (K,): the rate that entropy-constrained assignment uses."""
+        usage = self.cluster_size.float() + 1e-3
+        return torch.log2(usage.sum()) - torch.log2(usage)
+
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest codebook vector for each row of flat (M, D)."""
+        """Index of the codebook vector with the least squared distance (+ rate_lambda * bits) for each row of
+        flat (M, D)."""
         distances = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t()
                      + self.codebook.pow(2).sum(1)[None, :])
+        if self.rate_lambda > 0:
+            distances = distances + self.rate_lambda * self.code_bits()[None, :]
         return distances.argmin(1)
 
     def forward(self, inputs: torch.Tensor) -> QuantiserOutput:

@@ -401,7 +401,7 @@ def train_autoencoder(options: TrainOptions, config: AutoencoderConfig | None = 
     return run_training(task, options, checkpoint, console, on_step)
 
 
-def _warm_start(model: HierarchicalVQVAE, state: dict[str, torch.Tensor], console: Console) -> None:
+def _warm_start(model: torch.nn.Module, state: dict[str, torch.Tensor], console: Console) -> None:
     """Start from a trained model's weights: every tensor of the same name and shape is copied, so a model
     that adds refinement stages to a shipped one only has to learn the new parts (and adapt the rest)."""
     own = model.state_dict()

@@ -228,3 +228,14 @@ def test_references_skip_files_without_curves(tmp_path):
     db = next(c for c in curves if c.name == "db only")
     assert db.psnr is None and db.ms_ssim == pytest.approx([0.9, 0.99])
     assert len(notes) == 1 and "bad.json" in notes[0]
+
+
+def test_bench_models_default_list_and_unknown(tiny_folder, monkeypatch):
+    monkeypatch.setattr(bench.features, "check", lambda name: True)
+    from hvqcodec import zoo
+    installed = sorted(n for n, e in zoo.available_models().items() if e.get("priors"))
+    assert bench.plan_bench(tiny_folder, ["hvq"]).models == [zoo.default_model()]
+    assert bench.plan_bench(tiny_folder, ["hvq"], model="all").models == installed
+    assert bench.plan_bench(tiny_folder, ["hvq"], model=",".join(installed[::-1])).models == installed[::-1]
+    with pytest.raises(HvqError, match="no-such-model not installed"):
+        bench.plan_bench(tiny_folder, ["hvq"], model=f"{installed[0]},no-such-model")

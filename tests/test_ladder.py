@@ -154,7 +154,7 @@ def test_calibrated_ladder_is_monotone_and_bpp_search_fits(ladder_codec):
     from hvqcodec.ladder import build_ladder, candidate_points, compress_to_bpp, measure_points
 
     images = [photo(s, 48, 64) for s in range(2)]
-    measured = measure_points(ladder_codec, images, candidate_points(5, (0.0, 0.1)))
+    measured = measure_points(ladder_codec, images, candidate_points(5, (0.0, 0.01), stage_lambdas=(0.0,)))
     assert len(measured) == 2 + 3 * 2
     ladder = build_ladder(measured)
     assert ladder[0]["quality"] == 1 and ladder[-1]["quality"] == 100
@@ -183,3 +183,114 @@ def test_bench_gives_one_point_per_ladder_entry(ladder_codec):
     for point, entry in zip(points, TINY_LADDER):
         alone = ladder_codec.compress(rgb, point=OperatingPoint(entry["streams"], entry["lambda"]))
         assert 0 <= point["bpp"] * 64 * 96 / 8 - len(alone.data) <= 2 * (5 - entry["streams"])
+
+
+def test_operating_points_round_trip_through_ladder_entries():
+    assert OperatingPoint.from_entry({"streams": 4, "lambda": 0.01}) == OperatingPoint(4, 0.01)
+    point = OperatingPoint(5, 0.003, 0.001)
+    assert point.to_entry() == {"streams": 5, "lambda": 0.003, "stage_lambda": 0.001}
+    assert OperatingPoint.from_entry({"quality": 7, **point.to_entry()}) == point
+    assert OperatingPoint(5, 0.003).stage_weight == 0.003 and point.stage_weight == 0.001
+    ladder = TINY_LADDER + [{"quality": 95, "streams": 5, "lambda": 0.0, "stage_lambda": 0.02}]
+    assert quality_point(ladder, 96) == OperatingPoint(5, 0.0, 0.02)
+
+
+def test_candidates_pair_bottom_and_stage_weights():
+    from hvqcodec.ladder import candidate_points
+
+    points = candidate_points(5, (0.0, 0.01, 0.1), (0.0, 0.002))
+    assert points[:5] == [OperatingPoint(1), OperatingPoint(2)] + [OperatingPoint(3, lam) for lam in (0.0, 0.01, 0.1)]
+    assert OperatingPoint(4, 0.01, 0.002) in points and OperatingPoint(5, 0.0, 0.0) in points
+    assert OperatingPoint(4, 0.1, 0.0) not in points  # the strongest bottom weights only without stages
+    assert len(points) == 5 + 2 * 2 * 2
+
+
+def test_stage_weight_trades_stage_bits_and_keeps_lower_streams(ladder_codec):
+    rgb = photo(6, 96, 128)
+    results = [ladder_codec.compress(Image.fromarray(rgb), point=OperatingPoint(5, 0.0, lam)) for lam in (0.0, 0.5)]
+    # Only the stages change: the levels are the nearest codes either way.
+    assert results[0].level_bytes[:3] == results[1].level_bytes[:3]
+    assert sum(results[1].cross_entropy_bits[3:]) < sum(results[0].cross_entropy_bits[3:])
+    decoded = ladder_codec.decompress(results[1].data)
+    assert all(torch.equal(a, b) for a, b in
+               zip(decoded.codes[0], ladder_codec.encode_codes(rgb, OperatingPoint(5, 0.0, 0.5))))
+
+
+def test_trained_stage_lambdas_select_codes_by_rate(tmp_path, monkeypatch):
+    """A model trained with refine_lambdas chooses its stage codes by distance + lambda * bits, in encode() and
+    in the codec (conditional bits there), and every file still decodes to the codes it was made from."""
+    from hvqcodec import codec as codec_module
+    from conftest import export_tiny
+
+    config = dict(LADDER_CONFIG, refine_lambdas=[0.0, 0.0])
+    model = HierarchicalVQVAE(AutoencoderConfig(**config)).eval()
+    torch.manual_seed(0)
+    model.train()(torch.rand(4, 3, 64, 64))
+    model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    plain = model.encode(images)
+    for refiner in model.refiners:
+        for quantiser in refiner.quantisers:
+            quantiser.rate_lambda = 1e4
+    weighted = model.encode(images)
+    assert all(torch.equal(a, b) for a, b in zip(plain[:3], weighted[:3]))
+    for stage_codes, refiner in zip(weighted[3:], model.refiners):
+        most_used = torch.stack([q.cluster_size.argmax() for q in refiner.quantisers])
+        assert torch.equal(stage_codes, most_used[None, :, None, None].expand_as(stage_codes))
+    with pytest.raises(ValueError, match="refine_lambdas"):
+        HierarchicalVQVAE(AutoencoderConfig(**dict(LADDER_CONFIG, refine_lambdas=[0.1])))
+
+    folder = tmp_path / "models"
+    export_tiny(folder, "tiny-ecvq", dict(LADDER_CONFIG, refine_lambdas=[0.3, 0.3]), LADDER_PRIOR)
+    monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
+    codec_module.load_codec.cache_clear()
+    try:
+        trained = codec_module.load_codec("tiny-ecvq", "cpu")
+        assert trained.trained_stage_lambdas == (0.3, 0.3)
+        rgb = photo(8, 64, 96)
+        result = trained.compress(Image.fromarray(rgb), point=OperatingPoint(5))
+        nearest_bits = sum(ladder_bits(trained, rgb))
+        assert sum(result.cross_entropy_bits[3:]) < nearest_bits
+        decoded = trained.decompress(result.data)
+        assert all(torch.equal(a, b) for a, b in zip(decoded.codes[0], trained.encode_codes(rgb, OperatingPoint(5))))
+    finally:
+        codec_module.load_codec.cache_clear()
+
+
+def ladder_bits(codec, rgb):
+    """Stage bits of the nearest codes under the codec's stage priors."""
+    from hvqcodec.entropy import encode_stage
+
+    x = torch.tensor(rgb).permute(2, 0, 1)[None].float().div(255)
+    codes = [c[0] for c in codec.autoencoder.encode(x)]
+    lambdas = [q.rate_lambda for r in codec.autoencoder.refiners for q in r.quantisers]
+    assert all(lam > 0 for lam in lambdas)
+    for r in codec.autoencoder.refiners:
+        for q in r.quantisers:
+            q.rate_lambda = 0.0
+    try:
+        codes = [c[0] for c in codec.autoencoder.encode(x)]
+    finally:
+        for r, lam in zip((q for r in codec.autoencoder.refiners for q in r.quantisers), lambdas):
+            r.rate_lambda = lam
+    return [encode_stage(codec.prior.stages[s], codes, codes[3 + s]).cross_entropy_bits for s in range(2)]
+
+
+def test_ladder_keeps_previews_and_the_concave_hull():
+    from hvqcodec.ladder import build_ladder
+
+    measured = [
+        {"streams": 1, "lambda": 0.0, "bpp": 0.03, "psnr": 20.0},
+        {"streams": 2, "lambda": 0.0, "bpp": 0.10, "psnr": 21.0},  # under the line, but a preview: kept
+        {"streams": 3, "lambda": 0.0, "bpp": 0.40, "psnr": 27.0},
+        {"streams": 3, "lambda": 0.1, "bpp": 0.38, "psnr": 26.0},
+        {"streams": 4, "lambda": 0.03, "bpp": 0.60, "psnr": 27.1},  # Pareto, but under the hull: dropped
+        {"streams": 4, "lambda": 0.0, "stage_lambda": 0.001, "bpp": 0.70, "psnr": 29.0},
+        {"streams": 5, "lambda": 0.0, "bpp": 1.00, "psnr": 29.5},
+        {"streams": 5, "lambda": 0.0, "stage_lambda": 0.003, "bpp": 0.90, "psnr": 28.9},  # dominated
+    ]
+    ladder = build_ladder(measured)
+    assert [(e["streams"], e["calibration_bpp"]) for e in ladder] == [(1, 0.03), (2, 0.1), (3, 0.38), (3, 0.4),
+                                                                      (4, 0.7), (5, 1.0)]
+    assert [e["quality"] for e in ladder] == [1, 21, 41, 60, 80, 100]
+    assert ladder[4]["stage_lambda"] == 0.001 and "stage_lambda" not in ladder[5]
