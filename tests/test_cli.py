@@ -48,6 +48,13 @@ def test_train_rejects_bad_crop_and_widths(image_folder, tmp_path):
     assert result.exit_code == 2 and "multiple of 16" in result.output
     result = run("train", "autoencoder", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--widths", "8,8")
     assert result.exit_code == 2 and "3 positive comma-separated integers" in result.output
+    base = ("train", "autoencoder", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--refine-stages", "2")
+    result = run(*base, "--refine-lambdas", "0.01")
+    assert result.exit_code == 2 and "one value per refinement stage (2)" in result.output
+    result = run(*base, "--refine-lambdas", "0.01,-1")
+    assert result.exit_code == 2 and "every value must be a number >= 0" in result.output
+    result = run(*base, "--refine-lambdas", "0.01,x")
+    assert result.exit_code == 2 and "not a list of comma-separated numbers" in result.output
 
 
 def test_train_and_export_through_cli(image_folder, tmp_path):

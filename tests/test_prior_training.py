@@ -93,3 +93,25 @@ def test_train_priors_help_and_errors(tmp_path):
     result = CliRunner().invoke(main, ["train", "priors", "--data", str(tmp_path / "empty"), "--out",
                                        str(tmp_path / "run"), "--model", "nope"])
     assert result.exit_code == 1 and "unknown model 'nope'" in result.output and "Traceback" not in result.output
+
+
+def test_priors_warm_start_from_a_checkpoint(image_folder, tmp_path, trained_autoencoder, monkeypatch):
+    """`train priors --init-from CHECKPOINT` starts from that run's weights: at a negligible learning rate they
+    stay those (a fresh start would differ everywhere)."""
+    checkpoint, folder = trained_autoencoder
+    monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
+    autoencoder = load_bundle("tiny-ae", folder).autoencoder
+    train_priors(prior_options(image_folder, tmp_path / "first", steps=4), PriorConfig(**TINY_PRIOR),
+                 autoencoder=autoencoder)
+    first = load_checkpoint(tmp_path / "first" / "checkpoint.pt", "priors")
+    args = ["train", "priors", "--model", "tiny-ae", "--data", str(image_folder), "--out", str(tmp_path / "second"),
+            "--steps", "2", "--batch-size", "2", "--crop", "64", "--code-crops", "8", "--lr", "1e-12", "--warmup", "0",
+            "--channels", str(TINY_PRIOR["channels"]), "--causal-blocks", str(TINY_PRIOR["causal_blocks"]),
+            "--cond-blocks", str(TINY_PRIOR["cond_blocks"]), "--init-from", str(tmp_path / "first" / "checkpoint.pt")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "warm start" in result.output
+    second = load_checkpoint(tmp_path / "second" / "checkpoint.pt", "priors")
+    assert all(torch.allclose(second["model"][k], v, atol=1e-9) for k, v in first["model"].items())
+    bad = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "missing.pt")])
+    assert bad.exit_code != 0 and "no checkpoint there" in bad.output

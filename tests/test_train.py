@@ -84,3 +84,25 @@ def test_time_budget_stops_training_and_saves(image_folder, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == state.step
     records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert records[-1] == {"step": state.step, "time_budget_reached": True}
+
+
+def test_autoencoder_warm_start_from_a_checkpoint_path(image_folder, tmp_path, tiny_config):
+    from click.testing import CliRunner
+
+    from hvqcodec.cli import main
+
+    train_autoencoder(options(image_folder, tmp_path / "first", steps=3), tiny_config)
+    first = load_checkpoint(tmp_path / "first" / "checkpoint.pt")
+    c = tiny_config
+    args = ["train", "autoencoder", "--data", str(image_folder), "--out", str(tmp_path / "second"), "--steps", "1",
+            "--batch-size", "2", "--crop", "32", "--lr", "1e-12", "--warmup", "0",
+            "--widths", ",".join(map(str, c.widths)), "--encoder-depths", ",".join(map(str, c.encoder_depths)),
+            "--decoder-depths", ",".join(map(str, c.decoder_depths)),
+            "--codebook-sizes", ",".join(map(str, c.codebook_sizes)), "--code-dim", str(c.code_dim),
+            "--init-from", str(tmp_path / "first" / "checkpoint.pt")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    second = load_checkpoint(tmp_path / "second" / "checkpoint.pt")
+    # Weights are those of the first run (the EMA codebooks move without a learning rate, so they are skipped).
+    weights = [k for k in first["model"] if not k.startswith("quantisers.")]
+    assert weights and all(torch.allclose(second["model"][k], first["model"][k], atol=1e-9) for k in weights)
