@@ -294,3 +294,19 @@ def test_ladder_keeps_previews_and_the_concave_hull():
                                                                       (4, 0.7), (5, 1.0)]
     assert [e["quality"] for e in ladder] == [1, 21, 41, 60, 80, 100]
     assert ladder[4]["stage_lambda"] == 0.001 and "stage_lambda" not in ladder[5]
+
+
+def test_measured_points_share_one_file_per_weights(ladder_codec):
+    """A point with fewer streams is measured on the prefix of a larger file: the same pixels as a file made for
+    it alone, and its size within the header's varints."""
+    from hvqcodec.ladder import measure_points, psnr_uint8
+
+    rgb = photo(9, 48, 64)
+    points = [OperatingPoint(5, 0.0, 0.2), OperatingPoint(3, 0.05), OperatingPoint(4, 0.0, 0.2)]
+    measured = measure_points(ladder_codec, [rgb], points)
+    assert [(m["streams"], m["lambda"]) for m in measured] == [(5, 0.0), (3, 0.05), (4, 0.0)]
+    for point, m in zip(points, measured):
+        alone = ladder_codec.compress(Image.fromarray(rgb), point=point)
+        pixels = np.asarray(ladder_codec.decompress(alone.data).image)
+        assert m["psnr"] == psnr_uint8(pixels, rgb)
+        assert 0 <= m["bpp"] * 48 * 64 / 8 - len(alone.data) <= 2 * (5 - point.streams)
