@@ -78,3 +78,19 @@ def test_files_of_hvqcodec_0_1_still_decode():
     image = np.asarray(hvqcodec.decompress(data, device="cpu"), dtype=np.int16)
     then = np.asarray(Image.open(DATA / "v1-hvq-small-decoded.png"), dtype=np.int16)
     assert image.shape == then.shape and np.abs(image - then).max() <= 1
+
+
+def test_files_of_hvqcodec_0_2_still_decode():
+    """A file written by hvqcodec 0.2.0 (format version 2, model hvq-ladder, quality 100: all six streams)
+    decodes as it did then, and so do its prefixes."""
+    import hvqcodec
+    from hvqcodec import container
+
+    data = (DATA / "v2-hvq-ladder.hvq").read_bytes()
+    header = container.read_header(data)
+    assert (header.version, header.model_name, header.levels) == (2, "hvq-ladder", 6)
+    image = np.asarray(hvqcodec.decompress(data, device="cpu"), dtype=np.int16)
+    then = np.asarray(Image.open(DATA / "v2-hvq-ladder-decoded.png"), dtype=np.int16)
+    assert image.shape == then.shape and np.abs(image - then).max() <= 1
+    preview = np.asarray(hvqcodec.decompress(data, levels=3, device="cpu"), dtype=np.int16)
+    assert np.abs(preview - then).mean() > np.abs(image - then).mean()
