@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import container
-from .codec import OperatingPoint
+from .codec import OperatingPoint, shared_files
 from .data import find_images, load_rgb
 from .errors import HvqError
 from .evaluate import write_report
@@ -137,7 +137,8 @@ def plan_bench(folder: str | Path | None, codecs: Sequence[str] | None, model: s
                 raise HvqError(f"hvq model(s) {', '.join(missing)} not installed with priors (available: {known})")
         else:
             from .zoo import default_model
-            models = [default_model()] if default_model() in installed else sorted(installed)[:1]
+            default = default_model()
+            models = [default] if default in installed else sorted(installed)[:1]
         if not models:
             message = "no installed hvq model has trained priors, so none can compress"
             if explicit:
@@ -237,25 +238,20 @@ def preview_bytes(data: bytes, levels: int) -> int:
 def measure_hvq(codec: Any, rgb: np.ndarray) -> list[dict[str, Any]]:
     """One point per operating point (single-run timings).
 
-    A model with a calibrated quality ladder gives one point per ladder entry. Entries that share their
-    rate weights share one compression: the streams are coded coarse to fine, so the file of an entry with fewer streams is
-    a prefix of it (header + those streams + trailer, counted by preview_bytes). A model without a ladder gives
-    one point per progressive level, as before.
+    A model with a calibrated quality ladder gives one point per ladder entry. Entries that share their rate
+    weights share one compression (`shared_files`: the file of an entry with fewer streams is a prefix of it,
+    counted by preview_bytes). A model without a ladder gives one point per progressive level, as before.
     """
     if not codec.calibrated:
         entries = [{"quality": None, "streams": s, "lambda": 0.0} for s in HVQ_LEVELS]
     else:
         entries = codec.ladder
     points = []
-    weights = lambda e: (e["lambda"], e.get("stage_lambda"))  # noqa: E731 (entries with equal weights share a file)
-    for key in sorted({weights(e) for e in entries}, key=str):
-        group = [e for e in entries if weights(e) == key]
-        streams = max(e["streams"] for e in group)
+    for largest, members in shared_files([OperatingPoint.from_entry(e) for e in entries]):
         start = time.perf_counter()
-        point = OperatingPoint.from_entry({**group[0], "streams": streams})
-        data = codec.compress(Image.fromarray(rgb), point=point).data
+        data = codec.compress(Image.fromarray(rgb), point=largest).data
         encode_seconds = time.perf_counter() - start
-        for entry in group:
+        for entry in (entries[i] for i in members):
             start = time.perf_counter()
             decoded = codec.decompress(data, levels=entry["streams"]).image
             decode_seconds = time.perf_counter() - start

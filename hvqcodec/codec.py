@@ -61,6 +61,16 @@ class OperatingPoint:
         return entry
 
 
+def shared_files(points: list[OperatingPoint]) -> list[tuple[OperatingPoint, list[int]]]:
+    """Points that differ only in their stream count are served by one file: streams are coded coarse to fine,
+    so the file of a point with fewer streams is a prefix of the larger one (`container.prefix_size`). Returns,
+    per file, the point to compress (the one with most streams) and the indices of the points it serves."""
+    groups: dict[tuple, list[int]] = {}
+    for index, point in enumerate(points):
+        groups.setdefault((point.lam, point.stage_lam), []).append(index)
+    return [(points[max(members, key=lambda i: points[i].streams)], members) for members in groups.values()]
+
+
 def quality_point(ladder: list[dict], quality: int) -> OperatingPoint:
     """The operating point for quality 1-100: the ladder's entry with the highest quality at or below it."""
     if not 1 <= quality <= 100:

@@ -13,7 +13,7 @@ import numpy as np
 
 from PIL import Image
 
-from .codec import Codec, CompressedImage, OperatingPoint
+from .codec import Codec, CompressedImage, OperatingPoint, shared_files
 
 LAMBDAS = (0.0, 0.003, 0.01, 0.03, 0.1)  # squared latent distance per bit, for the bottom codes
 STAGE_LAMBDAS = (0.0, 0.001, 0.003, 0.01)  # added to each refinement stage's trained weight
@@ -37,20 +37,15 @@ def measure_points(codec: Codec, images: Sequence[np.ndarray], points: Sequence[
                    on_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Mean whole-file bpp and PSNR (8-bit RGB) of each point over the images, in the order given.
 
-    Points that differ only in their stream count share one compression: streams are coded coarse to fine, so
-    the file of the point with fewer streams is a prefix of the larger one (header + its streams + trailer,
-    `container.prefix_size`; the header's varints may differ from a file made alone by a byte or two)."""
+    Points that differ only in their stream count share one compression (`shared_files`; a prefix's header
+    varints may differ from a file made alone by a byte or two)."""
     from .container import prefix_size, read_header
 
-    groups: dict[tuple, list[int]] = {}
-    for index, point in enumerate(points):
-        groups.setdefault((point.lam, point.stage_lam), []).append(index)
     bpps: list[list[float]] = [[] for _ in points]
     psnrs: list[list[float]] = [[] for _ in points]
-    for members in groups.values():
-        largest = max(members, key=lambda i: points[i].streams)
+    for largest, members in shared_files(list(points)):
         for rgb in images:
-            data = codec.compress(Image.fromarray(rgb), point=points[largest]).data
+            data = codec.compress(Image.fromarray(rgb), point=largest).data
             header = read_header(data)
             for index in members:
                 streams = points[index].streams
