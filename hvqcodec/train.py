@@ -321,7 +321,11 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
         raise
     finally:
         log_file.close()
-        task.model = model
+        task.model = model  # drops the DDP wrapper before its process group goes
+        if world > 1:
+            # Torn down here, not at interpreter exit: there gloo's threads can abort a finished process
+            # ("terminate called without an active exception", exit -6, seen in CI).
+            torch.distributed.destroy_process_group()
     return state
 
 
