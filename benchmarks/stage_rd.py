@@ -50,8 +50,9 @@ def marginal_ecvq(codebook: torch.Tensor, vectors: torch.Tensor, lam: float, rou
 
 
 @torch.no_grad()
-def stage_curve(model: HierarchicalVQVAE, images: torch.Tensor, lambdas) -> list[dict]:
-    """(bits per pixel so far, PSNR) after the bottom level and after each stage."""
+def stage_curve(model: HierarchicalVQVAE, images: torch.Tensor, lambdas, bottom_lambda: float = 0.0) -> list[dict]:
+    """(bits per pixel so far, PSNR) after the bottom level and after each stage; the bottom codes chosen with
+    `bottom_lambda` (0: nearest)."""
     top, mid, latent = model.encode_latent(images)
     c2 = model.context_top(model.quantisers[0].lookup(top))
     c1 = model.context_mid(torch.cat([model.quantisers[1].lookup(mid), c2], 1))
@@ -64,7 +65,7 @@ def stage_curve(model: HierarchicalVQVAE, images: torch.Tensor, lambdas) -> list
         return sum(psnr(recon[i], images[i]) for i in range(n)) / n
 
     bottom_codebook = model.quantisers[2].codebook
-    codes, entropy = marginal_ecvq(bottom_codebook, flat(latent), 0.0)
+    codes, entropy = marginal_ecvq(bottom_codebook, flat(latent), bottom_lambda)
     total, bpp = grid(bottom_codebook[codes]), entropy / 16
     curve = [{"streams": 3, "bpp": round(bpp, 4), "psnr": round(quality(total), 3)}]
     for stage, (refiner, lam) in enumerate(zip(model.refiners, lambdas)):
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="checkpoint.pt files or shipped model names")
     parser.add_argument("--data", default=str(VALIDATION))
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--bottom-lambdas", default="0", help="comma-separated weights for the bottom codes")
     args = parser.parse_args()
     torch.set_num_threads(2)
     paths = find_images(args.data, ["*844297.png"])[:16]
@@ -95,10 +97,13 @@ def main() -> None:
         trained = tuple(model.config.refine_lambdas)
         schedules = SCHEDULES + ([trained] if trained and trained not in SCHEDULES else [])
         results[source] = {}
-        for lambdas in schedules:
-            curve = stage_curve(model, images, lambdas[:model.config.refine_stages])
-            results[source][",".join(map(str, lambdas))] = curve
-            print(source, lambdas, " ".join(f"{p['bpp']:.3f}/{p['psnr']:.2f}" for p in curve), flush=True)
+        for bottom_lambda in map(float, args.bottom_lambdas.split(",")):
+            for lambdas in schedules:
+                curve = stage_curve(model, images, lambdas[:model.config.refine_stages], bottom_lambda)
+                key = ",".join(map(str, lambdas)) + (f" bottom {bottom_lambda}" if bottom_lambda else "")
+                results[source][key] = curve
+                print(source, bottom_lambda, lambdas, " ".join(f"{p['bpp']:.3f}/{p['psnr']:.2f}" for p in curve),
+                      flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"name": "stage-rd", "description": __doc__.split("\n\n")[0],
                                                "results": results}, indent=1))

@@ -47,6 +47,11 @@ class AutoencoderConfig:
     # chosen by distance + lambda * bits under the codebook's usage, in training and in encode(), so a stage
     # spends bits where the residual is large and next to nothing on flat areas (entropy-constrained VQ).
     refine_lambdas: Sequence[float] = ()
+    # Rate weights of the bottom codes (variable rate): in training each sample's bottom codes are chosen by
+    # distance + one of these (drawn uniformly) * bits under the bottom codebook's usage, so the codebook gets
+    # coarse, cheap codes beside fine ones and the decoder learns to use both; encode() takes the weight to
+    # use (0: nearest). Empty: nearest codes only.
+    bottom_lambdas: Sequence[float] = ()
     # A linear path from the /4 decoder features straight to each 4x4 pixel block (zero-initialised, so a
     # warm start is unchanged): fine detail need not squeeze through the narrow /2 stage.
     detail_head: bool = False
@@ -214,7 +219,7 @@ class HierarchicalVQVAE(nn.Module):
         mid_q = self._replace_with_absent(mid.quantised, 1, drop_mid)
         c1 = self.context_mid(torch.cat([mid_q, c2], 1))
         latent = self.pre_quant[2](torch.cat([f1, c1], 1))
-        bottom = self.quantisers[2](latent)
+        bottom = self.quantisers[2](latent, self._bottom_lambdas(images))
         levels = [top, mid, bottom]
         codes = [lv.codes for lv in levels]
         commitment = sum(lv.commitment_loss for lv in levels)
@@ -241,6 +246,13 @@ class HierarchicalVQVAE(nn.Module):
         return AutoencoderOutput(reconstruction=reconstruction, codes=codes, commitment_loss=commitment,
                                  perplexities=perplexities, dead_codes=dead)
 
+    def _bottom_lambdas(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Each training sample's bottom rate weight, drawn from config.bottom_lambdas (None: nearest codes)."""
+        if not self.training or not self.config.bottom_lambdas:
+            return None
+        choices = torch.tensor(self.config.bottom_lambdas, dtype=torch.float32, device=images.device)
+        return choices[torch.randint(len(choices), (images.shape[0],), device=images.device)]
+
     def _refine_counts(self, images: torch.Tensor) -> torch.Tensor:
         """Refinement stages each sample keeps: all of them outside training."""
         stages, n = self.config.refine_stages, images.shape[0]
@@ -265,15 +277,16 @@ class HierarchicalVQVAE(nn.Module):
         absent = self.absent[level - 1].to(quantised.dtype)[None, :, None, None]
         return torch.where(mask[:, None, None, None], absent, quantised)
 
-    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def encode(self, images: torch.Tensor, bottom_lambda: float | torch.Tensor = 0.0) -> list[torch.Tensor]:
         """Images (N, 3, H, W) in [0, 1] (any size) -> code grids [top, mid, bottom, refinement stages...] of the
-        padded image, by nearest-code quantisation. Runs only the encoder side (no decoder)."""
+        padded image. Runs only the encoder side (no decoder). Bottom codes are chosen with rate weight
+        bottom_lambda (one value, or one per image; 0: nearest), stages with their trained weights."""
         top, mid, latent = self.encode_latent(images)
-        return [top, mid] + self.quantise_bottom(latent)
+        return [top, mid] + self.quantise_bottom(latent, bottom_lambda)
 
-    def quantise_bottom(self, latent: torch.Tensor) -> list[torch.Tensor]:
-        """Bottom latent (N, D, h, w) -> nearest bottom codes, then each refinement stage's codes."""
-        bottom = self.quantisers[2](latent).codes
+    def quantise_bottom(self, latent: torch.Tensor, bottom_lambda: float | torch.Tensor = 0.0) -> list[torch.Tensor]:
+        """Bottom latent (N, D, h, w) -> bottom codes (`bottom_codes`), then each refinement stage's codes."""
+        bottom = self.bottom_codes(latent, bottom_lambda)
         codes = [bottom]
         total = self.quantisers[2].lookup(bottom)
         for refiner in self.refiners:
@@ -281,6 +294,13 @@ class HierarchicalVQVAE(nn.Module):
             total = total + refiner.lookup(stage_codes)
             codes.append(stage_codes)
         return codes
+
+    def bottom_codes(self, latent: torch.Tensor, bottom_lambda: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """Bottom latent (N, D, h, w) -> codes (N, h, w) minimising distance + bottom_lambda * bits under the
+        bottom codebook's usage (one weight, or one per image; 0: nearest)."""
+        weights = torch.as_tensor(bottom_lambda, dtype=torch.float32, device=latent.device)
+        weights = weights.expand(latent.shape[0]) if bool((weights > 0).any()) else None
+        return self.quantisers[2](latent, weights).codes
 
     # --- decoding -------------------------------------------------------------------------------------
     def _absent_like(self, level: int, reference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -442,6 +442,9 @@ def _train_options(options_type: type, shared: dict, **extra):
 @click.option("--refine-lambdas", type=FloatList(), default="", metavar="L1,L2,...",
               help="Rate weight per refinement stage: entropy-constrained code choice (distance + L * bits under "
                    "the codebook's usage), e.g. 0.002,0.0007,0.0002. Default: nearest codes.")
+@click.option("--bottom-lambdas", type=FloatList(), default="", metavar="L1,L2,...",
+              help="Rate weights for the bottom codes, one drawn per training sample (variable rate: the ladder "
+                   "then chooses among them), e.g. 0,0.003,0.01,0.03. Default: nearest codes.")
 @click.option("--detail-head", is_flag=True, help="Add a linear path from the /4 decoder features to the pixels.")
 @click.option("--half-depth", type=click.IntRange(1, 16), default=1, show_default=True,
               help="ConvNeXt blocks at /2 in the decoder (extra ones start as the identity).")
@@ -449,8 +452,8 @@ def _train_options(options_type: type, shared: dict, **extra):
               help="Start from a shipped model's weights, or a checkpoint.pt's (same-shaped tensors).")
 @user_errors
 def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, codebook_sizes, code_dim,
-                              refine_stages, refine_groups, refine_codebook_size, refine_lambdas, detail_head,
-                              half_depth, init_from, **shared) -> None:
+                              refine_stages, refine_groups, refine_codebook_size, refine_lambdas, bottom_lambdas,
+                              detail_head, half_depth, init_from, **shared) -> None:
     """Train the 3-level hierarchical VQ-VAE.
 
     Images are decoded once and cached in memory; each step draws random crops (random 0.5-1x downscale,
@@ -475,7 +478,8 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
     config = AutoencoderConfig(widths=widths, encoder_depths=encoder_depths, decoder_depths=decoder_depths,
                                codebook_sizes=codebook_sizes, code_dim=code_dim, refine_stages=refine_stages,
                                refine_groups=refine_groups, refine_codebook_size=refine_codebook_size,
-                               refine_lambdas=refine_lambdas, detail_head=detail_head, half_depth=half_depth)
+                               refine_lambdas=refine_lambdas, bottom_lambdas=bottom_lambdas, detail_head=detail_head,
+                               half_depth=half_depth)
     initial = None
     if init_from and not resume:
         if init_from.endswith(".pt"):
@@ -602,7 +606,7 @@ def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> No
     paths = random.Random(0).sample(paths, min(count, len(paths)))
     crops = center_crops([load_rgb(p) for p in paths], crop)
     images = [(c.permute(1, 2, 0) * 255).round().byte().numpy() for c in crops]
-    points = candidate_points(codec.num_streams)
+    points = candidate_points(codec.num_streams, bottom_lambdas=codec.autoencoder.config.bottom_lambdas)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("measuring operating points", total=len(points) * len(images))
         measured = measure_points(codec, images, points, lambda: progress.advance(task))
@@ -615,6 +619,7 @@ def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> No
     write_manifest(manifest, folder)
     for entry in ladder:
         stage = f" stage lambda {entry['stage_lambda']:<6}" if "stage_lambda" in entry else ""
+        stage += f" bottom lambda {entry['bottom_lambda']:<6}" if "bottom_lambda" in entry else ""
         console.print(f"quality {entry['quality']:>3}: {entry['streams']} streams, lambda {entry['lambda']:<6}{stage} "
                       f"{entry['calibration_bpp']:.4f} bpp {entry['calibration_psnr']:.2f} dB")
 

@@ -38,11 +38,14 @@ DEFAULT_QUALITY = 75
 class OperatingPoint:
     """What the encoder codes: how many streams (3 levels, then refinement stages) and the rate weights of
     entropy-constrained code selection (squared latent distance per bit; 0 = nearest codes): `lam` for the
-    bottom codes, `stage_lam` for the refinement stages (None: the same as lam), added to the rate weight each
-    stage was trained with."""
+    bottom codes under the bottom prior, `stage_lam` for the refinement stages (None: the same as lam), added to
+    the rate weight each stage was trained with, and `bottom_lam` for the bottom codes under the bottom
+    codebook's usage: the rule a variable-rate model (config bottom_lambdas) was trained with, whose priors
+    know the coarse codes it picks."""
     streams: int
     lam: float = 0.0
     stage_lam: float | None = None
+    bottom_lam: float = 0.0
 
     @property
     def stage_weight(self) -> float:
@@ -52,12 +55,15 @@ class OperatingPoint:
     def from_entry(cls, entry: dict) -> "OperatingPoint":
         """A ladder entry of the manifest ({"streams", "lambda", optional "stage_lambda"}) as a point."""
         stage_lam = entry.get("stage_lambda")
-        return cls(int(entry["streams"]), float(entry["lambda"]), None if stage_lam is None else float(stage_lam))
+        return cls(int(entry["streams"]), float(entry["lambda"]), None if stage_lam is None else float(stage_lam),
+                   float(entry.get("bottom_lambda", 0.0)))
 
     def to_entry(self) -> dict:
         entry = {"streams": self.streams, "lambda": self.lam}
         if self.stage_lam is not None:
             entry["stage_lambda"] = self.stage_lam
+        if self.bottom_lam:
+            entry["bottom_lambda"] = self.bottom_lam
         return entry
 
 
@@ -67,7 +73,7 @@ def shared_files(points: list[OperatingPoint]) -> list[tuple[OperatingPoint, lis
     per file, the point to compress (the one with most streams) and the indices of the points it serves."""
     groups: dict[tuple, list[int]] = {}
     for index, point in enumerate(points):
-        groups.setdefault((point.lam, point.stage_lam), []).append(index)
+        groups.setdefault((point.lam, point.stage_lam, point.bottom_lam), []).append(index)
     return [(points[max(members, key=lambda i: points[i].streams)], members) for members in groups.values()]
 
 
@@ -122,7 +128,7 @@ class Codec:
         self.autoencoder = bundle.autoencoder.to(self.device).eval()
         config = bundle.prior_config
         self.prior = IntPrior(config.causal_blocks, config.cond_blocks, bundle.prior_tables, self.device,
-                              config.refine_stages, config.refine_groups, config.stage_blocks)
+                              config.refine_stages, config.refine_groups, config.stage_blocks, config.coding_block)
         self.num_streams = self.autoencoder.config.num_streams
         config_lambdas = tuple(self.autoencoder.config.refine_lambdas)
         self.trained_stage_lambdas = config_lambdas or (0.0,) * self.autoencoder.config.refine_stages
@@ -149,14 +155,14 @@ class Codec:
         model = self.autoencoder
         stage_weights = [point.stage_weight + lam for lam in self.trained_stage_lambdas[:max(0, point.streams - 3)]]
         if point.streams < 3 or (point.lam <= 0 and not any(w > 0 for w in stage_weights)):
-            return [c[0] for c in model.encode(x)][:point.streams]
+            return [c[0] for c in model.encode(x, point.bottom_lam)][:point.streams]
         top, mid, latent = model.encode_latent(x)
         latent = latent[0]  # (D, h, w)
         codes = [top[0], mid[0]]
         if point.lam > 0:
-            codes.append(self._ecvq_bottom(latent, codes, point.lam))
+            codes.append(self._ecvq_bottom(latent, codes, point.lam, point.bottom_lam))
         else:
-            codes.append(model.quantisers[2](latent[None]).codes[0])
+            codes.append(model.bottom_codes(latent[None], point.bottom_lam)[0])
         total = model.quantisers[2].lookup(codes[2][None])[0]
         for stage, weight in enumerate(stage_weights):
             stage_codes, frequencies = self._ecvq_stage(stage, latent - total, codes, weight)
@@ -166,13 +172,17 @@ class Codec:
             codes.append(stage_codes)
         return codes
 
-    def _ecvq_bottom(self, latent: torch.Tensor, codes: list[torch.Tensor], lam: float) -> torch.Tensor:
-        """Bottom codes minimising distance + lam * bits among the nearest codewords, the bits under the
-        causal prior with the nearest codes as context (one parallel pass)."""
+    def _ecvq_bottom(self, latent: torch.Tensor, codes: list[torch.Tensor], lam: float,
+                     bottom_lam: float = 0.0) -> torch.Tensor:
+        """Bottom codes minimising distance (+ bottom_lam * bits under the codebook's usage) + lam * bits among
+        the best few codewords, the bits under the causal prior with the best codes as context (one parallel
+        pass)."""
         d, h, w = latent.shape
         flat = latent.permute(1, 2, 0).reshape(-1, d)
-        codebook = self.autoencoder.quantisers[2].codebook
-        distances = torch.cdist(flat, codebook).pow(2)
+        quantiser = self.autoencoder.quantisers[2]
+        distances = torch.cdist(flat, quantiser.codebook.float()).pow(2)
+        if bottom_lam > 0:
+            distances = distances + bottom_lam * quantiser.code_bits().float()[None, :]
         candidate_distances, candidates = distances.topk(ECVQ_CANDIDATES, dim=1, largest=False)
         nearest = candidates[:, 0].view(h, w)
         freq, state = level_frequencies(self.prior.levels[2], nearest, codes)

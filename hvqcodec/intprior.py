@@ -177,11 +177,12 @@ class IntLevelPrior(_IntNetwork):
     """One level's integer prior, rebuilt from its tables (no floating-point state at all)."""
 
     def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], level: int,
-                 causal_blocks: int, cond_blocks: int, device: torch.device | str = "cpu") -> None:
+                 causal_blocks: int, cond_blocks: int, device: torch.device | str = "cpu", block: int = 0) -> None:
         prefix = f"level{level}."
         super().__init__(tables, luts, prefix, tables[f"{prefix}embedding"].shape[1], device)
         t = self.tables
         self.level = level
+        self.block = block  # coding block (positions a side; 0: the whole tile), see LevelState
         self.causal_blocks = causal_blocks
         self.cond_blocks = cond_blocks if level > 0 else 0
         self.codebook_size = t["head.weight"].shape[0]
@@ -282,40 +283,56 @@ class LevelState:
     """One level's code grids while they are coded: a flat canvas of codes (the sentinel K where none is known
     yet) and, for every position in wavefront order, the indices the step function reads.
 
-    Several tiles are laid side by side on one canvas, separated by 2 PAD sentinel columns, so the decoder
-    advances all of them with one step per wavefront: a tile k columns to the right just runs its wavefronts
-    later. No causal neighbourhood reaches across a separator, so each tile's frequencies are exactly those it
-    gets alone. Within a wavefront positions are grouped by tile, so each tile keeps its own range-coder stream.
+    Several tiles are laid side by side on one canvas, separated by 2 PAD sentinel columns, so no causal
+    neighbourhood reaches across a separator and each tile's frequencies are exactly those it gets alone. The
+    wavefront index is local to each tile, so all tiles advance together: one step per wavefront of the largest
+    tile, not of the whole row of tiles. Within a wavefront positions are grouped by tile, so each tile keeps its
+    own range-coder stream, its symbols in the order (wavefront, row) whatever the other tiles are.
+
+    A prior with a coding block (`prior.block` > 0, a model property) also cuts each tile into blocks of that
+    many positions a side, laid out on the canvas like tiles: a block's causal context stops at its edges (the
+    conditioning from the levels above still sees the whole tile), and every block of a tile advances in the
+    same step, so a level takes block + 3 (block - 1) steps instead of w + 3 (h - 1). Positions of a tile are
+    then ordered by (wavefront, block, row) in its stream.
     """
 
     def __init__(self, prior: IntLevelPrior, sizes: Sequence[tuple[int, int]],
                  upper_codes: Sequence[Sequence[torch.Tensor]]) -> None:
         device = prior.device
         self.prior, self.sizes = prior, [tuple(size) for size in sizes]
-        rows, cols, tiles, upper = [], [], [], []
-        left, cond_base = 0, 0
+        block = getattr(prior, "block", 0)
+        rows, cols, fronts, tiles, blocks, upper = [], [], [], [], [], []
+        left, cond_base, height, max_blocks = 0, 0, 0, 1
         conds = []
         for tile, ((h, w), uppers) in enumerate(zip(self.sizes, upper_codes)):
             cond = prior.conditioning([u.to(device) for u in uppers])
             conds.append(cond)
             r = torch.arange(h, device=device).repeat_interleave(w)
             c = torch.arange(w, device=device).repeat(h)
-            rows.append(r)
-            cols.append(c + left)
-            tiles.append(torch.full_like(r, tile))
             upper.append(cond_base + (r // 2) * (w // 2) + c // 2)  # conditioning lives on the 2x coarser grid
-            left += w + 2 * PAD
             cond_base += (h // 2) * (w // 2)
+            bh, bw = (block, block) if block > 0 else (max(h, 1), max(w, 1))
+            blocks_x = -(-w // bw)
+            index = (r // bh) * blocks_x + c // bw  # the block of each position, in raster order
+            local_r, local_c = r % bh, c % bw
+            # Blocks side by side on the canvas (a full block's width, then the separator).
+            rows.append(local_r)
+            cols.append(local_c + left + index * (bw + 2 * PAD))
+            fronts.append(local_c + WAVEFRONT_SLOPE * local_r)
+            tiles.append(torch.full_like(r, tile))
+            blocks.append(index)
+            blocks_count = blocks_x * -(-h // bh)
+            left += blocks_count * (bw + 2 * PAD)
+            height = max(height, min(h, bh))
+            max_blocks = max(max_blocks, blocks_count)
         # Each gated unit's conditioning, for all tiles one after the other.
         self.cond = None if conds[0] is None else [torch.cat(unit) for unit in zip(*conds)]
-        rows, cols, tiles, upper = (torch.cat(x) for x in (rows, cols, tiles, upper))
-        height = max((h for h, _ in self.sizes), default=0)
+        rows, cols, t, tiles, blocks, upper = (torch.cat(x) for x in (rows, cols, fronts, tiles, blocks, upper))
         canvas_width = left + 2 * PAD
         self.canvas = torch.full(((height + 2 * PAD) * canvas_width,), prior.codebook_size, dtype=torch.int64,
                                  device=device)
-        t = cols + WAVEFRONT_SLOPE * rows
-        # Decoding order: by wavefront, then tile, then row.
-        self.order = torch.argsort((t * len(self.sizes) + tiles) * max(height, 1) + rows)
+        # Decoding order: by wavefront, then tile, then block, then row.
+        self.order = torch.argsort(((t * len(self.sizes) + tiles) * max_blocks + blocks) * max(height, 1) + rows)
         rows, cols, self.tiles = rows[self.order], cols[self.order], tiles[self.order]
         self.upper = upper[self.order]
         self.centres = (rows + PAD) * canvas_width + cols + PAD
@@ -382,8 +399,9 @@ class IntPrior:
 
     def __init__(self, causal_blocks: int, cond_blocks: int, tables: dict[str, torch.Tensor],
                  device: torch.device | str = "cpu", refine_stages: int = 0, refine_groups: int = 1,
-                 stage_blocks: int = 0) -> None:
+                 stage_blocks: int = 0, coding_block: int = 0) -> None:
         luts = {k[len("lut."):]: v for k, v in tables.items() if k.startswith("lut.")}
-        self.levels = [IntLevelPrior(tables, luts, level, causal_blocks, cond_blocks, device) for level in range(3)]
+        self.levels = [IntLevelPrior(tables, luts, level, causal_blocks, cond_blocks, device, coding_block)
+                       for level in range(3)]
         self.stages = [IntStagePrior(tables, luts, s, refine_groups, stage_blocks, device)
                        for s in range(refine_stages)]

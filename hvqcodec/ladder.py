@@ -23,13 +23,20 @@ MAX_BOTTOM_LAMBDA_WITH_STAGES = 0.01
 
 
 def candidate_points(num_streams: int, lambdas: Sequence[float] = LAMBDAS,
-                     stage_lambdas: Sequence[float] = STAGE_LAMBDAS) -> list[OperatingPoint]:
+                     stage_lambdas: Sequence[float] = STAGE_LAMBDAS,
+                     bottom_lambdas: Sequence[float] = ()) -> list[OperatingPoint]:
     """Previews (1 and 2 streams) as they are; 3 streams with every bottom lambda; with refinement stages,
-    every pair of bottom (up to MAX_BOTTOM_LAMBDA_WITH_STAGES) and stage weights."""
+    every pair of bottom (up to MAX_BOTTOM_LAMBDA_WITH_STAGES) and stage weights. A variable-rate model's
+    trained bottom weights (bottom_lambdas) add the same points with each of them as the codebook-usage weight
+    (and no prior weight on top)."""
     points = [OperatingPoint(1), OperatingPoint(2)]
     points += [OperatingPoint(3, lam) for lam in lambdas]
     points += [OperatingPoint(s, lam, stage_lam) for s in range(4, num_streams + 1) for lam in lambdas
                if lam <= MAX_BOTTOM_LAMBDA_WITH_STAGES for stage_lam in stage_lambdas]
+    for bottom_lam in sorted(set(b for b in bottom_lambdas if b > 0)):
+        points.append(OperatingPoint(3, 0.0, None, bottom_lam))
+        points += [OperatingPoint(s, 0.0, stage_lam, bottom_lam) for s in range(4, num_streams + 1)
+                   for stage_lam in stage_lambdas]
     return points
 
 
@@ -83,7 +90,7 @@ def build_ladder(measured: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     front = previews + hull
     count = len(front)
     return [{"quality": 1 + round(99 * i / max(1, count - 1)),
-             **{k: p[k] for k in ("streams", "lambda", "stage_lambda") if k in p},
+             **{k: p[k] for k in ("streams", "lambda", "stage_lambda", "bottom_lambda") if k in p},
              "calibration_bpp": round(p["bpp"], 5), "calibration_psnr": round(p["psnr"], 3)}
             for i, p in enumerate(front)]
 

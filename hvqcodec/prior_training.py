@@ -34,14 +34,20 @@ class PriorTrainOptions(TrainOptions):
 
 @torch.no_grad()
 def encode_crops(autoencoder: HierarchicalVQVAE, batches: Iterable[torch.Tensor], total: int,
-                 console: Console) -> list[torch.Tensor]:
-    """Code grids [top, mid, bottom, stages...] (int16) of the image batches (`total` of them)."""
+                 console: Console, seed: int = 0) -> list[torch.Tensor]:
+    """Code grids [top, mid, bottom, stages...] (int16) of the image batches (`total` of them).
+
+    A variable-rate autoencoder (config bottom_lambdas) codes each crop's bottom with one of its rate weights,
+    drawn with `seed`, so the priors learn the coarse codes as well as the fine ones."""
     autoencoder.eval()
     device = next(autoencoder.parameters()).device
+    choices = torch.tensor(autoencoder.config.bottom_lambdas or (0.0,), dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
     grids: list[list[torch.Tensor]] = [[] for _ in range(autoencoder.config.num_streams)]
     with Progress(console=console, transient=True) as progress:
         for batch in progress.track(batches, total=total, description="encoding crops into codes"):
-            codes = autoencoder.encode(batch.to(device))
+            weights = choices[torch.randint(len(choices), (batch.shape[0],), generator=generator)]
+            codes = autoencoder.encode(batch.to(device), weights.to(device))
             for level, grid in enumerate(codes):
                 grids[level].append(grid.to(torch.int16).cpu())
     return [torch.cat(g) for g in grids]
@@ -158,7 +164,8 @@ def _training_codes(autoencoder: HierarchicalVQVAE, options: PriorTrainOptions, 
                     console: Console) -> list[torch.Tensor]:
     """Code grids of random training crops, computed once per run and kept in out/codes.pt for resuming."""
     cache = out / CODES_NAME
-    key = {"fingerprint": fingerprint, "count": options.code_crops, "crop": options.crop, "seed": options.seed}
+    key = {"fingerprint": fingerprint, "count": options.code_crops, "crop": options.crop, "seed": options.seed,
+           "bottom_lambdas": list(autoencoder.config.bottom_lambdas)}
     if cache.is_file():
         stored = torch.load(cache, weights_only=True)
         if stored.get("key") == key:
@@ -168,6 +175,6 @@ def _training_codes(autoencoder: HierarchicalVQVAE, options: PriorTrainOptions, 
     generator = torch.Generator().manual_seed(options.seed + 1)
     starts = range(0, options.code_crops, 16)
     batches = (sampler.sample(min(16, options.code_crops - s), generator) for s in starts)
-    codes = encode_crops(autoencoder, batches, len(starts), console)
+    codes = encode_crops(autoencoder, batches, len(starts), console, seed=options.seed + 2)
     atomic_torch_save({"key": key, "codes": codes}, cache)
     return codes

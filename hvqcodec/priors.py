@@ -45,6 +45,11 @@ class PriorConfig:
     refine_codebook_size: int = 32
     stage_channels: int = 32
     stage_blocks: int = 2  # 3x3 gated residual blocks over the levels and the earlier stages
+    # Coding block of the level priors at coding time (positions a side, 0: a whole tile): the causal context
+    # stops at block edges and all blocks of a tile are decoded in lockstep, so a level takes about 4 x block
+    # sequential steps whatever the image size (intprior.LevelState). Part of the model: it fixes the order of
+    # the symbols in its files. Training is unaffected (crops are already about one block).
+    coding_block: int = 0
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}

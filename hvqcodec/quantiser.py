@@ -45,23 +45,28 @@ class EMAQuantiser(nn.Module):
         usage = self.cluster_size.float() + 1e-3
         return torch.log2(usage.sum()) - torch.log2(usage)
 
-    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """Index of the codebook vector with the least squared distance (+ rate_lambda * bits) for each row of
-        flat (M, D)."""
+    def nearest(self, flat: torch.Tensor, row_lambdas: torch.Tensor | None = None) -> torch.Tensor:
+        """Index of the codebook vector with the least squared distance (+ rate weight * bits) for each row of
+        flat (M, D); the weight is rate_lambda, or row_lambdas (M,) when given (one per row)."""
         distances = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t()
                      + self.codebook.pow(2).sum(1)[None, :])
-        if self.rate_lambda > 0:
+        if row_lambdas is not None:
+            distances = distances + row_lambdas.to(distances.dtype)[:, None] * self.code_bits()[None, :]
+        elif self.rate_lambda > 0:
             distances = distances + self.rate_lambda * self.code_bits()[None, :]
         return distances.argmin(1)
 
-    def forward(self, inputs: torch.Tensor) -> QuantiserOutput:
+    def forward(self, inputs: torch.Tensor, rate_lambdas: torch.Tensor | None = None) -> QuantiserOutput:
+        """Quantise (N, D, H, W); rate_lambdas (N,), if given, is each sample's rate weight instead of
+        rate_lambda (variable-rate training and encoding)."""
         n, d, h, w = inputs.shape
         # Distances and EMA statistics in fp32 even under bf16 autocast: argmin ties and EMA drift otherwise.
         with torch.autocast(device_type=inputs.device.type, enabled=False):
             flat = inputs.float().permute(0, 2, 3, 1).reshape(-1, d)
             if self.training and not bool(self.initialised):
                 self._initialise(flat)
-            codes = self.nearest(flat)
+            row_lambdas = None if rate_lambdas is None else rate_lambdas.float().repeat_interleave(h * w)
+            codes = self.nearest(flat, row_lambdas)
             counts = torch.bincount(codes, minlength=self.codebook_size).float()
             dead = 0
             if self.training:

@@ -310,3 +310,52 @@ def test_measured_points_share_one_file_per_weights(ladder_codec):
         pixels = np.asarray(ladder_codec.decompress(alone.data).image)
         assert m["psnr"] == psnr_uint8(pixels, rgb)
         assert 0 <= m["bpp"] * 48 * 64 / 8 - len(alone.data) <= 2 * (5 - point.streams)
+
+
+def test_variable_rate_bottom_codes(tmp_path, monkeypatch):
+    """A model trained with bottom_lambdas draws one bottom weight per training sample, encodes with the weight
+    asked for (per image), and the codec codes points with a bottom weight bit-exactly, with fewer bottom bits
+    for a larger weight."""
+    from hvqcodec import codec as codec_module
+    from hvqcodec.ladder import candidate_points
+    from conftest import export_tiny
+
+    config = dict(LADDER_CONFIG, bottom_lambdas=[0.0, 0.5])
+    torch.manual_seed(0)
+    model = HierarchicalVQVAE(AutoencoderConfig(**config)).train()
+    drawn = model._bottom_lambdas(torch.zeros(2000, 3, 16, 16))
+    assert set(drawn.tolist()) == {0.0, 0.5}
+    model(torch.rand(4, 3, 64, 64))
+    model.eval()
+    assert model._bottom_lambdas(torch.zeros(3, 3, 16, 16)) is None
+    images = torch.rand(2, 3, 64, 64)
+    nearest, coarse = model.encode(images), model.encode(images, 1e4)
+    assert torch.equal(coarse[2], torch.full_like(coarse[2], int(model.quantisers[2].cluster_size.argmax())))
+    mixed = model.encode(images, torch.tensor([0.0, 1e4]))
+    assert torch.equal(mixed[2][0], nearest[2][0]) and torch.equal(mixed[2][1], coarse[2][1])
+
+    points = candidate_points(5, (0.0,), (0.0,), bottom_lambdas=(0.0, 0.5))
+    assert OperatingPoint(3, 0.0, None, 0.5) in points and OperatingPoint(5, 0.0, 0.0, 0.5) in points
+    assert OperatingPoint.from_entry(OperatingPoint(4, 0.0, 0.0, 0.5).to_entry()) == OperatingPoint(4, 0.0, 0.0, 0.5)
+    assert "bottom_lambda" not in OperatingPoint(4).to_entry()
+
+    folder = tmp_path / "models"
+    export_tiny(folder, "tiny-vr", config, LADDER_PRIOR)
+    monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
+    codec_module.load_codec.cache_clear()
+    try:
+        codec = codec_module.load_codec("tiny-vr", "cpu")
+        rgb = photo(9, 64, 96)
+        results = {}
+        for point in (OperatingPoint(5), OperatingPoint(5, 0.0, None, 0.2), OperatingPoint(5, 0.01, None, 0.2)):
+            results[point] = codec.compress(Image.fromarray(rgb), point=point)
+            decoded = codec.decompress(results[point].data)
+            assert all(torch.equal(a, b) for a, b in zip(decoded.codes[0], codec.encode_codes(rgb, point)))
+        plain, weighted = results[OperatingPoint(5)], results[OperatingPoint(5, 0.0, None, 0.2)]
+        assert weighted.level_bytes[:2] == plain.level_bytes[:2]  # top and mid unchanged
+        assert weighted.cross_entropy_bits[2] < plain.cross_entropy_bits[2]
+        x = torch.tensor(rgb).permute(2, 0, 1)[None].float().div(255)
+        assert torch.equal(codec.encode_codes(rgb, OperatingPoint(3, 0.0, None, 0.2))[2],
+                           codec.autoencoder.encode(x, 0.2)[2][0])
+    finally:
+        codec_module.load_codec.cache_clear()

@@ -115,3 +115,25 @@ def test_priors_warm_start_from_a_checkpoint(image_folder, tmp_path, trained_aut
     assert all(torch.allclose(second["model"][k], v, atol=1e-9) for k, v in first["model"].items())
     bad = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "missing.pt")])
     assert bad.exit_code != 0 and "no checkpoint there" in bad.output
+
+
+def test_variable_rate_autoencoder_gives_priors_coarse_and_fine_codes():
+    """Each crop's bottom is coded with one of the model's bottom weights (seeded), so the priors see both."""
+    from rich.console import Console
+
+    from hvqcodec.autoencoder import AutoencoderConfig, HierarchicalVQVAE
+    from hvqcodec.prior_training import encode_crops
+    from conftest import TINY_CONFIG
+
+    torch.manual_seed(0)
+    model = HierarchicalVQVAE(AutoencoderConfig(**TINY_CONFIG, bottom_lambdas=(0.0, 1e4)))
+    model.train()(torch.rand(4, 3, 64, 64))
+    images = torch.rand(32, 3, 32, 32)
+    codes = encode_crops(model, images.split(8), 4, Console(quiet=True), seed=3)
+    nearest = model.encode(images)[2]
+    most_used = int(model.quantisers[2].cluster_size.argmax())
+    coarse = (codes[2] == most_used).flatten(1).all(1)
+    assert 4 <= int(coarse.sum()) <= 28  # about half of the crops
+    assert torch.equal(codes[2][~coarse].long(), nearest[~coarse])
+    again = encode_crops(model, images.split(8), 4, Console(quiet=True), seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(codes, again))

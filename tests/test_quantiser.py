@@ -79,3 +79,15 @@ def test_rate_weighted_training_concentrates_usage():
     # Fewer bits (about 3.9 -> 2.3 bits of code entropy) bought with distortion: the ECVQ trade.
     assert entropies[1] < entropies[0] - 1.0
     assert errors[1] > errors[0]
+
+
+def test_per_sample_rate_weights_override_the_quantiser_weight():
+    quantiser = EMAQuantiser(dim=1, codebook_size=2).eval()
+    quantiser.codebook.copy_(torch.tensor([[0.0], [1.0]]))
+    quantiser.cluster_size.copy_(torch.tensor([1023.0, 1.0]))
+    inputs = torch.tensor([0.7, 0.9, 1.0]).view(1, 1, 1, 3).repeat(2, 1, 1, 1)
+    codes = quantiser(inputs, rate_lambdas=torch.tensor([0.0, 0.05])).codes
+    assert codes[0].flatten().tolist() == [1, 1, 1]  # weight 0: nearest
+    assert codes[1].flatten().tolist() == [0, 1, 1]  # as quantiser.rate_lambda = 0.05 would choose
+    quantiser.rate_lambda = 10.0  # ignored when per-sample weights are given
+    assert quantiser(inputs, rate_lambdas=torch.zeros(2)).codes.flatten().tolist() == [1, 1, 1] * 2
