@@ -92,6 +92,24 @@ class BenchPlan:
     jobs: int = 1
     repeats: int = 3
     notes: list[str] = field(default_factory=list)
+    reused: dict[str, Any] = field(default_factory=dict)  # classic codec -> its entry from an earlier run
+    reused_from: str = ""
+
+
+def reuse_classic(plan: BenchPlan, results_path: str | Path) -> None:
+    """Take the plan's classic codecs that an earlier bench JSON of the same images holds from it instead of
+    measuring them again (they do not change between hvq models); hvq is always measured. HvqError if the file
+    is not a bench result or was made on other images."""
+    try:
+        earlier = json.loads(Path(results_path).read_text())
+        codecs, images = earlier["results"]["codecs"], [i["name"] for i in earlier["results"]["images"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HvqError(f"{results_path}: not a readable hvqcodec bench result ({exc})") from None
+    if images != plan.names:
+        raise HvqError(f"{results_path} was measured on other images ({len(images)}) than these ({len(plan.names)})")
+    plan.reused = {name: codecs[name] for name in plan.classic if name in codecs}
+    plan.classic = [name for name in plan.classic if name not in plan.reused]
+    plan.reused_from = str(results_path)
 
 
 def default_images_dir() -> Path:
@@ -285,7 +303,7 @@ def run_bench(plan: BenchPlan, console: Console | None = None) -> dict[str, Any]
                 progress.update(task, description=f"{name} {plan.names[index]}")
                 per_image[name][index] = measure_hvq(codec, load_rgb(path))
                 progress.advance(task)
-    codecs = {name: _codec_entry(name, plan.names, images) for name, images in per_image.items()}
+    codecs = {**plan.reused, **{name: _codec_entry(name, plan.names, images) for name, images in per_image.items()}}
     bd, same, png = compare(codecs)
     sizes = [load_rgb(p).shape[1::-1] for p in plan.images]  # as measured: EXIF orientation applied
     return {
@@ -294,7 +312,8 @@ def run_bench(plan: BenchPlan, console: Console | None = None) -> dict[str, Any]
         "settings": {"repeats": plan.repeats, "jobs": plan.jobs,
                      "device": str(next(iter(hvq.values())).device) if hvq else plan.device, "avif_speed": AVIF_SPEED,
                      "hvq_timing": "one compress and one decode per level and image (no repeats)",
-                     "torch_threads": torch.get_num_threads(), "pillow": Image.__version__},
+                     "torch_threads": torch.get_num_threads(), "pillow": Image.__version__,
+                     **({"reused": {"from": plan.reused_from, "codecs": sorted(plan.reused)}} if plan.reused else {})},
         "notes": plan.notes,
         "seconds_total": time.perf_counter() - start,
     }

@@ -194,7 +194,7 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
     targets = _output_paths(files, output, ".png")
     _check_outputs(targets, force)
     for source in files:  # every header checked before torch is even imported: a bomb costs nothing
-        container.check_limits(container.read_header(_read(source)), container.TILE_SIZE, limit)
+        container.check_limits(_read_header(source), container.TILE_SIZE, limit)
     from .codec import codec_for
     from .imageio import save_image
 
@@ -209,9 +209,26 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
                           f"{decoded.image.mode}, {decoded.levels} levels)")
 
 
-def _read(path: str) -> bytes:
+HEADER_PREFIX_BYTES = 1 << 16  # enough for the header of any file up to thousands of tiles
+
+
+def _read_header(path: str):
+    """The header of an .hvq file, from its first bytes only (the whole file when the header is longer)."""
+    from . import container
+
+    head = _read(path, HEADER_PREFIX_BYTES)
     try:
-        return Path(path).read_bytes()
+        return container.read_header(head)
+    except container.ContainerError:
+        if len(head) < HEADER_PREFIX_BYTES:
+            raise
+        return container.read_header(_read(path))
+
+
+def _read(path: str, limit: int = -1) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit)
     except FileNotFoundError:
         raise click.ClickException(f"{path}: no such file") from None
     except OSError as exc:
@@ -280,8 +297,10 @@ def _codec_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
               help="Processes for the classic codecs (hvq runs in the main process).")
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
               help="Runs per classic encode/decode; the median time is reported.")
+@click.option("--reuse", "reuse_path", type=click.Path(dir_okay=False, exists=True), metavar="RESULTS.json",
+              help="Take the classic codecs' results from an earlier --json of the same images (hvq is measured).")
 @user_errors
-def bench(folder, codecs, model, json_path, plot_path, reference, device, jobs, repeats) -> None:
+def bench(folder, codecs, model, json_path, plot_path, reference, device, jobs, repeats, reuse_path) -> None:
     """Benchmark hvq against PNG, JPEG, WebP, AVIF and JPEG 2000 (through Pillow) on a folder of images.
 
     Every codec codes the same 8-bit RGB pixels in memory: bpp of the whole file, RGB PSNR, MS-SSIM, median
@@ -296,15 +315,19 @@ def bench(folder, codecs, model, json_path, plot_path, reference, device, jobs, 
           --reference ../shared/reference/compressai-kodak
       hvqcodec bench photos/ --codecs hvq,jpeg,avif --jobs 2
       hvqcodec bench photos/ --model hvq-ecvq,hvq-ladder --codecs hvq,jpeg
+      hvqcodec bench ../shared/datasets/kodak --reuse old.json --json new.json   # a new model, same rivals
     """
     from . import bench as bench_module
     from .rdplot import save_rd_plot
 
     plan = bench_module.plan_bench(folder, codecs, model, device, jobs, repeats)
+    if reuse_path:
+        bench_module.reuse_classic(plan, reuse_path)
     references, notes = bench_module.load_references(reference) if reference else ([], [])
     plan.notes.extend(notes)
     console.print(f"benchmarking {', '.join([*(f'hvq:{m}' for m in plan.models), *plan.classic])} "
-                  f"on {len(plan.images)} image(s)")
+                  f"on {len(plan.images)} image(s)"
+                  + (f"; {', '.join(plan.reused)} from {reuse_path}" if plan.reused else ""))
     results = bench_module.run_bench(plan, console)
     bench_module.print_report(results, Console())
     if json_path:
@@ -502,11 +525,14 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
 @click.option("--cond-blocks", type=click.IntRange(0), default=3, show_default=True, help="3x3 gated blocks over the upper levels.")
 @click.option("--stage-channels", type=click.IntRange(1), default=32, show_default=True, help="Width of the refinement-stage priors.")
 @click.option("--stage-blocks", type=click.IntRange(0), default=2, show_default=True, help="3x3 gated blocks in each stage prior.")
+@click.option("--coding-block", type=click.IntRange(0), default=0, show_default=True,
+              help="Code the levels in independent blocks of N positions a side, decoded in lockstep "
+                   "(fewer sequential steps; 0: whole tiles). Fixed into the model's files.")
 @click.option("--init-from", type=click.Path(dir_okay=False), metavar="CHECKPOINT",
               help="Start from a priors checkpoint's weights (same-shaped tensors), e.g. runs/priors/checkpoint.pt.")
 @user_errors
 def train_priors_command(model, resume, code_crops, channels, causal_blocks, cond_blocks, stage_channels,
-                         stage_blocks, init_from, **shared) -> None:
+                         stage_blocks, coding_block, init_from, **shared) -> None:
     """Train the PixelCNN priors on the codes a shipped autoencoder gives.
 
     Random crops of the training images are encoded once into code grids (kept in --out/codes.pt); the three
@@ -526,7 +552,7 @@ def train_priors_command(model, resume, code_crops, channels, causal_blocks, con
 
     options = _train_options(PriorTrainOptions, shared, model=model or default_model(), code_crops=code_crops)
     config = PriorConfig(channels=channels, causal_blocks=causal_blocks, cond_blocks=cond_blocks,
-                         stage_channels=stage_channels, stage_blocks=stage_blocks)
+                         stage_channels=stage_channels, stage_blocks=stage_blocks, coding_block=coding_block)
     initial = None
     if init_from and not resume:
         from .train import load_checkpoint

@@ -334,7 +334,7 @@ class LevelState:
         # Decoding order: by wavefront, then tile, then block, then row.
         self.order = torch.argsort(((t * len(self.sizes) + tiles) * max_blocks + blocks) * max(height, 1) + rows)
         rows, cols, self.tiles = rows[self.order], cols[self.order], tiles[self.order]
-        self.upper = upper[self.order]
+        self.blocks, self.upper = blocks[self.order], upper[self.order]
         self.centres = (rows + PAD) * canvas_width + cols + PAD
         self.neighbours = (rows[:, None] + prior.tap_rows) * canvas_width + cols[:, None] + prior.tap_cols
         t = t[self.order]

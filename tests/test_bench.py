@@ -239,3 +239,30 @@ def test_bench_models_default_list_and_unknown(tiny_folder, monkeypatch):
     assert bench.plan_bench(tiny_folder, ["hvq"], model=",".join(installed[::-1])).models == installed[::-1]
     with pytest.raises(HvqError, match="no-such-model not installed"):
         bench.plan_bench(tiny_folder, ["hvq"], model=f"{installed[0]},no-such-model")
+
+
+def test_bench_reuses_classic_results_of_the_same_images(tiny_models_dir, tiny_folder, tmp_path):
+    first = tmp_path / "first.json"
+    assert run("bench", tiny_folder, "--codecs", "hvq,jpeg", "--repeats", "1", "--device", "cpu",
+               "--json", first).exit_code == 0
+    earlier = json.loads(first.read_text())["results"]
+    second = tmp_path / "second.json"
+    result = run("bench", tiny_folder, "--codecs", "hvq,jpeg,webp", "--repeats", "1", "--device", "cpu",
+                 "--reuse", first, "--json", second)
+    assert result.exit_code == 0, result.output
+    assert "jpeg from" in result.output
+    results = json.loads(second.read_text())["results"]
+    assert results["codecs"]["jpeg"] == earlier["codecs"]["jpeg"]  # taken over, not measured again
+    assert len(results["codecs"]["webp"]["points"]) == 10  # not in the earlier file: measured
+    assert results["settings"]["reused"] == {"from": str(first), "codecs": ["jpeg"]}
+    assert set(results["bd_rate"]["hvq:tiny"]) == {"jpeg", "webp"}
+
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (64, 48), (9, 9, 9)).save(other / "x.png")
+    result = run("bench", other, "--codecs", "hvq,jpeg", "--device", "cpu", "--reuse", first)
+    assert result.exit_code != 0 and "measured on other images" in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    result = run("bench", tiny_folder, "--codecs", "jpeg", "--reuse", bad)
+    assert result.exit_code != 0 and "not a readable hvqcodec bench result" in result.output

@@ -166,3 +166,72 @@ def test_model_without_priors_is_refused(tiny_models_dir):
     bundle.prior_tables = None
     with pytest.raises(ModelError, match="no trained priors"):
         Codec(bundle)
+
+
+@pytest.mark.parametrize("block", [0, 4, 5])
+def test_coding_blocks_are_causal_lockstep_and_exact(tiny_codec, block):
+    """With a coding block, the causal context stops at block edges, every block of a tile advances in the same
+    step (block + 3 (block - 1) steps), and coding stays exact: parallel pass = wavefront = decoder, tiles
+    together = tiles alone."""
+    prior = tiny_codec.prior.levels[2]
+    prior.block = block
+    try:
+        sizes = [(12, 16), (7, 9)]
+        state = LevelState(prior, sizes, [[torch.zeros(1, 1, dtype=torch.long)] * 2] * 2)
+        assert sorted(state.order.tolist()) == list(range(12 * 16 + 7 * 9))
+        painted = torch.zeros_like(state.canvas, dtype=torch.bool)
+        painted[state.canvas == prior.codebook_size] = True
+        painted[state.centres] = False
+        for start, stop in state.fronts:
+            assert bool(painted[state.neighbours[start:stop]].all())
+            painted[state.centres[start:stop]] = True
+        expected_steps = (block + 3 * (block - 1)) if block else (16 + 3 * 11)
+        assert len(state.fronts) == expected_steps
+        # No causal neighbourhood reaches into another block or tile: every neighbour is a sentinel cell or a
+        # position of the same tile and block.
+        owner = torch.full_like(state.canvas, -1)
+        owner[state.centres] = state.tiles * 1000 + state.blocks
+        read = owner[state.neighbours]
+        assert bool(((read == -1) | (read == owner[state.centres][:, None])).all())
+        if block:
+            assert int(state.blocks.max()) == (-(-12 // block)) * (-(-16 // block)) - 1
+        streams, expected, grids, uppers = [], [], [], []
+        for seed, height, width in ((11, 48, 64), (12, 28, 36)):
+            codes = tiny_codec.encode_codes(random_photo(seed, height, width))
+            parallel, _ = level_frequencies(prior, codes[2], codes[:2])
+            assert torch.equal(parallel, _frequencies_by_wavefront(prior, codes[2], codes[:2]))
+            encoded = encode_level(prior, codes[2], codes[:2])
+            streams.append(encoded.data)
+            expected.append(codes[2])
+            grids.append(tuple(codes[2].shape))
+            uppers.append(codes[:2])
+            alone = decode_level(prior, [encoded.data], [grids[-1]], [codes[:2]])
+            assert torch.equal(alone[0], codes[2])
+        together = decode_level(prior, streams, grids, uppers)
+        assert all(torch.equal(a, b) for a, b in zip(together, expected))
+    finally:
+        prior.block = 0
+
+
+def test_coding_block_changes_the_stream_and_comes_from_the_model(tmp_path, monkeypatch):
+    """The block fixes the symbol order, so it is a property of the model (its hashed prior config), not of a
+    call."""
+    from hvqcodec import codec as codec_module
+    from conftest import TINY_CONFIG, TINY_PRIOR, export_tiny
+
+    folder = tmp_path / "models"
+    export_tiny(folder, "tiny-blocked", TINY_CONFIG, dict(TINY_PRIOR, coding_block=4))
+    monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
+    codec_module.load_codec.cache_clear()
+    try:
+        blocked = codec_module.load_codec("tiny-blocked", "cpu")
+        assert [level.block for level in blocked.prior.levels] == [4, 4, 4]
+        rgb = random_photo(13, 64, 96)
+        result = blocked.compress(Image.fromarray(rgb))
+        decoded = blocked.decompress(result.data)
+        assert all(torch.equal(a, b) for a, b in zip(decoded.codes[0], blocked.encode_codes(rgb)))
+        for level in blocked.prior.levels:
+            level.block = 0
+        assert blocked.compress(Image.fromarray(rgb)).data != result.data
+    finally:
+        codec_module.load_codec.cache_clear()
