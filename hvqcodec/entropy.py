@@ -10,8 +10,9 @@ import torch
 
 from .intprior import FREQ_TOTAL, IntLevelPrior, IntStagePrior, LevelState
 
-# Positions per batch in the encoder's parallel pass: bounds memory on large grids, changes no result.
-ENCODE_CHUNK = 8192
+# Positions per batch in the encoder's parallel pass: bounds memory, changes no result; small enough that
+# the (chunk, K) float64 intermediates stay in cache (1024: about 15% faster than 8192 here).
+ENCODE_CHUNK = 1024
 
 
 def _family() -> "constriction.stream.model.Categorical":
