@@ -21,7 +21,7 @@ from PIL import Image
 
 from . import container
 from .autoencoder import LEVEL_STRIDES, PAD_MULTIPLE
-from .entropy import decode_level, decode_stage, encode_level, encode_stage, level_frequencies, stage_frequencies
+from .entropy import candidate_frequencies, decode_level, decode_stage, encode_level, encode_stage
 from .errors import ModelError
 from .intprior import FREQ_TOTAL
 from .imageio import ImageError, LoadedImage, decode_alpha, encode_alpha, load_image, to_pil
@@ -185,10 +185,8 @@ class Codec:
             distances = distances + bottom_lam * quantiser.code_bits().float()[None, :]
         candidate_distances, candidates = distances.topk(ECVQ_CANDIDATES, dim=1, largest=False)
         nearest = candidates[:, 0].view(h, w)
-        freq, state = level_frequencies(self.prior.levels[2], nearest, codes)
-        raster = torch.empty_like(freq)
-        raster[state.order] = freq
-        bits = -torch.log2(raster.gather(1, candidates.to(raster.device)).double().cpu() / FREQ_TOTAL)
+        freq = candidate_frequencies(self.prior.levels[2], nearest, codes, candidates)
+        bits = -torch.log2(freq.cpu() / FREQ_TOTAL)
         cost = candidate_distances.double() + lam * bits
         return candidates.gather(1, cost.argmin(1, keepdim=True)).view(h, w)
 

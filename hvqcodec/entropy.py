@@ -40,6 +40,23 @@ def level_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Se
     return freq, state
 
 
+def candidate_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
+                          candidates: torch.Tensor, chunk: int = ENCODE_CHUNK) -> torch.Tensor:
+    """Frequencies (h*w, n) of n candidate codes per position (`candidates` (h*w, n), raster order), each
+    position's context being the known grid `codes`: a parallel pass, chunk by chunk (bounded memory)."""
+    state = LevelState(prior, [tuple(codes.shape)], [upper_codes])
+    total = state.order.numel()
+    state.paint(0, total, codes.to(prior.device).flatten()[state.order])
+    in_order = candidates.to(prior.device)[state.order]
+    picked = torch.empty(in_order.shape, dtype=torch.float64, device=prior.device)
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        picked[start:stop] = state.frequencies(start, stop).gather(1, in_order[start:stop]).double()
+    raster = torch.empty_like(picked)
+    raster[state.order] = picked
+    return raster
+
+
 def _range_encode(symbols: torch.Tensor, freq: torch.Tensor) -> EncodedLevel:
     """Symbols (P,) with their frequencies (P, K) -> range-coded bytes (little-endian 32-bit words)."""
     chosen = freq.gather(1, symbols[:, None].to(freq.device)).double()
@@ -87,10 +104,23 @@ def _decoder(source) -> StreamDecoder:
     return source
 
 
-def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor]) -> EncodedLevel:
-    """Code grid (h, w) -> range-coded bytes (little-endian 32-bit words)."""
-    freq, state = level_frequencies(prior, codes, upper_codes)
-    return _range_encode(state.canvas[state.centres], freq)
+def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
+                 chunk: int = ENCODE_CHUNK) -> EncodedLevel:
+    """Code grid (h, w) -> range-coded bytes (little-endian 32-bit words).
+
+    Frequencies are computed and coded chunk by chunk, in decoding order, so memory stays at one chunk's
+    (chunk, K) table however large the grid (a 1024 x 1024 tile's bottom level would need 270 MB at once)."""
+    state = LevelState(prior, [tuple(codes.shape)], [upper_codes])
+    total = state.order.numel()
+    symbols = codes.to(prior.device).flatten()[state.order]
+    state.paint(0, total, symbols)
+    encoder, family, bits = constriction.stream.queue.RangeEncoder(), _family(), 0.0
+    for start in range(0, total, chunk):
+        freq = state.frequencies(start, min(start + chunk, total))
+        part = symbols[start:start + chunk]
+        bits += float(-(torch.log2(freq.gather(1, part[:, None]).double() / FREQ_TOTAL)).sum())
+        encoder.encode(part.cpu().numpy().astype(np.int32), family, _probabilities(freq))
+    return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
 
 
 def stage_frequencies(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_codes: torch.Tensor) -> torch.Tensor:

@@ -235,3 +235,17 @@ def test_coding_block_changes_the_stream_and_comes_from_the_model(tmp_path, monk
         assert blocked.compress(Image.fromarray(rgb)).data != result.data
     finally:
         codec_module.load_codec.cache_clear()
+
+
+def test_chunked_level_encoding_gives_the_same_bytes(tiny_codec):
+    """The encoder codes a level chunk by chunk (bounded memory): the stream is the one coded in one call."""
+    from hvqcodec.entropy import _range_encode
+
+    codes = tiny_codec.encode_codes(random_photo(14, 80, 112))
+    for level, prior in enumerate(tiny_codec.prior.levels):
+        freq, state = level_frequencies(prior, codes[level], codes[:level])
+        whole = _range_encode(state.canvas[state.centres], freq)
+        for chunk in (1, 7, 10_000):
+            part = encode_level(prior, codes[level], codes[:level], chunk=chunk)
+            assert part.data == whole.data
+            assert part.cross_entropy_bits == pytest.approx(whole.cross_entropy_bits, rel=1e-9)
