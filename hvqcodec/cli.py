@@ -434,6 +434,17 @@ def training_options(steps: int, crop: int, crop_help: str, lr: float, warmup: i
     return decorate
 
 
+def _initial_weights(source: str, kind: str) -> dict:
+    """--init-from: the weights of a training checkpoint (a .pt file of this kind) or, for an autoencoder, of a
+    shipped model."""
+    from .train import load_checkpoint
+
+    if source.endswith(".pt") or kind != "autoencoder":
+        return load_checkpoint(Path(source), kind)["model"]
+    from .zoo import load_model
+    return load_model(source).state_dict()
+
+
 _SHARED_TRAINING = ("data", "val", "out", "exclude", "steps", "batch_size", "crop", "lr", "warmup", "seed", "device",
                     "val_every", "checkpoint_every", "time_budget")
 
@@ -503,14 +514,7 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
                                refine_groups=refine_groups, refine_codebook_size=refine_codebook_size,
                                refine_lambdas=refine_lambdas, bottom_lambdas=bottom_lambdas, detail_head=detail_head,
                                half_depth=half_depth)
-    initial = None
-    if init_from and not resume:
-        if init_from.endswith(".pt"):
-            from .train import load_checkpoint
-            initial = load_checkpoint(Path(init_from))["model"]
-        else:
-            from .zoo import load_model
-            initial = load_model(init_from).state_dict()
+    initial = _initial_weights(init_from, "autoencoder") if init_from and not resume else None
     train_autoencoder(options, config, resume=resume, console=console, init_from=initial)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
 
@@ -553,10 +557,7 @@ def train_priors_command(model, resume, code_crops, channels, causal_blocks, con
     options = _train_options(PriorTrainOptions, shared, model=model or default_model(), code_crops=code_crops)
     config = PriorConfig(channels=channels, causal_blocks=causal_blocks, cond_blocks=cond_blocks,
                          stage_channels=stage_channels, stage_blocks=stage_blocks, coding_block=coding_block)
-    initial = None
-    if init_from and not resume:
-        from .train import load_checkpoint
-        initial = load_checkpoint(Path(init_from), "priors")["model"]
+    initial = _initial_weights(init_from, "priors") if init_from and not resume else None
     train_priors(options, config, resume=resume, console=console, init_from=initial)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
 
