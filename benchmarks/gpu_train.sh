@@ -16,13 +16,15 @@ NAME=${NAME:-hvq-gpu}
 if [ "${SCALE:-full}" = tiny ]; then
     AE_MINUTES=0.1; PRIOR_MINUTES=0.05; BATCH=2; CROP=32; CODE_CROPS=8; CAL_IMAGES=1; CAL_CROP=32
     ARCH="--widths 8,8,8 --encoder-depths 1,1,1 --decoder-depths 1,1,1 --codebook-sizes 16,16,16 --code-dim 4
-          --refine-stages 1 --refine-groups 1 --refine-codebook-size 8 --refine-lambdas 0.01 --detail-head"
+          --refine-stages 1 --refine-groups 1 --refine-codebook-size 8 --refine-lambdas 0.01 --bottom-lambdas 0,0.05
+          --detail-head"
     PRIOR_ARCH="--channels 8 --causal-blocks 1 --cond-blocks 1 --stage-channels 8 --stage-blocks 1"
 else
     # 6 + 2 minutes of training, about a minute of export, calibration and checks.
     AE_MINUTES=6; PRIOR_MINUTES=2; BATCH=64; CROP=256; CODE_CROPS=20000; CAL_IMAGES=6; CAL_CROP=512
     ARCH="--widths 96,144,192 --encoder-depths 3,3,4 --decoder-depths 3,4,6 --refine-stages 3 --refine-groups 1
-          --refine-codebook-size 256 --refine-lambdas 0.002,0.0007,0.0002 --detail-head"
+          --refine-codebook-size 256 --refine-lambdas 0.002,0.0007,0.0002 --bottom-lambdas 0,0,0.003,0.01,0.02
+          --detail-head"
     PRIOR_ARCH="--channels 96 --causal-blocks 2 --cond-blocks 3 --stage-channels 48 --stage-blocks 2"
 fi
 VAL_ARGS=()
