@@ -247,11 +247,19 @@ class HierarchicalVQVAE(nn.Module):
                                  perplexities=perplexities, dead_codes=dead)
 
     def _bottom_lambdas(self, images: torch.Tensor) -> torch.Tensor | None:
-        """Each training sample's bottom rate weight, drawn from config.bottom_lambdas (None: nearest codes)."""
+        """Each training sample's bottom rate weight (None: nearest codes, outside training or without any)."""
         if not self.training or not self.config.bottom_lambdas:
             return None
-        choices = torch.tensor(self.config.bottom_lambdas, dtype=torch.float32, device=images.device)
-        return choices[torch.randint(len(choices), (images.shape[0],), device=images.device)]
+        return self.draw_bottom_lambdas(images.shape[0], images.device)
+
+    def draw_bottom_lambdas(self, count: int, device: torch.device | str = "cpu",
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+        """`count` bottom rate weights drawn uniformly from config.bottom_lambdas (zeros without any): the mix
+        training sees, and the one the priors' training codes are made with."""
+        if not self.config.bottom_lambdas:
+            return torch.zeros(count, device=device)
+        choices = torch.tensor(self.config.bottom_lambdas, dtype=torch.float32, device=device)
+        return choices[torch.randint(len(choices), (count,), device=device, generator=generator)]
 
     def _refine_counts(self, images: torch.Tensor) -> torch.Tensor:
         """Refinement stages each sample keeps: all of them outside training."""

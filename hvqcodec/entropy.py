@@ -30,13 +30,26 @@ class EncodedLevel:
     cross_entropy_bits: float  # -sum log2 p(code) under the integer prior
 
 
+def _known_state(prior: IntLevelPrior, codes: torch.Tensor,
+                 upper_codes: Sequence[torch.Tensor]) -> tuple[LevelState, torch.Tensor]:
+    """A level's state with a known grid painted in (the encoder's view), and its codes in decoding order."""
+    state = LevelState(prior, [tuple(codes.shape)], [upper_codes])
+    symbols = codes.to(prior.device).flatten()[state.order]
+    state.paint(0, symbols.numel(), symbols)
+    return state, symbols
+
+
+def _chunks(state: LevelState, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive runs of at most `chunk` positions, in decoding order."""
+    total = state.order.numel()
+    return [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
+
+
 def level_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
                       chunk: int = ENCODE_CHUNK) -> tuple[torch.Tensor, LevelState]:
     """Frequencies (h*w, K) of every position of a known grid, in wavefront order, in a parallel pass."""
-    state = LevelState(prior, [tuple(codes.shape)], [upper_codes])
-    total = state.order.numel()
-    state.paint(0, total, codes.to(prior.device).flatten()[state.order])
-    freq = torch.cat([state.frequencies(s, min(s + chunk, total)) for s in range(0, total, chunk)])
+    state, _ = _known_state(prior, codes, upper_codes)
+    freq = torch.cat([state.frequencies(a, b) for a, b in _chunks(state, chunk)])
     return freq, state
 
 
@@ -44,13 +57,10 @@ def candidate_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes
                           candidates: torch.Tensor, chunk: int = ENCODE_CHUNK) -> torch.Tensor:
     """Frequencies (h*w, n) of n candidate codes per position (`candidates` (h*w, n), raster order), each
     position's context being the known grid `codes`: a parallel pass, chunk by chunk (bounded memory)."""
-    state = LevelState(prior, [tuple(codes.shape)], [upper_codes])
-    total = state.order.numel()
-    state.paint(0, total, codes.to(prior.device).flatten()[state.order])
+    state, _ = _known_state(prior, codes, upper_codes)
     in_order = candidates.to(prior.device)[state.order]
     picked = torch.empty(in_order.shape, dtype=torch.float64, device=prior.device)
-    for start in range(0, total, chunk):
-        stop = min(start + chunk, total)
+    for start, stop in _chunks(state, chunk):
         picked[start:stop] = state.frequencies(start, stop).gather(1, in_order[start:stop]).double()
     raster = torch.empty_like(picked)
     raster[state.order] = picked
@@ -110,14 +120,11 @@ def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequenc
 
     Frequencies are computed and coded chunk by chunk, in decoding order, so memory stays at one chunk's
     (chunk, K) table however large the grid (a 1024 x 1024 tile's bottom level would need 270 MB at once)."""
-    state = LevelState(prior, [tuple(codes.shape)], [upper_codes])
-    total = state.order.numel()
-    symbols = codes.to(prior.device).flatten()[state.order]
-    state.paint(0, total, symbols)
+    state, symbols = _known_state(prior, codes, upper_codes)
     encoder, family, bits = constriction.stream.queue.RangeEncoder(), _family(), 0.0
-    for start in range(0, total, chunk):
-        freq = state.frequencies(start, min(start + chunk, total))
-        part = symbols[start:start + chunk]
+    for start, stop in _chunks(state, chunk):
+        freq = state.frequencies(start, stop)
+        part = symbols[start:stop]
         bits += float(-(torch.log2(freq.gather(1, part[:, None]).double() / FREQ_TOTAL)).sum())
         encoder.encode(part.cpu().numpy().astype(np.int32), family, _probabilities(freq))
     return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)

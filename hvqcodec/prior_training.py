@@ -41,12 +41,11 @@ def encode_crops(autoencoder: HierarchicalVQVAE, batches: Iterable[torch.Tensor]
     drawn with `seed`, so the priors learn the coarse codes as well as the fine ones."""
     autoencoder.eval()
     device = next(autoencoder.parameters()).device
-    choices = torch.tensor(autoencoder.config.bottom_lambdas or (0.0,), dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     grids: list[list[torch.Tensor]] = [[] for _ in range(autoencoder.config.num_streams)]
     with Progress(console=console, transient=True) as progress:
         for batch in progress.track(batches, total=total, description="encoding crops into codes"):
-            weights = choices[torch.randint(len(choices), (batch.shape[0],), generator=generator)]
+            weights = autoencoder.draw_bottom_lambdas(batch.shape[0], generator=generator)
             codes = autoencoder.encode(batch.to(device), weights.to(device))
             for level, grid in enumerate(codes):
                 grids[level].append(grid.to(torch.int16).cpu())
