@@ -192,6 +192,29 @@ class HierarchicalVQVAE(nn.Module):
             nn.init.zeros_(self.detail[0].weight)
             nn.init.zeros_(self.detail[0].bias)
 
+    # --- decoder-only training ---------------------------------------------------------------------------
+    def encoder_side(self) -> list[nn.Module]:
+        """Every module the codes depend on: the encoder, projections, codebooks and the context path (the
+        lower levels are quantised together with the context decoded from the levels above)."""
+        return [self.stem, self.enc1, self.down2, self.enc2, self.down3, self.enc3, self.pre_quant,
+                self.quantisers, self.refiners, self.context_top, self.context_mid]
+
+    def freeze_encoder_side(self) -> None:
+        """Train only the decoder from here on: the encoder side gets no gradients and stays in eval mode
+        (no codebook EMA updates or restarts), so every image keeps exactly the codes it had and priors
+        trained on those codes stay valid. Level, refinement and bottom-weight dropout still apply."""
+        self.encoder_frozen = True
+        for module in self.encoder_side():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "HierarchicalVQVAE":
+        super().train(mode)
+        if getattr(self, "encoder_frozen", False):
+            for module in self.encoder_side():
+                module.eval()
+        return self
+
     # --- encoding -------------------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images (N, 3, H, W) in [0, 1], H and W multiples of 16 -> encoder features at /4, /8, /16."""

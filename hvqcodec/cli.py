@@ -484,10 +484,13 @@ def _train_options(options_type: type, shared: dict, **extra):
               help="ConvNeXt blocks at /2 in the decoder (extra ones start as the identity).")
 @click.option("--init-from", metavar="MODEL|CHECKPOINT",
               help="Start from a shipped model's weights, or a checkpoint.pt's (same-shaped tensors).")
+@click.option("--decoder-only", is_flag=True,
+              help="Train only the decoder (with --init-from): every image keeps its codes, so the priors of the "
+                   "model it starts from stay valid; deeper --decoder-depths/--half-depth add capacity.")
 @user_errors
 def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, codebook_sizes, code_dim,
                               refine_stages, refine_groups, refine_codebook_size, refine_lambdas, bottom_lambdas,
-                              detail_head, half_depth, init_from, **shared) -> None:
+                              detail_head, half_depth, init_from, decoder_only, **shared) -> None:
     """Train the 3-level hierarchical VQ-VAE.
 
     Images are decoded once and cached in memory; each step draws random crops (random 0.5-1x downscale,
@@ -503,7 +506,9 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
     from .autoencoder import AutoencoderConfig
     from .train import TrainOptions, train_autoencoder
 
-    options = _train_options(TrainOptions, shared)
+    options = _train_options(TrainOptions, shared, decoder_only=decoder_only)
+    if decoder_only and not (init_from or resume):
+        raise click.BadParameter("needs --init-from (a trained model whose codes to keep)", param_hint="--decoder-only")
     if code_dim % refine_groups:
         raise click.BadParameter(f"must divide --code-dim {code_dim}", param_hint="--refine-groups")
     if refine_lambdas and len(refine_lambdas) != refine_stages:

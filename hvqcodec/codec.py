@@ -216,7 +216,7 @@ class Codec:
 
     def compress(self, source, quality: int | None = None, point: OperatingPoint | None = None,
                  max_pixels: int = container.DEFAULT_MAX_PIXELS) -> CompressedImage:
-        """Any image (path, bytes, PIL image) -> .hvq bytes and figures about them.
+        """Any image (path, bytes, PIL image, uint8 array) -> .hvq bytes and figures about them.
 
         `quality` (1-100, higher = larger and better) picks an operating point from the model's calibrated
         ladder; `point` gives one directly. Images over max_pixels are refused (ImageError)."""
@@ -320,9 +320,9 @@ def codec_for(data: bytes, device: str = "auto") -> Codec:
     return codec  # Codec.decompress checks the weights hash
 
 
-def compress(image: str | Path | bytes | Image.Image, model: str | None = None, device: str = "auto",
+def compress(image: str | Path | bytes | Image.Image | np.ndarray, model: str | None = None, device: str = "auto",
              quality: int | None = None, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> bytes:
-    """Compress an image (path, encoded bytes or PIL image) into the bytes of a .hvq file.
+    """Compress an image (path, encoded bytes, PIL image or uint8 array (H, W[, 3 or 4])) into the bytes of a .hvq file.
 
     quality: 1-100, higher gives a larger file and a better picture (default DEFAULT_QUALITY)."""
     result = load_codec(model, device).compress(image, quality, max_pixels=max_pixels)

@@ -67,12 +67,17 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _open(source: str | Path | bytes | Image.Image) -> tuple[str, bytes | None, Image.Image]:
+def _open(source: str | Path | bytes | Image.Image | np.ndarray) -> tuple[str, bytes | None, Image.Image]:
     """(name for messages, raw file data or None, opened image)."""
     if isinstance(source, Image.Image):
         return "image", None, source
+    if isinstance(source, np.ndarray):
+        return "array", None, _from_array(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, data = "image data", bytes(source)
+    elif not isinstance(source, (str, Path)):
+        raise ImageError(f"cannot read an image from a {type(source).__name__} (give a path, the file's bytes, "
+                         "a PIL image or a uint8 array)")
     else:
         name, path = str(source), Path(source)
         if not path.exists():
@@ -91,6 +96,18 @@ def _open(source: str | Path | bytes | Image.Image) -> tuple[str, bytes | None, 
         raise ImageError(f"{name}: image too large (more than {MAX_PIXELS} pixels)") from None
     except _DECODE_ERRORS as exc:
         raise ImageError(f"{name}: cannot read image ({_one_line(exc)})") from None
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """A uint8 array (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA, as numpy and PIL lay images out."""
+    modes = {2: "L", 3: {1: "L", 3: "RGB", 4: "RGBA"}.get(array.shape[-1]) if array.ndim == 3 else None}
+    mode = modes.get(array.ndim)
+    if array.dtype != np.uint8 or mode is None or 0 in array.shape:
+        raise ImageError(f"array: need uint8 values of shape (H, W), (H, W, 3) or (H, W, 4), got {array.dtype} "
+                         f"{tuple(array.shape)}")
+    if array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise ImageError(f"array: image too large (more than {MAX_PIXELS} pixels)")
+    return Image.fromarray(np.ascontiguousarray(array.reshape(array.shape[:2]) if mode == "L" else array))
 
 
 def _png16_low_bytes(image: Image.Image, data: bytes | None) -> np.ndarray | None:
@@ -146,8 +163,8 @@ def _to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
     return np.rint(np.clip(values, 0, 255)).astype(np.uint8)
 
 
-def load_image(source: str | Path | bytes | Image.Image) -> LoadedImage:
-    """Read an image (a path, the file's bytes or a PIL image) and prepare it for coding.
+def load_image(source: str | Path | bytes | Image.Image | np.ndarray) -> LoadedImage:
+    """Read an image (a path, the file's bytes, a PIL image or a uint8 array (H, W[, 3 or 4])) and prepare it for coding.
 
     EXIF orientation is applied first. Grayscale (1, L, I;16, I, F) is coded as RGB and restored as "L";
     palette images become RGB (RGBA with transparency); CMYK, YCbCr and others become RGB. RGBA and LA

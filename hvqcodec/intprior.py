@@ -153,7 +153,7 @@ class _IntNetwork:
         self.gate_table = torch.cat([_widen(luts["tanh"]), _widen(luts["sigmoid"])]).to(self.device).double()
         self.gate_offset = torch.cat([torch.full((self.channels,), GATE_DOMAIN),
                                       torch.full((self.channels,), GATE_DOMAIN + span)]).to(self.device).double()
-        self.exp = luts["exp"].to(self.device).long()
+        self.exp = luts["exp"].to(self.device).double()
         self.temperature_milli = 1000  # 1.0: what coding uses; only sampling changes it
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +163,9 @@ class _IntNetwork:
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """tanh(a) * sigmoid(b) on the activation grid, a and b the two channel halves of x."""
-        tanh, sigmoid = self.gate_table[(x + self.gate_offset).long()].chunk(2, dim=-1)
+        # index_select on the flat index: about twice as fast as advanced indexing for these shapes.
+        index = (x + self.gate_offset).long().view(-1)
+        tanh, sigmoid = self.gate_table.index_select(0, index).view(x.shape).chunk(2, dim=-1)
         return (tanh * sigmoid).add_(1 << (ACT_BITS - 1)).mul_(1.0 / (1 << ACT_BITS)).floor_()
 
     def conv3x3_block(self, name: str, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -228,14 +230,14 @@ class IntLevelPrior(_IntNetwork):
         bias_and_half, inv_scale = self.masked_scale
         pre = acc.add_(bias_and_half).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
         if cond is not None:
-            pre = pre + cond[0][upper]
+            pre = pre + cond[0].index_select(0, upper)
         h = self.gate(pre)
         for i in range(self.causal_blocks):
             pre = self.linear(f"block{i}.in", h)
             if cond is not None:
-                pre = pre + cond[i + 1][upper]
+                pre = pre + cond[i + 1].index_select(0, upper)
             h = (h + self.linear(f"block{i}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
-        return logits_to_frequencies(self.linear("head", h).long(), self.exp, self.temperature_milli)
+        return logits_to_frequencies(self.linear("head", h), self.exp, self.temperature_milli)
 
 
 class IntStagePrior(_IntNetwork):
@@ -276,7 +278,7 @@ class IntStagePrior(_IntNetwork):
                        ).clamp_(-ACT_MAX, ACT_MAX)
         h = (context + self.linear(f"group{group}.out", self.gate(self.linear(f"group{group}.in", context)))
              ).clamp_(-ACT_MAX, ACT_MAX)
-        return logits_to_frequencies(self.linear(f"head{group}", h).long(), self.exp, self.temperature_milli), context
+        return logits_to_frequencies(self.linear(f"head{group}", h), self.exp, self.temperature_milli), context
 
 
 class LevelState:
@@ -379,15 +381,22 @@ def _front_start(fronts: list[tuple[int, int]], position: int) -> int:
 def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor, temperature_milli: int = 1000) -> torch.Tensor:
     """Integer logits (P, K) -> integer frequencies (P, K), each >= 1, every row summing to FREQ_TOTAL.
 
+    Integers are held in float64, like the layers' (exp_table too): every product and sum is below 2^53, and
+    the floor of a correctly rounded float64 quotient a / b is the integer a // b whenever (a // b + 1) * b <
+    2^53 (a quotient just below an integer n is at least 1/b below it, more than half an ulp of n, so it never
+    rounds up to n); here a < 2^40. Float division vectorises; int64 division does not.
+
     temperature_milli (sampling only; coding always uses 1000) divides the logits by temperature / 1000, in
     integers: distances below the maximum become d * 1000 // temperature_milli."""
     k = logits.shape[1]
+    logits = logits.double()
     distances = logits.amax(1, keepdim=True) - logits
     if temperature_milli != 1000:
-        distances = distances.mul_(1000).floor_divide_(temperature_milli)
-    weights = exp_table[distances.clamp_(max=EXP_MAX)]
+        distances = distances.mul_(1000).div_(temperature_milli).floor_()
+    index = distances.clamp_(max=EXP_MAX).long().view(-1)
+    weights = exp_table.double().index_select(0, index).view(distances.shape)
     total = weights.sum(1, keepdim=True)
-    freq = weights.mul_(FREQ_TOTAL - k).floor_divide_(total).add_(1)
+    freq = weights.mul_(FREQ_TOTAL - k).div_(total).floor_().add_(1)
     # What integer division leaves over goes to the most probable code (the first one on ties).
     remainder = FREQ_TOTAL - freq.sum(1)
     freq[torch.arange(freq.shape[0], device=freq.device), logits.argmax(1)] += remainder

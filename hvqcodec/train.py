@@ -47,6 +47,7 @@ class TrainOptions:
     val_images: int = 16
     val_crop: int = 256
     time_budget: float = 0.0  # minutes; 0 = none. With a budget the schedule follows time (or steps, if sooner)
+    decoder_only: bool = False  # autoencoder: freeze the encoder side, so codes (and priors) stay valid
     command: str = ""  # the command line that started the run, for the manifest
 
     def to_dict(self) -> dict:
@@ -222,7 +223,7 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
     rank, world = distributed_context()
     generator = torch.Generator().manual_seed(options.seed)
     model = task.model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.lr, weight_decay=options.weight_decay)
     state = TrainState()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -396,6 +397,8 @@ def train_autoencoder(options: TrainOptions, config: AutoencoderConfig | None = 
     model = HierarchicalVQVAE(config).to(device)
     if init_from is not None and checkpoint is None:
         _warm_start(model, init_from, console)
+    if options.decoder_only:
+        model.freeze_encoder_side()
     step = checkpoint["step"] if checkpoint else 0
     console.print(f"[bold]autoencoder[/]: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                   f"{len(train_paths)} training images, {len(val_paths)} validation images, device {device}, "

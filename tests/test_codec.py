@@ -102,7 +102,7 @@ def test_parallel_equals_wavefront_and_threads_and_permutation(tiny_codec):
     for level, prior in enumerate(tiny_codec.prior.levels):
         upper = codes[:level]
         parallel, state = level_frequencies(prior, codes[level], upper)
-        assert parallel.dtype == torch.int64
+        assert parallel.dtype == torch.float64 and torch.equal(parallel, parallel.floor())  # integers
         assert torch.all(parallel >= 1) and torch.all(parallel.sum(1) == FREQ_TOTAL)
         assert torch.equal(parallel, _frequencies_by_wavefront(prior, codes[level], upper))
         assert torch.equal(parallel, level_frequencies(prior, codes[level], upper, chunk=7)[0])
@@ -249,3 +249,24 @@ def test_chunked_level_encoding_gives_the_same_bytes(tiny_codec):
             part = encode_level(prior, codes[level], codes[:level], chunk=chunk)
             assert part.data == whole.data
             assert part.cross_entropy_bits == pytest.approx(whole.cross_entropy_bits, rel=1e-9)
+
+
+@pytest.mark.parametrize("temperature_milli", [1000, 700, 1300])
+def test_logits_to_frequencies_is_integer_arithmetic(temperature_milli):
+    """The float64 path (division included) gives exactly what Python's integers give."""
+    from hvqcodec.intprior import EXP_MAX, FREQ_TOTAL, logits_to_frequencies, lookup_tables
+
+    exp_table = lookup_tables()["exp"]
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(-(1 << 15), 1 << 15, (40, 512), generator=generator)
+    logits[:10] = torch.randint(-300, 300, (10, 512), generator=generator)  # many codes near the top
+    logits[10, :5] = logits[10].max()  # ties for the most probable code
+    logits[11] = 7  # all equal
+    freq = logits_to_frequencies(logits.double(), exp_table.double(), temperature_milli)
+    k = logits.shape[1]
+    for row, values in zip(freq.tolist(), logits.tolist()):
+        top = max(values)
+        weights = [int(exp_table[min((top - v) * 1000 // temperature_milli, EXP_MAX)]) for v in values]
+        expected = [w * (FREQ_TOTAL - k) // sum(weights) + 1 for w in weights]
+        expected[values.index(top)] += FREQ_TOTAL - sum(expected)
+        assert row == expected

@@ -233,6 +233,33 @@ def test_bytes_and_pil_sources(tmp_path):
             np.testing.assert_array_equal(load_image(source).rgb, pixels)
 
 
+def test_array_sources():
+    rgb = random_u8(3, 4, 3)
+    np.testing.assert_array_equal(load_image(rgb).rgb, rgb)
+    np.testing.assert_array_equal(load_image(rgb[:, ::-1]).rgb, rgb[:, ::-1])  # a strided view
+    gray = load_image(rgb[..., 0])
+    assert gray.mode == "L"
+    np.testing.assert_array_equal(gray.rgb, np.repeat(rgb[..., :1], 3, -1))
+    rgba = np.concatenate([rgb, random_u8(3, 4, 1)], -1)
+    loaded = load_image(rgba)
+    assert loaded.mode == "RGBA"
+    np.testing.assert_array_equal(loaded.alpha, rgba[..., 3])
+
+
+@pytest.mark.parametrize("source, message", [
+    (np.zeros((3, 4, 3), np.float32), "need uint8 values of shape (H, W), (H, W, 3) or (H, W, 4), got float32"),
+    (np.zeros((3, 4, 2), np.uint8), "got uint8 (3, 4, 2)"),
+    (np.zeros((0, 4, 3), np.uint8), "got uint8 (0, 4, 3)"),
+    (np.zeros(5, np.uint8), "got uint8 (5,)"),
+    (12, "cannot read an image from a int"),
+    (None, "cannot read an image from a NoneType"),
+])
+def test_bad_in_memory_sources(source, message):
+    with pytest.raises(ImageError) as error:
+        load_image(source)
+    assert message in str(error.value)
+
+
 def test_to_pil_gray_is_rounded_mean():
     rgb = np.array([[[1, 2, 4], [1, 2, 2], [255, 255, 254], [9, 9, 9]]], dtype=np.uint8)
     np.testing.assert_array_equal(np.asarray(to_pil(rgb, "L")), [[2, 2, 255, 9]])

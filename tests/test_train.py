@@ -106,3 +106,43 @@ def test_autoencoder_warm_start_from_a_checkpoint_path(image_folder, tmp_path, t
     # Weights are those of the first run (the EMA codebooks move without a learning rate, so they are skipped).
     weights = [k for k in first["model"] if not k.startswith("quantisers.")]
     assert weights and all(torch.allclose(second["model"][k], first["model"][k], atol=1e-9) for k in weights)
+
+
+def test_decoder_only_training_keeps_every_code(image_folder, tmp_path, tiny_config):
+    """A deeper decoder trained on a frozen encoder side: encoder weights and codebooks are untouched (no
+    gradient, no EMA update), so every image keeps its codes and priors trained on them stay valid."""
+    from dataclasses import replace
+
+    from hvqcodec.autoencoder import HierarchicalVQVAE
+
+    config = replace(tiny_config, refine_stages=1, refine_groups=1, refine_codebook_size=16, bottom_lambdas=(0.0, 0.01))
+    train_autoencoder(options(image_folder, tmp_path / "first", steps=4), config)
+    first = load_checkpoint(tmp_path / "first" / "checkpoint.pt")
+    deeper = replace(config, decoder_depths=(*config.decoder_depths[:2], config.decoder_depths[2] + 1), half_depth=2)
+    state = train_autoencoder(options(image_folder, tmp_path / "second", steps=5, decoder_only=True), deeper,
+                              init_from=first["model"])
+    assert state.step == 5
+    second = load_checkpoint(tmp_path / "second" / "checkpoint.pt")
+
+    before, after = HierarchicalVQVAE(config).eval(), HierarchicalVQVAE(deeper).eval()
+    before.load_state_dict(first["model"])
+    after.load_state_dict(second["model"])
+    encoder_keys = {f"{name}.{key}" for name, module in before.named_children()
+                    if module in before.encoder_side() for key in module.state_dict()}
+    assert encoder_keys and all(torch.equal(first["model"][k], second["model"][k]) for k in encoder_keys)
+    decoder_keys = [k for k in first["model"] if k.startswith(("dec1.", "to_rgb."))]
+    assert any(not torch.equal(first["model"][k], second["model"][k]) for k in decoder_keys)
+    images = torch.rand(2, 3, 48, 64)
+    for lam in (0.0, 0.01):
+        assert all(torch.equal(a, b) for a, b in zip(before.encode(images, lam), after.encode(images, lam)))
+
+
+def test_decoder_only_needs_a_model_to_start_from(image_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from hvqcodec.cli import main
+
+    result = CliRunner().invoke(main, ["train", "autoencoder", "--data", str(image_folder), "--out",
+                                       str(tmp_path / "run"), "--decoder-only"])
+    assert result.exit_code != 0
+    assert "--decoder-only" in result.output and "needs --init-from" in result.output
