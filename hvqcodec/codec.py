@@ -97,6 +97,8 @@ class CompressedImage:
     cross_entropy_bits: list[float]  # per level, under the integer prior
     header_bytes: int
     warnings: list[str] = field(default_factory=list)
+    codes: list[list[torch.Tensor]] = field(default_factory=list, repr=False)  # [tile][stream], as coded
+    tile_size: int = 0  # as in the header (0: one tile)
 
     @property
     def bpp(self) -> float:
@@ -208,6 +210,15 @@ class Codec:
             frequencies.append(freq)
         return torch.stack(chosen), torch.stack(frequencies)
 
+    def reconstruct(self, tile_codes: list[list[torch.Tensor]], width: int, height: int,
+                    tile_size: int) -> np.ndarray:
+        """Each tile's code grids (a prefix of the streams, as decoded or as `compress` returns them) -> the
+        (H, W, 3) uint8 picture: what decompress gives, without range decoding."""
+        rgb = np.zeros((height, width, 3), dtype=np.uint8)
+        for (top, left, h, w), codes in zip(container.tile_grid(width, height, tile_size), tile_codes):
+            rgb[top:top + h, left:left + w] = self.decode_codes(codes, h, w)
+        return rgb
+
     @torch.no_grad()
     def decode_codes(self, codes: list[torch.Tensor], height: int, width: int) -> np.ndarray:
         """Code grids (a prefix of the streams) -> (H, W, 3) uint8."""
@@ -231,9 +242,11 @@ class Codec:
         tile_size = 0 if width <= self.tile_size and height <= self.tile_size else self.tile_size
         streams: list[list[bytes]] = [[] for _ in range(point.streams)]
         bits = [0.0] * point.streams
+        tile_codes = []
         for top, left, h, w in container.tile_grid(width, height, tile_size):
             known: dict[int, torch.Tensor] = {}
             codes = self.encode_codes(loaded.rgb[top:top + h, left:left + w], point, known)
+            tile_codes.append(codes)
             for index in range(point.streams):
                 if index < 3:
                     encoded = encode_level(self.prior.levels[index], codes[index], codes[:index])
@@ -246,7 +259,7 @@ class Codec:
                               streams, alpha)
         header_bytes = len(data) - sum(len(s) for level in streams for s in level) - len(alpha)
         return CompressedImage(data, width, height, [sum(len(s) for s in level) for level in streams], bits,
-                               header_bytes, list(loaded.warnings))
+                               header_bytes, list(loaded.warnings), tile_codes, tile_size)
 
     def decompress(self, data: bytes, levels: int | None = None,
                    max_pixels: int = container.DEFAULT_MAX_PIXELS) -> DecodedImage:
@@ -285,9 +298,7 @@ class Codec:
                 raise container.ContainerError(f"corrupt hvq stream ({_one_line(exc)})") from None
             for codes, grid in zip(all_codes, grids):
                 codes.append(grid)
-        rgb = np.zeros((header.height, header.width, 3), dtype=np.uint8)
-        for (top, left, h, w), codes in zip(tiles, all_codes):
-            rgb[top:top + h, left:left + w] = self.decode_codes(codes, h, w)
+        rgb = self.reconstruct(all_codes, header.width, header.height, header.tile_size)
         alpha = None
         mode = header.mode
         if mode in container.ALPHA_MODES:

@@ -55,6 +55,12 @@ def test_tiles_round_trip(tiny_codec):
     tile = rgb[32:64, 32:50]
     assert np.array_equal(np.asarray(decoded.image)[32:64, 32:50],
                           tiny_codec.decode_codes(tiny_codec.encode_codes(tile), 32, 18))
+    # The codes compress reports are the ones decoded: the same picture without range decoding, any prefix.
+    assert result.tile_size == 32 and len(result.codes) == 6
+    assert all(torch.equal(a, b) for coded, read in zip(result.codes, decoded.codes) for a, b in zip(coded, read))
+    assert np.array_equal(tiny_codec.reconstruct(result.codes, 50, 70, 32), np.asarray(decoded.image))
+    preview = tiny_codec.decompress(result.data, levels=2).image
+    assert np.array_equal(tiny_codec.reconstruct([c[:2] for c in result.codes], 50, 70, 32), np.asarray(preview))
 
 
 def _frequencies_by_wavefront(prior, codes, upper):
