@@ -17,7 +17,7 @@ from .priors import HierarchicalPrior, PriorConfig, bits_per_code
 from .device import training_device
 from .train import (CHECKPOINT_NAME, TrainingTask, TrainOptions, TrainState, _warm_start, cache_images,
                     load_checkpoint, prepare_output, resumed_options, run_training, unwrap)
-from .zoo import DEFAULT_MODEL, autoencoder_fingerprint, load_bundle
+from .zoo import DEFAULT_MODEL, autoencoder_fingerprint, codes_fingerprint, load_bundle
 
 CODES_NAME = "codes.pt"
 
@@ -131,6 +131,7 @@ def train_priors(options: PriorTrainOptions, config: PriorConfig | None = None, 
     else:
         info = {"name": "", "sha256": ""}
     info["fingerprint"] = autoencoder_fingerprint(autoencoder)
+    info["codes_fingerprint"] = codes_fingerprint(autoencoder)
     if checkpoint is not None and checkpoint["autoencoder"]["fingerprint"] != info["fingerprint"]:
         raise CheckpointError(f"{out / CHECKPOINT_NAME}: these priors were trained for a different autoencoder")
     autoencoder = autoencoder.to(device).eval()

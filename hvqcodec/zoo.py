@@ -66,6 +66,38 @@ def autoencoder_fingerprint(model: HierarchicalVQVAE) -> str:
     return digest.hexdigest()
 
 
+def codes_fingerprint(model: HierarchicalVQVAE) -> str:
+    """sha256 of what decides an image's codes: the encoder side's fp16 weights (encoder, projections,
+    codebooks, context path) and the rate weights codes are chosen with. Models that share it give every
+    image the same codes (e.g. one whose decoder alone was trained on), so they can share priors."""
+    digest = hashlib.sha256()
+    weights = {f"{name}.{key}": value for name, module in model.named_children() if module in model.encoder_side()
+               for key, value in module.state_dict().items()}
+    for key, value in sorted(half_state(weights).items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().numpy().tobytes())
+    config = model.config
+    digest.update(json.dumps({"refine_lambdas": list(config.refine_lambdas),
+                              "bottom_lambdas": list(config.bottom_lambdas)}).encode())
+    return digest.hexdigest()
+
+
+def priors_fit(trained_for: dict[str, Any], model: HierarchicalVQVAE) -> bool:
+    """Whether priors trained for the autoencoder described by `trained_for` (a priors checkpoint's
+    "autoencoder" entry) model this one's codes: the same codes fingerprint, or the same weights. Checkpoints
+    from before codes fingerprints name the shipped model they were trained on; its codes decide."""
+    if trained_for.get("codes_fingerprint"):
+        return trained_for["codes_fingerprint"] == codes_fingerprint(model)
+    if trained_for.get("fingerprint") == autoencoder_fingerprint(model):
+        return True
+    name = trained_for.get("name")
+    if not name or name not in available_models():
+        return False
+    source = load_model(name)
+    return (autoencoder_fingerprint(source) == trained_for.get("fingerprint")
+            and codes_fingerprint(source) == codes_fingerprint(model))
+
+
 def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str = "",
                  metrics: dict[str, Any] | None = None, force: bool = False,
                  priors_checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -121,8 +153,7 @@ def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig
                     half: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
     model = HierarchicalVQVAE(config)
     model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in half.items()})
-    trained_for = priors_checkpoint.get("autoencoder", {}).get("fingerprint")
-    if trained_for != autoencoder_fingerprint(model):
+    if not priors_fit(priors_checkpoint.get("autoencoder", {}), model):
         raise ModelError("these priors were trained on the codes of a different autoencoder "
                          "(train them with --model set to this autoencoder)")
     prior_config = PriorConfig.from_dict(priors_checkpoint["config"])

@@ -45,7 +45,8 @@ def test_priors_learn_and_ship(image_folder, tmp_path, trained_autoencoder, monk
     bundle = load_bundle("tiny", folder)
     assert bundle.prior_tables is not None and bundle.prior_config.channels == TINY_PRIOR["channels"]
     # Priors trained for another autoencoder are refused.
-    priors["autoencoder"]["fingerprint"] = "0" * 64
+    assert priors["autoencoder"]["codes_fingerprint"]
+    priors["autoencoder"].update(fingerprint="0" * 64, codes_fingerprint="0" * 64)
     with pytest.raises(ModelError, match="different autoencoder"):
         export_model(checkpoint, "tiny2", folder, priors_checkpoint=priors)
 

@@ -94,3 +94,17 @@ def test_files_of_hvqcodec_0_2_still_decode():
     assert image.shape == then.shape and np.abs(image - then).max() <= 1
     preview = np.asarray(hvqcodec.decompress(data, levels=3, device="cpu"), dtype=np.int16)
     assert np.abs(preview - then).mean() > np.abs(image - then).mean()
+
+
+def test_files_of_hvqcodec_0_4_still_decode_and_encode_the_same():
+    """A file written by hvqcodec 0.4.0 (model hvq-vr, quality 75) decodes to the same pixels, and encoding the
+    same source with hvq-vr still gives exactly its bytes (the exact probability path is unchanged)."""
+    import hvqcodec
+    from hvqcodec import container
+
+    data = (DATA / "release-0.4-hvq-vr.hvq").read_bytes()
+    header = container.read_header(data)
+    assert (header.version, header.model_name, header.levels) == (2, "hvq-vr", 4)
+    image = np.asarray(hvqcodec.decompress(data, device="cpu"))
+    assert np.array_equal(image, np.asarray(Image.open(DATA / "release-0.4-hvq-vr-decoded.png")))
+    assert hvqcodec.compress(DATA / "v1-source.png", model="hvq-vr", device="cpu", quality=75) == data

@@ -54,3 +54,43 @@ def test_unknown_name_and_duplicates(checkpoint, tmp_path):
     assert first == second or not (folder / first).exists()
     with pytest.raises(ModelError, match="model name"):
         export_model(checkpoint, "Bad Name", folder)
+
+
+def test_priors_follow_the_codes_not_the_decoder(checkpoint, tmp_path, monkeypatch):
+    """Priors fit any autoencoder that gives the same codes: one whose decoder alone changed is accepted (by
+    codes fingerprint, or for older priors checkpoints through the shipped model they name); a changed encoder
+    or codebook is refused."""
+    from hvqcodec.priors import HierarchicalPrior, PriorConfig
+    from hvqcodec.zoo import autoencoder_fingerprint, codes_fingerprint, half_state
+
+    from conftest import TINY_PRIOR
+
+    folder = tmp_path / "models"
+    monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
+    export_model(checkpoint, "tiny-ae", folder)
+    source = load_model("tiny-ae", folder)
+    config = checkpoint["config"]
+    prior = HierarchicalPrior(PriorConfig(codebook_sizes=tuple(config["codebook_sizes"]), **TINY_PRIOR))
+
+    def priors(trained_for: dict) -> dict:
+        return {"config": prior.config.to_dict(), "model": prior.state_dict(), "step": 0, "history": [],
+                "options": {"command": "test"}, "autoencoder": trained_for}
+
+    def variant(prefix: str) -> dict:
+        state = {k: v.clone() for k, v in half_state(source.state_dict()).items()}
+        key = next(k for k in state if k.startswith(prefix) and state[k].is_floating_point())
+        state[key] += 0.5
+        return dict(checkpoint, model={k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+
+    new_decoder, new_encoder, new_codebook = variant("to_rgb."), variant("enc1."), variant("quantisers.2.")
+    current = {"name": "tiny-ae", "fingerprint": autoencoder_fingerprint(source),
+               "codes_fingerprint": codes_fingerprint(source)}
+    legacy = {"name": "tiny-ae", "fingerprint": autoencoder_fingerprint(source)}
+    for trained_for in (current, legacy):
+        export_model(new_decoder, "decoder-changed", folder, priors_checkpoint=priors(trained_for), force=True)
+        for changed in (new_encoder, new_codebook):
+            with pytest.raises(ModelError, match="different autoencoder"):
+                export_model(changed, "encoder-changed", folder, priors_checkpoint=priors(trained_for), force=True)
+    with pytest.raises(ModelError, match="different autoencoder"):  # a legacy entry must match its named model
+        export_model(new_decoder, "decoder-changed", folder, force=True,
+                     priors_checkpoint=priors(dict(legacy, fingerprint="0" * 64)))
