@@ -199,6 +199,11 @@ class HierarchicalVQVAE(nn.Module):
         return [self.stem, self.enc1, self.down2, self.enc2, self.down3, self.enc3, self.pre_quant,
                 self.quantisers, self.refiners, self.context_top, self.context_mid]
 
+    def encoder_side_state(self) -> dict[str, torch.Tensor]:
+        """The encoder side's entries of the state dict (same names): what decides the codes."""
+        return {f"{name}.{key}": value for name, module in self.named_children() if module in self.encoder_side()
+                for key, value in module.state_dict().items()}
+
     def freeze_encoder_side(self) -> None:
         """Train only the decoder from here on: the encoder side gets no gradients and stays in eval mode
         (no codebook EMA updates or restarts), so every image keeps exactly the codes it had and priors

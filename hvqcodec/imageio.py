@@ -100,14 +100,12 @@ def _open(source: str | Path | bytes | Image.Image | np.ndarray) -> tuple[str, b
 
 def _from_array(array: np.ndarray) -> Image.Image:
     """A uint8 array (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA, as numpy and PIL lay images out."""
-    modes = {2: "L", 3: {1: "L", 3: "RGB", 4: "RGBA"}.get(array.shape[-1]) if array.ndim == 3 else None}
-    mode = modes.get(array.ndim)
-    if array.dtype != np.uint8 or mode is None or 0 in array.shape:
+    channels = 1 if array.ndim == 2 else array.shape[-1] if array.ndim == 3 else 0
+    if array.dtype != np.uint8 or channels not in (1, 3, 4) or 0 in array.shape:
         raise ImageError(f"array: need uint8 values of shape (H, W), (H, W, 3) or (H, W, 4), got {array.dtype} "
                          f"{tuple(array.shape)}")
-    if array.shape[0] * array.shape[1] > MAX_PIXELS:
-        raise ImageError(f"array: image too large (more than {MAX_PIXELS} pixels)")
-    return Image.fromarray(np.ascontiguousarray(array.reshape(array.shape[:2]) if mode == "L" else array))
+    # The pixel limit is load_image's, as for any other source.
+    return Image.fromarray(np.ascontiguousarray(array.reshape(array.shape[:2]) if channels == 1 else array))
 
 
 def _png16_low_bytes(image: Image.Image, data: bytes | None) -> np.ndarray | None:

@@ -223,7 +223,8 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
     rank, world = distributed_context()
     generator = torch.Generator().manual_seed(options.seed)
     model = task.model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.lr, weight_decay=options.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # not a frozen encoder side (--decoder-only)
+    optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
     state = TrainState()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])

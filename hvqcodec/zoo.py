@@ -57,25 +57,25 @@ def half_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}
 
 
-def autoencoder_fingerprint(model: HierarchicalVQVAE) -> str:
-    """sha256 of the autoencoder's fp16 weights: ties trained priors to the exact autoencoder they model."""
+def _state_digest(state_dict: dict[str, torch.Tensor]) -> "hashlib._Hash":
+    """sha256 over a state dict's names and fp16 values, in name order."""
     digest = hashlib.sha256()
-    for key, value in sorted(half_state(model.state_dict()).items()):
+    for key, value in sorted(half_state(state_dict).items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
+    return digest
+
+
+def autoencoder_fingerprint(model: HierarchicalVQVAE) -> str:
+    """sha256 of the autoencoder's fp16 weights: ties trained priors to the exact autoencoder they model."""
+    return _state_digest(model.state_dict()).hexdigest()
 
 
 def codes_fingerprint(model: HierarchicalVQVAE) -> str:
     """sha256 of what decides an image's codes: the encoder side's fp16 weights (encoder, projections,
     codebooks, context path) and the rate weights codes are chosen with. Models that share it give every
     image the same codes (e.g. one whose decoder alone was trained on), so they can share priors."""
-    digest = hashlib.sha256()
-    weights = {f"{name}.{key}": value for name, module in model.named_children() if module in model.encoder_side()
-               for key, value in module.state_dict().items()}
-    for key, value in sorted(half_state(weights).items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().numpy().tobytes())
+    digest = _state_digest(model.encoder_side_state())
     config = model.config
     digest.update(json.dumps({"refine_lambdas": list(config.refine_lambdas),
                               "bottom_lambdas": list(config.bottom_lambdas)}).encode())
