@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .convnext import ConvNeXtBlock, Downsample, LayerNorm2d, Upsample, convnext_stage
@@ -343,11 +344,13 @@ class HierarchicalVQVAE(nn.Module):
         vec = self.absent[level - 1].to(reference.dtype)
         return vec[None, :, None, None].expand(reference.shape[0], -1, *size)
 
-    def _decode_bottom(self, bottom_q: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
-        x = self.dec1(self.dec_in(torch.cat([bottom_q, c1], 1)))
-        half = self.dec_half(self.dec_up(x))
+    def _decode_bottom(self, bottom_q: torch.Tensor, c1: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
+        """checkpointed: keep only each ConvNeXt block's input for the backward pass and recompute the rest
+        (encoder refinement on a 1024-pixel tile: about a third more time, far less memory)."""
+        x = _blocks(self.dec1, self.dec_in(torch.cat([bottom_q, c1], 1)), checkpointed)
+        half = _blocks([self.dec_half], self.dec_up(x), checkpointed)
         if self.dec_half_more is not None:
-            half = self.dec_half_more(half)
+            half = _blocks(self.dec_half_more, half, checkpointed)
         rgb = self.to_rgb(half)
         if self.detail is not None:
             rgb = rgb + self.detail(x)
@@ -380,6 +383,12 @@ class HierarchicalVQVAE(nn.Module):
         h, w = images.shape[-2:]
         codes = self.encode(images)
         return self.decode(codes[:levels or len(codes)])[..., :h, :w].clamp(0, 1)
+
+
+def _blocks(blocks, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    for block in blocks:
+        x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
+    return x
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:

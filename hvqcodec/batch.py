@@ -18,22 +18,23 @@ def _start(model: str | None, device: str) -> None:
     _codec = load_codec(model, device)
 
 
-def _compress(task: tuple[str, int | None, float | None, int]) -> tuple[bytes, float, list[str], int | None]:
-    source, quality, target_bpp, max_pixels = task
+def _compress(task: tuple[str, int | None, float | None, int, int]) -> tuple[bytes, float, list[str], int | None]:
+    source, quality, target_bpp, max_pixels, effort = task
     if target_bpp is not None:
         from .ladder import compress_to_bpp
 
-        result, used = compress_to_bpp(_codec, source, target_bpp, max_pixels)
+        result, used = compress_to_bpp(_codec, source, target_bpp, max_pixels, effort)
         return result.data, result.bpp, list(result.warnings), used
-    result = _codec.compress(source, quality, max_pixels=max_pixels)
+    result = _codec.compress(source, quality, max_pixels=max_pixels, effort=effort)
     return result.data, result.bpp, list(result.warnings), None
 
 
 def compress_many(sources: Sequence[str], model: str | None, device: str, quality: int | None,
-                  target_bpp: float | None, max_pixels: int, jobs: int) -> Iterator[tuple[bytes, float, list[str], Any]]:
+                  target_bpp: float | None, max_pixels: int, jobs: int,
+                  effort: int = 0) -> Iterator[tuple[bytes, float, list[str], Any]]:
     """Results in the order of `sources`, computed by `jobs` worker processes (in this process when 1)."""
     global _codec
-    tasks = [(str(s), quality, target_bpp, max_pixels) for s in sources]
+    tasks = [(str(s), quality, target_bpp, max_pixels, effort) for s in sources]
     if jobs <= 1:
         from .codec import load_codec
 

@@ -94,6 +94,7 @@ class BenchPlan:
     notes: list[str] = field(default_factory=list)
     reused: dict[str, Any] = field(default_factory=dict)  # classic codec -> its entry from an earlier run
     reused_from: str = ""
+    effort: int = 0  # hvq encoder refinement steps
 
 
 def reuse_classic(plan: BenchPlan, results_path: str | Path) -> None:
@@ -253,21 +254,26 @@ def preview_bytes(data: bytes, levels: int) -> int:
     return container.prefix_size(container.read_header(data), levels)
 
 
-def measure_hvq(codec: Any, rgb: np.ndarray) -> list[dict[str, Any]]:
+def measure_hvq(codec: Any, rgb: np.ndarray, effort: int = 0) -> list[dict[str, Any]]:
     """One point per operating point (single-run timings).
 
     A model with a calibrated quality ladder gives one point per ladder entry. Entries that share their rate
     weights share one compression (`shared_files`: the file of an entry with fewer streams is a prefix of it,
-    counted by preview_bytes). A model without a ladder gives one point per progressive level, as before.
+    counted by preview_bytes), except with encoder effort, which refines for the streams a point codes: then
+    every entry is compressed on its own, as `compress -q` would. A model without a ladder gives one point per
+    progressive level, as before.
     """
     if not codec.calibrated:
         entries = [{"quality": None, "streams": s, "lambda": 0.0} for s in HVQ_LEVELS]
     else:
         entries = codec.ladder
     points = []
-    for largest, members in shared_files([OperatingPoint.from_entry(e) for e in entries]):
+    operating_points = [OperatingPoint.from_entry(e) for e in entries]
+    files = (shared_files(operating_points) if effort == 0 or not codec.calibrated
+             else [(point, [index]) for index, point in enumerate(operating_points)])
+    for largest, members in files:
         start = time.perf_counter()
-        data = codec.compress(Image.fromarray(rgb), point=largest).data
+        data = codec.compress(Image.fromarray(rgb), point=largest, effort=effort).data
         encode_seconds = time.perf_counter() - start
         for entry in (entries[i] for i in members):
             start = time.perf_counter()
@@ -301,7 +307,7 @@ def run_bench(plan: BenchPlan, console: Console | None = None) -> dict[str, Any]
         for name, codec in hvq.items():
             for index, path in enumerate(plan.images):
                 progress.update(task, description=f"{name} {plan.names[index]}")
-                per_image[name][index] = measure_hvq(codec, load_rgb(path))
+                per_image[name][index] = measure_hvq(codec, load_rgb(path), plan.effort)
                 progress.advance(task)
     codecs = {**plan.reused, **{name: _codec_entry(name, plan.names, images) for name, images in per_image.items()}}
     bd, same, png = compare(codecs)
@@ -312,6 +318,7 @@ def run_bench(plan: BenchPlan, console: Console | None = None) -> dict[str, Any]
         "settings": {"repeats": plan.repeats, "jobs": plan.jobs,
                      "device": str(next(iter(hvq.values())).device) if hvq else plan.device, "avif_speed": AVIF_SPEED,
                      "hvq_timing": "one compress and one decode per level and image (no repeats)",
+                     "hvq_effort": plan.effort,
                      "torch_threads": torch.get_num_threads(), "pillow": Image.__version__,
                      **({"reused": {"from": plan.reused_from, "codecs": sorted(plan.reused)}} if plan.reused else {})},
         "notes": plan.notes,

@@ -123,13 +123,17 @@ def _progress(total: int):
               help="1-100: higher gives a larger file and a better picture (default 75).")
 @click.option("--bpp", "target_bpp", type=click.FloatRange(0, min_open=True), default=None,
               help="Aim for this many bits per pixel: the highest quality whose file fits.")
+@click.option("--effort", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="Encoder refinement steps: a better picture for about the same size, mostly from quality 75 "
+                   "up; each step costs about one decode of the image (10: several times slower). Files and "
+                   "decoding are unchanged.")
 @max_pixels_option
 @click.option("--jobs", type=click.IntRange(0), default=0, show_default=True,
               help="Worker processes for many files (0: one per core from 4 files on, on the CPU).")
 @device_option
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @user_errors
-def compress(images, output, model, quality, target_bpp, max_pixels, jobs, device, force) -> None:
+def compress(images, output, model, quality, target_bpp, effort, max_pixels, jobs, device, force) -> None:
     """Compress images into .hvq files.
 
     \b
@@ -137,6 +141,7 @@ def compress(images, output, model, quality, target_bpp, max_pixels, jobs, devic
       hvqcodec compress photo.png                  # -> photo.hvq, default quality
       hvqcodec compress photo.png -q 90            # larger file, better picture
       hvqcodec compress photo.png --bpp 0.5        # the best quality that fits 0.5 bits per pixel
+      hvqcodec compress photo.png -q 100 --effort 10   # slower encode, better picture, same size
       hvqcodec compress *.png -o compressed/       # into a folder
       hvqcodec compress photo.jpg -o out.hvq --force
     """
@@ -157,7 +162,7 @@ def compress(images, output, model, quality, target_bpp, max_pixels, jobs, devic
     if jobs == 0:
         jobs = min(os.cpu_count() or 1, len(images)) if len(images) >= 4 and resolved == "cpu" else 1
     load_codec(model, resolved)  # a bad model name fails here, once, before any worker starts
-    results = compress_many(images, model, resolved, quality, target_bpp, limit, jobs)
+    results = compress_many(images, model, resolved, quality, target_bpp, limit, jobs, effort)
     with _progress(len(images)) as progress:
         for source, target in progress.track(list(zip(images, targets)), description="compressing"):
             data, bpp, notes, used = next(results)
@@ -299,8 +304,10 @@ def _codec_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
               help="Runs per classic encode/decode; the median time is reported.")
 @click.option("--reuse", "reuse_path", type=click.Path(dir_okay=False, exists=True), metavar="RESULTS.json",
               help="Take the classic codecs' results from an earlier --json of the same images (hvq is measured).")
+@click.option("--effort", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="hvq encoder refinement steps (as `compress --effort`): every quality compressed on its own.")
 @user_errors
-def bench(folder, codecs, model, json_path, plot_path, reference, device, jobs, repeats, reuse_path) -> None:
+def bench(folder, codecs, model, json_path, plot_path, reference, device, jobs, repeats, reuse_path, effort) -> None:
     """Benchmark hvq against PNG, JPEG, WebP, AVIF and JPEG 2000 (through Pillow) on a folder of images.
 
     Every codec codes the same 8-bit RGB pixels in memory: bpp of the whole file, RGB PSNR, MS-SSIM, median
@@ -316,11 +323,13 @@ def bench(folder, codecs, model, json_path, plot_path, reference, device, jobs, 
       hvqcodec bench photos/ --codecs hvq,jpeg,avif --jobs 2
       hvqcodec bench photos/ --model hvq-ecvq,hvq-ladder --codecs hvq,jpeg
       hvqcodec bench ../shared/datasets/kodak --reuse old.json --json new.json   # a new model, same rivals
+      hvqcodec bench ../shared/datasets/kodak --codecs hvq,jpeg --effort 10      # the slow, better encoder
     """
     from . import bench as bench_module
     from .rdplot import save_rd_plot
 
     plan = bench_module.plan_bench(folder, codecs, model, device, jobs, repeats)
+    plan.effort = effort
     if reuse_path:
         bench_module.reuse_classic(plan, reuse_path)
     references, notes = bench_module.load_references(reference) if reference else ([], [])

@@ -13,6 +13,14 @@ from .intprior import FREQ_TOTAL, IntLevelPrior, IntStagePrior, LevelState
 # Positions per batch in the encoder's parallel pass: bounds memory, changes no result; small enough that
 # the (chunk, K) float64 intermediates stay in cache (1024: about 15% faster than 8192 here).
 ENCODE_CHUNK = 1024
+# Positions per batch of a refinement stage's prior (encoder and decoder): a 1024 x 1024 tile's stage would
+# otherwise hold several (65536, K) float64 tables at once, about 0.5 GB.
+STAGE_CHUNK = 8192
+
+
+def spans(total: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive runs of at most `chunk` of `total` positions."""
+    return [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
 
 
 def _family() -> "constriction.stream.model.Categorical":
@@ -41,8 +49,7 @@ def _known_state(prior: IntLevelPrior, codes: torch.Tensor,
 
 def _chunks(state: LevelState, chunk: int) -> list[tuple[int, int]]:
     """[start, stop) of consecutive runs of at most `chunk` positions, in decoding order."""
-    total = state.order.numel()
-    return [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
+    return spans(state.order.numel(), chunk)
 
 
 def level_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
@@ -68,7 +75,8 @@ def candidate_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes
 
 
 def _range_encode(symbols: torch.Tensor, freq: torch.Tensor) -> EncodedLevel:
-    """Symbols (P,) with their frequencies (P, K) -> range-coded bytes (little-endian 32-bit words)."""
+    """Symbols (P,) with their frequencies (P, K) -> range-coded bytes in one call (the reference the chunked
+    encoders must equal)."""
     chosen = freq.gather(1, symbols[:, None].to(freq.device)).double()
     bits = float(-(torch.log2(chosen / FREQ_TOTAL)).sum())
     encoder = constriction.stream.queue.RangeEncoder()
@@ -134,20 +142,32 @@ def stage_frequencies(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage
     """Frequencies (G, h*w, K) of a known refinement stage (G, h, w) given one tile's earlier code grids."""
     context, previous, freqs = prior.context(codes), None, []
     for group in range(prior.groups):
-        freq, context = prior.group_frequencies(context, group, previous)
-        freqs.append(freq)
+        context = prior.group_context(context, group, previous)
+        freqs.append(torch.cat([prior.group_head(context[a:b], group) for a, b in spans(context.shape[0], STAGE_CHUNK)]))
         previous = stage_codes[group].flatten()
     return torch.stack(freqs)
 
 
 def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_codes: torch.Tensor,
                  frequencies: torch.Tensor | None = None) -> EncodedLevel:
-    """A refinement stage's codes (G, h, w) -> range-coded bytes: group after group, each in raster order.
+    """A refinement stage's codes (G, h, w) -> range-coded bytes: group after group, each in raster order,
+    chunk by chunk (a queue coder: the same bytes as one call).
 
     frequencies: the stage's (G, h*w, K) frequencies if the caller has them already (entropy-constrained
     selection computes exactly these while it chooses the codes)."""
-    freq = stage_frequencies(prior, codes, stage_codes) if frequencies is None else frequencies
-    return _range_encode(stage_codes.flatten(), freq.flatten(0, 1))
+    encoder, family, bits = constriction.stream.queue.RangeEncoder(), _family(), 0.0
+    context, previous = (prior.context(codes) if frequencies is None else None), None
+    for group in range(prior.groups):
+        symbols = stage_codes[group].flatten()
+        if context is not None:
+            context = prior.group_context(context, group, previous)
+        for a, b in spans(symbols.numel(), STAGE_CHUNK):
+            freq = prior.group_head(context[a:b], group) if context is not None else frequencies[group, a:b]
+            part = symbols[a:b]
+            bits += float(-(torch.log2(freq.gather(1, part[:, None].to(freq.device)).double() / FREQ_TOTAL)).sum())
+            encoder.encode(part.cpu().numpy().astype(np.int32), family, _probabilities(freq))
+        previous = symbols
+    return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
 
 
 def decode_stage(prior: IntStagePrior, data, codes: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -157,8 +177,11 @@ def decode_stage(prior: IntStagePrior, data, codes: Sequence[torch.Tensor]) -> t
     context, previous, groups = prior.context(codes), None, []
     family = _family()
     for group in range(prior.groups):
-        freq, context = prior.group_frequencies(context, group, previous)
-        previous = torch.from_numpy(decoder.decode(family, _probabilities(freq)).astype(np.int64))
+        context = prior.group_context(context, group, previous)
+        previous = torch.empty(h * w, dtype=torch.int64)
+        for a, b in spans(h * w, STAGE_CHUNK):
+            freq = prior.group_head(context[a:b], group)
+            previous[a:b] = torch.from_numpy(decoder.decode(family, _probabilities(freq)).astype(np.int64))
         groups.append(previous.view(h, w))
     return torch.stack(groups).to(codes[2].device)
 

@@ -104,9 +104,10 @@ def _not_above(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> bool:
 
 
 def compress_to_bpp(codec: Codec, source, target_bpp: float,
-                    max_pixels: int | None = None) -> tuple[CompressedImage, int]:
+                    max_pixels: int | None = None, effort: int = 0) -> tuple[CompressedImage, int]:
     """The highest ladder quality whose file fits target_bpp (binary search over the ladder's entries; the
-    smallest entry when none fits). Returns the compressed image and the quality used."""
+    smallest entry when none fits), each try at the given encoder effort. Returns the compressed image and
+    the quality used."""
     from .imageio import load_image
 
     from .container import DEFAULT_MAX_PIXELS
@@ -118,11 +119,11 @@ def compress_to_bpp(codec: Codec, source, target_bpp: float,
     best = None
     while low <= high:
         middle = (low + high) // 2
-        result = codec.compress(loaded, qualities[middle], max_pixels=limit)
+        result = codec.compress(loaded, qualities[middle], max_pixels=limit, effort=effort)
         if result.bpp <= target_bpp:
             best, low = (result, qualities[middle]), middle + 1
         else:
             high = middle - 1
     if best is None:
-        return codec.compress(loaded, qualities[0], max_pixels=limit), qualities[0]
+        return codec.compress(loaded, qualities[0], max_pixels=limit, effort=effort), qualities[0]
     return best

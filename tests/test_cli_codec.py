@@ -133,3 +133,19 @@ def test_compress_many_files_in_worker_processes(tiny_models_dir, tmp_path):
     assert result.exit_code == 0, result.output
     for i, source in enumerate(sources):
         assert (out / f"p{i}.hvq").read_bytes() == hvqcodec.compress(source, device="cpu")
+
+
+def test_compress_with_effort(photo, tmp_path):
+    """--effort refines the encoder's latent: the file is an ordinary one (decodes to the codes chosen), the
+    API gives the same bytes, and an effort outside 0..100 is a usage error."""
+    import hvqcodec
+
+    target = tmp_path / "effort.hvq"
+    result = run("compress", photo, "--effort", "3", "-o", target)
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes() == hvqcodec.compress(str(photo), device="cpu", effort=3)
+    assert target.read_bytes() != hvqcodec.compress(str(photo), device="cpu")
+    result = run("decompress", target, "-o", tmp_path / "back.png")
+    assert result.exit_code == 0, result.output
+    result = run("compress", photo, "--effort", "101", "-o", tmp_path / "x.hvq")
+    assert result.exit_code == 2 and "--effort" in result.output

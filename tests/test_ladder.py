@@ -185,6 +185,19 @@ def test_bench_gives_one_point_per_ladder_entry(ladder_codec):
         assert 0 <= point["bpp"] * 64 * 96 / 8 - len(alone.data) <= 2 * (5 - entry["streams"])
 
 
+def test_bench_with_effort_compresses_every_entry_as_compress_does(ladder_codec):
+    """With encoder effort a point's file is refined for its own streams, so it is not a prefix of a larger
+    one: the bench compresses every entry alone, exactly as `compress -q --effort` does."""
+    from hvqcodec.bench import measure_hvq
+
+    rgb = photo(5, 64, 96)
+    points = measure_hvq(ladder_codec, rgb, effort=3)
+    assert [p["quality"] for p in points] == [e["quality"] for e in TINY_LADDER]
+    for point, entry in zip(points, TINY_LADDER):
+        alone = ladder_codec.compress(Image.fromarray(rgb), quality=entry["quality"], effort=3)
+        assert point["bytes"] == len(alone.data)
+
+
 def test_operating_points_round_trip_through_ladder_entries():
     assert OperatingPoint.from_entry({"streams": 4, "lambda": 0.01}) == OperatingPoint(4, 0.01)
     point = OperatingPoint(5, 0.003, 0.001)
@@ -359,3 +372,60 @@ def test_variable_rate_bottom_codes(tmp_path, monkeypatch):
                            codec.autoencoder.encode(x, 0.2)[2][0])
     finally:
         codec_module.load_codec.cache_clear()
+
+
+def test_stage_streams_chunk_by_chunk_are_the_one_call_streams(ladder_codec, monkeypatch):
+    """Refinement stages are coded and decoded in chunks of positions (bounded memory on large tiles): the
+    bytes are those of one call, and the decoder's codes those the encoder chose, whatever the chunk."""
+    from hvqcodec import entropy
+
+    rgb = photo(5, 96, 128)
+    for point in (OperatingPoint(5), OperatingPoint(5, 0.05)):
+        codes = ladder_codec.encode_codes(rgb, point)
+        for stage, prior in enumerate(ladder_codec.prior.stages):
+            freq = stage_frequencies(prior, codes, codes[3 + stage])
+            whole = entropy._range_encode(codes[3 + stage].flatten(), freq.flatten(0, 1))
+            for chunk in (7, 100):
+                monkeypatch.setattr(entropy, "STAGE_CHUNK", chunk)
+                part = entropy.encode_stage(prior, codes, codes[3 + stage])
+                assert part.data == whole.data
+                assert torch.equal(entropy.decode_stage(prior, part.data, codes[:3 + stage]), codes[3 + stage])
+                assert torch.equal(stage_frequencies(prior, codes, codes[3 + stage]), freq)
+            monkeypatch.setattr(entropy, "STAGE_CHUNK", 8192)
+        monkeypatch.setattr("hvqcodec.codec.STAGE_CHUNK", 7)
+        chunked = ladder_codec.compress(Image.fromarray(rgb), point=point).data
+        monkeypatch.setattr("hvqcodec.codec.STAGE_CHUNK", 8192)
+        assert chunked == ladder_codec.compress(Image.fromarray(rgb), point=point).data
+
+
+def test_effort_refines_the_latent_and_files_stay_plain(ladder_codec):
+    """Encoder-side refinement: the refined latent decodes closer to the image than the encoder's own, its
+    file decodes with the ordinary decoder to exactly the codes chosen, and effort 0 changes nothing."""
+    from hvqcodec.refine import refine_bottom_latent
+
+    rgb = photo(6, 64, 80)
+    model = ladder_codec.autoencoder
+    x = torch.tensor(rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        top, mid, latent = model.encode_latent(x)
+        context = model.context_mid(torch.cat([model.quantisers[1].lookup(mid),
+                                               model.context_top(model.quantisers[0].lookup(top))], 1))
+
+    def error(z):
+        with torch.no_grad():
+            return float(((model._decode_bottom(z, context) - x) ** 2).mean())
+
+    refined = refine_bottom_latent(model, x, top, mid, latent, steps=20, stages=2, rate_weight=0.0, lr=0.1)
+    assert error(refined) < 0.9 * error(latent)
+    assert torch.equal(refine_bottom_latent(model, x, top, mid, latent, steps=0, stages=2), latent)
+    plain = ladder_codec.compress(Image.fromarray(rgb), point=OperatingPoint(5))
+    assert ladder_codec.compress(Image.fromarray(rgb), point=OperatingPoint(5), effort=0).data == plain.data
+    for point in (OperatingPoint(5), OperatingPoint(4, 0.05), OperatingPoint(2)):
+        result = ladder_codec.compress(Image.fromarray(rgb), point=point, effort=5)
+        decoded = ladder_codec.decompress(result.data)
+        assert all(torch.equal(a, b) for a, b in zip(decoded.codes[0], result.codes[0]))
+        assert np.array_equal(np.asarray(decoded.image), ladder_codec.decode_codes(result.codes[0], 64, 80))
+    assert ladder_codec.compress(Image.fromarray(rgb), point=OperatingPoint(2), effort=5).data == \
+        ladder_codec.compress(Image.fromarray(rgb), point=OperatingPoint(2)).data  # no bottom level: nothing to refine
+    with pytest.raises(ValueError, match="effort"):
+        ladder_codec.compress(Image.fromarray(rgb), effort=-1)
