@@ -90,16 +90,23 @@ def float_prior_bits(checkpoint_path: str, codec, paths: list[Path]) -> dict:
     return dict(zip(names, totals))
 
 
+def make_large_image(path: Path) -> str:
+    """Write the 4000x3000 test photo to path (the first CLIC 2025 photo resized; without it a smooth
+    synthetic image of the same size) and say what it is."""
+    source = sorted((ROOT.parent / "shared" / "datasets" / "train" / "clic2025_finaltest").glob("*.png"))
+    if source:
+        Image.open(source[0]).convert("RGB").resize(LARGE_SIZE, Image.Resampling.LANCZOS).save(path)
+        return f"{source[0].name} resized to {LARGE_SIZE[0]}x{LARGE_SIZE[1]}"
+    y, x = np.mgrid[0:LARGE_SIZE[1], 0:LARGE_SIZE[0]]
+    Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(path)
+    return "synthetic"
+
+
 def large_image(model: str | None, threads: int, quality: int | None) -> dict:
     """Compress + decompress one 4000x3000 photo in a fresh process, for its own peak memory."""
-    source = sorted((ROOT.parent / "shared" / "datasets" / "train" / "clic2025_finaltest").glob("*.png"))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "large.png"
-        if source:
-            Image.open(source[0]).convert("RGB").resize(LARGE_SIZE, Image.Resampling.LANCZOS).save(path)
-        else:  # no photo available: a smooth synthetic image of the same size
-            y, x = np.mgrid[0:LARGE_SIZE[1], 0:LARGE_SIZE[0]]
-            Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(path)
+        description = make_large_image(path)
         args = [sys.executable, __file__, "--single", str(path), "--threads", str(threads)]
         if model:
             args += ["--model", model]
@@ -107,7 +114,7 @@ def large_image(model: str | None, threads: int, quality: int | None) -> dict:
             args += ["--quality", str(quality)]
         result = subprocess.run(args, capture_output=True, text=True, check=True)
         record = json.loads(result.stdout)
-        record["source"] = f"{source[0].name} resized to {LARGE_SIZE[0]}x{LARGE_SIZE[1]}" if source else "synthetic"
+        record["source"] = description
         return record
 
 

@@ -21,7 +21,7 @@ x = center_crops([load_rgb(p, 1024) for p in paths], 256)
 with torch.no_grad():
     codes = m.encode(x)
     _, _, z = m.encode_latent(x)
-    c2 = m.context_top(m.quantisers[0].lookup(codes[0])); c1 = m.context_mid(torch.cat([m.quantisers[1].lookup(codes[1]), c2], 1))
+    c1 = m.bottom_context(codes[0], codes[1])
     rec = m._decode_bottom(z, c1).clamp(0, 1)
     print("unquantised latent", sum(psnr(rec[i], x[i]) for i in range(len(x))) / len(x))
     for n in range(3, len(codes) + 1):

@@ -15,11 +15,12 @@ import traceback
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from hvqcodec.codec import load_codec
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from codec import make_large_image  # noqa: E402 (benchmarks/codec.py: the same 4000x3000 photo)
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("mode", choices=["compress", "decompress"])
 parser.add_argument("--model", default=None)
@@ -32,8 +33,7 @@ work = Path(tempfile.gettempdir()) / "hvqcodec-memory-peak"
 work.mkdir(exist_ok=True)
 source = Path(args.image) if args.image else work / "large.png"
 if args.mode == "compress" and not args.image and not source.exists():
-    photo = sorted((ROOT.parent / "shared" / "datasets" / "train" / "clic2025_finaltest").glob("*.png"))[0]
-    Image.open(photo).convert("RGB").resize((4000, 3000), Image.Resampling.LANCZOS).save(source)
+    make_large_image(source)
 codec = load_codec(args.model, "cpu")
 main_thread = threading.main_thread().ident
 peak = [0.0, None]

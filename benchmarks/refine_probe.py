@@ -35,8 +35,7 @@ def mean_psnr(images):
 
 with torch.no_grad():
     top, mid, latent = model.encode_latent(x)
-    context = model.context_mid(torch.cat([model.quantisers[1].lookup(mid),
-                                           model.context_top(model.quantisers[0].lookup(top))], 1))
+    context = model.bottom_context(top, mid)
     codes = [top, mid] + model.quantise_bottom(latent)
 
 

@@ -238,6 +238,18 @@ class HierarchicalVQVAE(nn.Module):
         c1 = self.context_mid(torch.cat([self.quantisers[1].lookup(mid), c2], 1))
         return top, mid, self.pre_quant[2](torch.cat([f1, c1], 1))
 
+    def bottom_context(self, top: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
+        """Top and mid codes -> the context (N, w1, h, w) the bottom level is quantised and decoded with."""
+        return self.context_mid(torch.cat([self.quantisers[1].lookup(mid),
+                                           self.context_top(self.quantisers[0].lookup(top))], 1))
+
+    def bottom_vector(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Bottom codes and a prefix of the refinement stages' codes -> the quantised bottom latent (their sum)."""
+        total = self.quantisers[2].lookup(codes[0])
+        for refiner, stage_codes in zip(self.refiners, codes[1:]):
+            total = total + refiner.lookup(stage_codes)
+        return total
+
     def forward(self, images: torch.Tensor) -> AutoencoderOutput:
         """images: (N, 3, H, W) in [0, 1], H and W multiples of 16."""
         f1, f2, f3 = self.features(images)
@@ -370,10 +382,7 @@ class HierarchicalVQVAE(nn.Module):
         mid_q = (self.quantisers[1].lookup(codes[1]) if len(codes) > 1
                  else self._absent_like(1, top, (2 * h, 2 * w)))
         c1 = self.context_mid(torch.cat([mid_q, c2], 1))
-        bottom_q = (self.quantisers[2].lookup(codes[2]) if len(codes) > 2
-                    else self._absent_like(2, top, (4 * h, 4 * w)))
-        for refiner, stage_codes in zip(self.refiners, codes[3:]):
-            bottom_q = bottom_q + refiner.lookup(stage_codes)
+        bottom_q = self.bottom_vector(codes[2:]) if len(codes) > 2 else self._absent_like(2, top, (4 * h, 4 * w))
         return self._decode_bottom(bottom_q, c1)
 
     def reconstruct(self, images: torch.Tensor, levels: int | None = None) -> torch.Tensor:

@@ -74,13 +74,17 @@ def candidate_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes
     return raster
 
 
+def _encode_chunk(encoder, symbols: torch.Tensor, freq: torch.Tensor) -> float:
+    """Appends symbols (P,) with their frequencies (P, K) to a queue encoder; returns their information in bits."""
+    encoder.encode(symbols.cpu().numpy().astype(np.int32), _family(), _probabilities(freq))
+    return float(-(torch.log2(freq.gather(1, symbols[:, None].to(freq.device)).double() / FREQ_TOTAL)).sum())
+
+
 def _range_encode(symbols: torch.Tensor, freq: torch.Tensor) -> EncodedLevel:
     """Symbols (P,) with their frequencies (P, K) -> range-coded bytes in one call (the reference the chunked
     encoders must equal)."""
-    chosen = freq.gather(1, symbols[:, None].to(freq.device)).double()
-    bits = float(-(torch.log2(chosen / FREQ_TOTAL)).sum())
     encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(symbols.cpu().numpy().astype(np.int32), _family(), _probabilities(freq))
+    bits = _encode_chunk(encoder, symbols, freq)
     return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
 
 
@@ -129,12 +133,9 @@ def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequenc
     Frequencies are computed and coded chunk by chunk, in decoding order, so memory stays at one chunk's
     (chunk, K) table however large the grid (a 1024 x 1024 tile's bottom level would need 270 MB at once)."""
     state, symbols = _known_state(prior, codes, upper_codes)
-    encoder, family, bits = constriction.stream.queue.RangeEncoder(), _family(), 0.0
-    for start, stop in _chunks(state, chunk):
-        freq = state.frequencies(start, stop)
-        part = symbols[start:stop]
-        bits += float(-(torch.log2(freq.gather(1, part[:, None]).double() / FREQ_TOTAL)).sum())
-        encoder.encode(part.cpu().numpy().astype(np.int32), family, _probabilities(freq))
+    encoder = constriction.stream.queue.RangeEncoder()
+    bits = sum(_encode_chunk(encoder, symbols[start:stop], state.frequencies(start, stop))
+               for start, stop in _chunks(state, chunk))
     return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
 
 
@@ -155,7 +156,7 @@ def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_code
 
     frequencies: the stage's (G, h*w, K) frequencies if the caller has them already (entropy-constrained
     selection computes exactly these while it chooses the codes)."""
-    encoder, family, bits = constriction.stream.queue.RangeEncoder(), _family(), 0.0
+    encoder, bits = constriction.stream.queue.RangeEncoder(), 0.0
     context, previous = (prior.context(codes) if frequencies is None else None), None
     for group in range(prior.groups):
         symbols = stage_codes[group].flatten()
@@ -163,9 +164,7 @@ def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_code
             context = prior.group_context(context, group, previous)
         for a, b in spans(symbols.numel(), STAGE_CHUNK):
             freq = prior.group_head(context[a:b], group) if context is not None else frequencies[group, a:b]
-            part = symbols[a:b]
-            bits += float(-(torch.log2(freq.gather(1, part[:, None].to(freq.device)).double() / FREQ_TOTAL)).sum())
-            encoder.encode(part.cpu().numpy().astype(np.int32), family, _probabilities(freq))
+            bits += _encode_chunk(encoder, symbols[a:b], freq)
         previous = symbols
     return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
 

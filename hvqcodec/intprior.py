@@ -283,14 +283,6 @@ class IntStagePrior(_IntNetwork):
              ).clamp_(-ACT_MAX, ACT_MAX)
         return logits_to_frequencies(self.linear(f"head{group}", h), self.exp, self.temperature_milli)
 
-    def group_frequencies(self, context: torch.Tensor, group: int,
-                          previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frequencies (P, K) of one group's codes; returns them with the context for the next group.
-
-        `previous` holds the (P,) codes of the group before (None for the first group)."""
-        context = self.group_context(context, group, previous)
-        return self.group_head(context, group), context
-
 
 class LevelState:
     """One level's code grids while they are coded: a flat canvas of codes (the sentinel K where none is known

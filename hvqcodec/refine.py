@@ -1,8 +1,8 @@
 """Encoder-side latent refinement (`effort`): better codes for the same decoder, by gradient steps on the image.
 
 The encoder is amortised: one forward pass guesses the bottom latent for every image, and its guess is far
-from the best the decoder can use (decoding a latent optimised for the image reaches about 36 dB on CID22 crops
-where the encoder's own latent gives 31.7). Refinement starts from the encoder's latent and takes a few Adam
+from the best the decoder can use (40 Adam steps on the latent of 4 CID22 crops decode to 34.8 dB where the
+encoder's own latent gives 31.7: `benchmarks/refine_probe.py`). Refinement starts from the encoder's latent and takes a few Adam
 steps on
 
     mean squared pixel error of decoding the latent itself + rate_weight * mean squared distance to its codes
@@ -28,11 +28,7 @@ REFINE_RATE_WEIGHT = 0.25
 def quantised_bottom(model: HierarchicalVQVAE, latent: torch.Tensor, stages: int,
                      bottom_lambda: float = 0.0) -> torch.Tensor:
     """What the bottom codes and the first `stages` refinement stages make of a latent (N, D, h, w)."""
-    codes = model.quantise_bottom(latent, bottom_lambda)
-    total = model.quantisers[2].lookup(codes[0]).to(latent.dtype)
-    for refiner, stage_codes in zip(model.refiners[:stages], codes[1:]):
-        total = total + refiner.lookup(stage_codes).to(latent.dtype)
-    return total
+    return model.bottom_vector(model.quantise_bottom(latent, bottom_lambda)[:1 + stages]).to(latent.dtype)
 
 
 def refine_bottom_latent(model: HierarchicalVQVAE, images: torch.Tensor, top: torch.Tensor, mid: torch.Tensor,
@@ -55,8 +51,7 @@ def refinement_steps(model: HierarchicalVQVAE, images: torch.Tensor, top: torch.
     lr = REFINE_LR if lr is None else lr
     target = pad_to_multiple(images)
     with torch.no_grad():
-        context = model.context_mid(torch.cat([model.quantisers[1].lookup(mid),
-                                               model.context_top(model.quantisers[0].lookup(top))], 1))
+        context = model.bottom_context(top, mid)
     refined = latent.detach().clone()
     # Adam by hand on one tensor: no optimiser state beyond two moments, no gradients for the weights. Its eps
     # is added to the uncorrected second moment: against these small gradients (a mean over all pixels) it

@@ -408,8 +408,7 @@ def test_effort_refines_the_latent_and_files_stay_plain(ladder_codec):
     x = torch.tensor(rgb).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         top, mid, latent = model.encode_latent(x)
-        context = model.context_mid(torch.cat([model.quantisers[1].lookup(mid),
-                                               model.context_top(model.quantisers[0].lookup(top))], 1))
+        context = model.bottom_context(top, mid)
 
     def error(z):
         with torch.no_grad():
