@@ -546,11 +546,13 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
 @click.option("--coding-block", type=click.IntRange(0), default=0, show_default=True,
               help="Code the levels in independent blocks of N positions a side, decoded in lockstep "
                    "(fewer sequential steps; 0: whole tiles). Fixed into the model's files.")
+@click.option("--subpixel-cond/--no-subpixel-cond", default=False, show_default=True,
+              help="Condition each of the 4 positions under an upper code on its own projection of the levels above.")
 @click.option("--init-from", type=click.Path(dir_okay=False), metavar="CHECKPOINT",
               help="Start from a priors checkpoint's weights (same-shaped tensors), e.g. runs/priors/checkpoint.pt.")
 @user_errors
 def train_priors_command(model, resume, code_crops, channels, causal_blocks, cond_blocks, stage_channels,
-                         stage_blocks, coding_block, init_from, **shared) -> None:
+                         stage_blocks, coding_block, subpixel_cond, init_from, **shared) -> None:
     """Train the PixelCNN priors on the codes a shipped autoencoder gives.
 
     Random crops of the training images are encoded once into code grids (kept in --out/codes.pt); the three
@@ -570,7 +572,8 @@ def train_priors_command(model, resume, code_crops, channels, causal_blocks, con
 
     options = _train_options(PriorTrainOptions, shared, model=model or default_model(), code_crops=code_crops)
     config = PriorConfig(channels=channels, causal_blocks=causal_blocks, cond_blocks=cond_blocks,
-                         stage_channels=stage_channels, stage_blocks=stage_blocks, coding_block=coding_block)
+                         stage_channels=stage_channels, stage_blocks=stage_blocks, coding_block=coding_block,
+                         subpixel_cond=subpixel_cond)
     initial = _initial_weights(init_from, "priors") if init_from and not resume else None
     train_priors(options, config, resume=resume, console=console, init_from=initial)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")

@@ -84,7 +84,10 @@ def export_level(prior: LevelPrior) -> dict[str, torch.Tensor]:
             layers[f"cond.block{i}.in"] = (conv.weight, conv.bias)
             layers[f"cond.block{i}.out"] = (out.weight, out.bias)
         for i, proj in enumerate(prior.cond_proj):
-            layers[f"cond.proj{i}"] = (proj.weight, None)
+            weight = proj.weight
+            if prior.subpixel:  # rows (unit, position) -> (position, unit): one position's rows are contiguous
+                weight = weight.reshape(-1, 4, *weight.shape[1:]).transpose(0, 1).reshape(weight.shape)
+            layers[f"cond.proj{i}"] = (weight, None)
     for name, (weight, bias) in layers.items():
         for key, value in quantise_linear(weight, bias).items():
             tables[f"{name}.{key}"] = value
@@ -195,6 +198,8 @@ class IntLevelPrior(_IntNetwork):
         # The masked convolution reads only code embeddings, so fold it into one table per tap:
         # tap_tables[tap, code] = W_tap @ embedding[code] (exact integers), with a zero row for code K, the
         # out-of-grid sentinel. The layer is then a sum of 12 lookups instead of a matmul per position.
+        # Sub-position conditioning (PriorConfig.subpixel_cond): a projection per position of the 2x2 cell.
+        self.cond_positions = 4 if level and t["cond.proj0.weight"].shape[0] == 8 * self.channels else 1
         weight, bias_and_half, inv_scale = self.layers.pop("masked")
         self.masked_scale = (bias_and_half, inv_scale)
         weight = weight.t().reshape(2 * self.channels, self.channels, len(TAPS))
@@ -204,7 +209,9 @@ class IntLevelPrior(_IntNetwork):
         self.tap_offsets = torch.arange(len(TAPS), device=self.device) * (self.codebook_size + 1)
 
     def conditioning(self, upper_codes: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-        """Upper levels' codes -> per gated unit a (h_u * w_u, 2C) projection on the nearest upper level's grid."""
+        """Upper levels' codes -> per gated unit a (h_u * w_u * cond_positions, 2C) projection: one row per cell
+        of the nearest upper level's grid, or with sub-position conditioning one per cell and position
+        (row = cell * 4 + 2 * (row % 2) + column % 2 on this level's grid)."""
         if self.level == 0:
             return None
         h, w = upper_codes[-1].shape[-2:]
@@ -216,7 +223,8 @@ class IntLevelPrior(_IntNetwork):
         x = x.clamp(-ACT_MAX, ACT_MAX).reshape(h * w, -1).double()
         for i in range(self.cond_blocks):
             x = self.conv3x3_block(f"cond.block{i}", x, h, w)
-        return [self.linear(f"cond.proj{i}", x) for i in range(1 + self.causal_blocks)]
+        return [self.linear(f"cond.proj{i}", x).view(h * w * self.cond_positions, -1)
+                for i in range(1 + self.causal_blocks)]
 
     def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
                     cond: list[torch.Tensor] | None) -> torch.Tensor:
@@ -308,22 +316,25 @@ class LevelState:
         block = getattr(prior, "block", 0)
         rows, cols, fronts, tiles, blocks, upper = [], [], [], [], [], []
         left, cond_base, height, max_blocks = 0, 0, 0, 1
-        # Each gated unit's conditioning, for all tiles one after the other, filled in tile by tile. float32
-        # holds it exactly (integers below 2^15) in half the memory: on a 12-megapixel image the bottom
-        # level's conditioning is the largest thing the decoder keeps.
+        # Each gated unit's conditioning, for all tiles one after the other, filled in tile by tile. int16
+        # holds it exactly (integers of at most 15 bits) in a quarter of float64's memory: on a 12-megapixel
+        # image the bottom level's conditioning is the largest thing the decoder keeps.
         self.cond: list[torch.Tensor] | None = None
-        cond_rows = sum((h // 2) * (w // 2) for h, w in self.sizes)
+        positions = getattr(prior, "cond_positions", 1)
+        cond_rows = sum((h // 2) * (w // 2) for h, w in self.sizes) * positions
         for tile, ((h, w), uppers) in enumerate(zip(self.sizes, upper_codes)):
             cond = prior.conditioning([u.to(device) for u in uppers])
             if cond is not None:
                 if self.cond is None:
-                    self.cond = [unit.new_empty((cond_rows, unit.shape[1]), dtype=torch.float32) for unit in cond]
+                    self.cond = [unit.new_empty((cond_rows, unit.shape[1]), dtype=torch.int16) for unit in cond]
                 for target, unit in zip(self.cond, cond):
-                    target[cond_base:cond_base + unit.shape[0]] = unit
+                    target[cond_base * positions:cond_base * positions + unit.shape[0]] = unit
             del cond
             r = torch.arange(h, device=device).repeat_interleave(w)
             c = torch.arange(w, device=device).repeat(h)
-            upper.append(cond_base + (r // 2) * (w // 2) + c // 2)  # conditioning lives on the 2x coarser grid
+            # Conditioning lives on the 2x coarser grid (with sub-positions: 4 rows per cell).
+            cell = cond_base + (r // 2) * (w // 2) + c // 2
+            upper.append(cell * 4 + 2 * (r % 2) + c % 2 if positions == 4 else cell)
             cond_base += (h // 2) * (w // 2)
             bh, bw = (block, block) if block > 0 else (max(h, 1), max(w, 1))
             blocks_x = -(-w // bw)

@@ -50,6 +50,11 @@ class PriorConfig:
     # sequential steps whatever the image size (intprior.LevelState). Part of the model: it fixes the order of
     # the symbols in its files. Training is unaffected (crops are already about one block).
     coding_block: int = 0
+    # Sub-position conditioning: each gated unit gets its own projection of the upper level's features for
+    # each of the 4 positions a coarser cell covers (a 2x2 pixel shuffle). Without it the 4 positions under one
+    # upper code see the same conditioning and the prior must predict a mixture of them. Costs nothing per
+    # decoding step: the projections are computed once per level, in the parallel pass.
+    subpixel_cond: bool = False
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
@@ -107,24 +112,31 @@ class LevelPrior(nn.Module):
         self.block_out = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in range(config.causal_blocks))
         self.head = nn.Conv2d(c, codebook_size, 1)
         self.conditioning = ConditioningStack(upper_sizes, c, config.cond_blocks) if upper_sizes else None
-        # One projection of the conditioning features into each gated unit (masked conv + blocks).
-        self.cond_proj = (nn.ModuleList(nn.Conv2d(c, 2 * c, 1, bias=False) for _ in range(1 + config.causal_blocks))
+        # One projection of the conditioning features into each gated unit (masked conv + blocks); with
+        # subpixel_cond one per position of the 2x2 cell (out channel unit * 4 + position, pixel-shuffle order).
+        self.subpixel = config.subpixel_cond
+        out = 2 * c * (4 if self.subpixel else 1)
+        self.cond_proj = (nn.ModuleList(nn.Conv2d(c, out, 1, bias=False) for _ in range(1 + config.causal_blocks))
                           if upper_sizes else None)
+
+    def project(self, i: int, cond: torch.Tensor) -> torch.Tensor:
+        """Conditioning features on the upper grid (N, C, h/2, w/2) -> gated unit i's input on this grid."""
+        if self.subpixel:
+            return F.pixel_shuffle(self.cond_proj[i](cond), 2)
+        return self.cond_proj[i](cond).repeat_interleave(2, -2).repeat_interleave(2, -1)
 
     def forward(self, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """Codes (N, h, w) and upper levels' codes -> logits (N, K, h, w) for every position."""
-        cond = None
-        if self.conditioning is not None:
-            cond = self.conditioning(upper_codes).repeat_interleave(2, -2).repeat_interleave(2, -1)
+        cond = self.conditioning(upper_codes) if self.conditioning is not None else None
         x = self.embedding(codes).permute(0, 3, 1, 2)
         pre = F.conv2d(x, self.masked.weight * self.mask, self.masked.bias, padding=KERNEL // 2)
         if cond is not None:
-            pre = pre + self.cond_proj[0](cond)
+            pre = pre + self.project(0, cond)
         h = gate(pre)
         for i, (inp, out) in enumerate(zip(self.block_in, self.block_out)):
             pre = inp(h)
             if cond is not None:
-                pre = pre + self.cond_proj[i + 1](cond)
+                pre = pre + self.project(i + 1, cond)
             h = h + out(gate(pre))
         return self.head(h)
 
@@ -198,6 +210,17 @@ class HierarchicalPrior(nn.Module):
     def bits_per_code(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Cross-entropy in bits per code, per stream (a refinement stage's code is one group's index)."""
         return bits_per_code(self(codes), codes)
+
+
+def expand_to_subpixel(state: dict[str, torch.Tensor], prior: HierarchicalPrior) -> dict[str, torch.Tensor]:
+    """A priors state dict without sub-position conditioning -> one for `prior` (subpixel_cond), computing the
+    same function: each conditioning projection repeated for the 4 positions, which then train apart."""
+    own = prior.state_dict()
+    state = dict(state)
+    for key, value in state.items():
+        if ".cond_proj." in key and key in own and own[key].shape[0] == 4 * value.shape[0]:
+            state[key] = value.repeat_interleave(4, 0)
+    return state
 
 
 def bits_per_code(logits: Sequence[torch.Tensor], codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -85,7 +85,8 @@ def tiny_codec(tiny_models_dir):
 
 
 LADDER_CONFIG = dict(TINY_CONFIG, refine_stages=2, refine_groups=2, refine_codebook_size=8)
-LADDER_PRIOR = dict(TINY_PRIOR, stage_channels=8, stage_blocks=1)
+# The ladder model also exercises sub-position conditioning of the level priors (tiny_codec the plain kind).
+LADDER_PRIOR = dict(TINY_PRIOR, stage_channels=8, stage_blocks=1, subpixel_cond=True)
 
 
 def export_tiny(folder: Path, name: str, config: dict, prior_options: dict, ladder: list[dict] | None = None) -> None:

@@ -87,7 +87,9 @@ def test_wavefronts_are_causal_and_complete(tiny_codec):
         painted[state.centres[start:stop]] = True
 
 
-def test_tiles_in_lockstep_equal_tiles_alone(tiny_codec):
+@pytest.mark.parametrize("fixture", ["tiny_codec", "ladder_codec"])  # the second with sub-position conditioning
+def test_tiles_in_lockstep_equal_tiles_alone(request, fixture):
+    tiny_codec = request.getfixturevalue(fixture)
     rgb_tiles = [random_photo(7, 40, 56), random_photo(8, 24, 32)]
     streams, expected, sizes, uppers = [], [], [], []
     for rgb in rgb_tiles:
@@ -103,8 +105,11 @@ def test_tiles_in_lockstep_equal_tiles_alone(tiny_codec):
     assert all(torch.equal(a, b) for a, b in zip(together, expected))
 
 
-def test_parallel_equals_wavefront_and_threads_and_permutation(tiny_codec):
+@pytest.mark.parametrize("fixture", ["tiny_codec", "ladder_codec"])  # the second with sub-position conditioning
+def test_parallel_equals_wavefront_and_threads_and_permutation(request, fixture):
+    tiny_codec = request.getfixturevalue(fixture)
     codes = tiny_codec.encode_codes(random_photo(3, 64, 96))
+    assert [prior.cond_positions for prior in tiny_codec.prior.levels[1:]] == [1 if fixture == "tiny_codec" else 4] * 2
     for level, prior in enumerate(tiny_codec.prior.levels):
         upper = codes[:level]
         parallel, state = level_frequencies(prior, codes[level], upper)

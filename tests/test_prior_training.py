@@ -116,6 +116,15 @@ def test_priors_warm_start_from_a_checkpoint(image_folder, tmp_path, trained_aut
     assert all(torch.allclose(second["model"][k], v, atol=1e-9) for k, v in first["model"].items())
     bad = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "missing.pt")])
     assert bad.exit_code != 0 and "no checkpoint there" in bad.output
+    # Plain priors start priors with sub-position conditioning: each projection repeated for the 4 positions.
+    wide_args = [str(tmp_path / "wide") if a == str(tmp_path / "second") else a for a in args] + ["--subpixel-cond"]
+    result = CliRunner().invoke(main, wide_args)
+    assert result.exit_code == 0, result.output
+    wide = load_checkpoint(tmp_path / "wide" / "checkpoint.pt", "priors")
+    assert wide["config"]["subpixel_cond"] is True
+    for key, value in first["model"].items():
+        expected = value.repeat_interleave(4, 0) if ".cond_proj." in key else value
+        assert torch.allclose(wide["model"][key], expected, atol=1e-9), key
 
 
 def test_variable_rate_autoencoder_gives_priors_coarse_and_fine_codes():
