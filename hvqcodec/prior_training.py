@@ -13,7 +13,7 @@ from .autoencoder import HierarchicalVQVAE, stream_names
 from .data import CropSampler, center_crops, find_images
 from .errors import CheckpointError
 from .fileio import atomic_torch_save
-from .priors import HierarchicalPrior, PriorConfig, bits_per_code, expand_to_subpixel
+from .priors import HierarchicalPrior, PriorConfig, bits_per_code, adapt_state
 from .device import training_device
 from .train import (CHECKPOINT_NAME, TrainingTask, TrainOptions, TrainState, _warm_start, cache_images,
                     load_checkpoint, prepare_output, resumed_options, run_training, unwrap)
@@ -117,8 +117,9 @@ def train_priors(options: PriorTrainOptions, config: PriorConfig | None = None, 
     """Train (or resume) the priors of the shipped model options.model (or of `autoencoder`, for tests).
 
     init_from: a priors state dict to start from (every same-shaped tensor is copied), e.g. the priors of the
-    model this autoencoder was warm-started from: the level priors then only have to adapt. Priors without
-    sub-position conditioning can start priors with it (their projections are repeated per position)."""
+    model this autoencoder was warm-started from: the level priors then only have to adapt. A smaller design
+    starts a larger one as the same function (priors.adapt_state: projections repeated per position for
+    sub-position conditioning, extra gated blocks as the identity)."""
     console = console or Console(stderr=True)
     out = prepare_output(options.out)
     device = training_device(options.device)
@@ -153,7 +154,7 @@ def train_priors(options: PriorTrainOptions, config: PriorConfig | None = None, 
     torch.manual_seed(options.seed)
     prior = HierarchicalPrior(config).to(device)
     if init_from is not None and checkpoint is None:
-        _warm_start(prior, expand_to_subpixel(init_from, prior), console)
+        _warm_start(prior, adapt_state(init_from, prior), console)
     console.print(f"[bold]priors[/]: {sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M parameters, "
                   f"{codes[0].shape[0]} training crops of {options.crop}px, {len(val_paths)} validation images, "
                   f"device {device}" + (f", resuming at step {checkpoint['step']}" if checkpoint else ""))

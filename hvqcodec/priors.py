@@ -212,14 +212,25 @@ class HierarchicalPrior(nn.Module):
         return bits_per_code(self(codes), codes)
 
 
-def expand_to_subpixel(state: dict[str, torch.Tensor], prior: HierarchicalPrior) -> dict[str, torch.Tensor]:
-    """A priors state dict without sub-position conditioning -> one for `prior` (subpixel_cond), computing the
-    same function: each conditioning projection repeated for the 4 positions, which then train apart."""
+def adapt_state(state: dict[str, torch.Tensor], prior: HierarchicalPrior) -> dict[str, torch.Tensor]:
+    """A priors state dict of a smaller design -> one for `prior` that computes the same function:
+
+    - without sub-position conditioning: each conditioning projection repeated for the 4 positions (they then
+      train apart);
+    - fewer gated residual blocks in a stack it has: the missing blocks get zero output layers, so they start
+      as the identity (their input layers keep `prior`'s initialisation). Stacks it lacks altogether keep their
+      initialisation.
+    """
     own = prior.state_dict()
     state = dict(state)
     for key, value in state.items():
         if ".cond_proj." in key and key in own and own[key].shape[0] == 4 * value.shape[0]:
             state[key] = value.repeat_interleave(4, 0)
+    for key, value in own.items():
+        for name in ("outs", "block_out", "group_out"):
+            stack = key[:key.find(f".{name}.") + len(name) + 2] if f".{name}." in key else None
+            if stack and key not in state and any(k.startswith(stack) for k in state):
+                state[key] = torch.zeros_like(value)
     return state
 
 

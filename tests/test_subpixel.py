@@ -5,7 +5,7 @@ import torch
 
 from hvqcodec.intprior import FREQ_TOTAL, IntPrior, export_prior
 from hvqcodec.entropy import level_frequencies
-from hvqcodec.priors import HierarchicalPrior, PriorConfig, expand_to_subpixel
+from hvqcodec.priors import HierarchicalPrior, PriorConfig, adapt_state
 
 from conftest import TINY_PRIOR
 
@@ -21,7 +21,7 @@ def test_expanded_priors_compute_the_same_function_then_tell_positions_apart():
     torch.manual_seed(0)
     plain = HierarchicalPrior(PriorConfig(codebook_sizes=SIZES, **TINY_PRIOR)).eval()
     subpixel = HierarchicalPrior(PriorConfig(codebook_sizes=SIZES, subpixel_cond=True, **TINY_PRIOR)).eval()
-    subpixel.load_state_dict(expand_to_subpixel(plain.state_dict(), subpixel))
+    subpixel.load_state_dict(adapt_state(plain.state_dict(), subpixel))
     codes = random_codes(1)
     with torch.no_grad():
         before = subpixel(codes)
@@ -81,3 +81,21 @@ def test_plain_priors_keep_their_config_and_tables():
     assert tables["level2.cond.proj0.weight"].shape[0] == 2 * TINY_PRIOR["channels"]
     wide = HierarchicalPrior(dataclasses.replace(config, subpixel_cond=True))
     assert export_prior(wide)["level2.cond.proj0.weight"].shape[0] == 8 * TINY_PRIOR["channels"]
+
+
+def test_more_conditioning_blocks_start_as_the_identity():
+    """Priors with extra gated blocks (and sub-position conditioning) start from smaller ones as the same
+    function; a design without a stack keeps its own initialisation there."""
+    torch.manual_seed(0)
+    small = HierarchicalPrior(PriorConfig(codebook_sizes=SIZES, **TINY_PRIOR)).eval()
+    large = HierarchicalPrior(PriorConfig(codebook_sizes=SIZES, subpixel_cond=True,
+                                          **dict(TINY_PRIOR, cond_blocks=3, causal_blocks=2))).eval()
+    state = adapt_state(small.state_dict(), large)
+    assert torch.equal(state["levels.2.conditioning.outs.2.weight"], torch.zeros_like(
+        large.state_dict()["levels.2.conditioning.outs.2.weight"]))
+    large.load_state_dict({**large.state_dict(), **state})  # as training's warm start merges them
+    codes = random_codes(2)
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(small(codes), large(codes)))
+    no_stack = {k: v for k, v in small.state_dict().items() if ".conditioning." not in k}
+    assert "levels.2.conditioning.outs.0.weight" not in adapt_state(no_stack, large)
