@@ -96,15 +96,16 @@ def test_files_of_hvqcodec_0_2_still_decode():
     assert np.abs(preview - then).mean() > np.abs(image - then).mean()
 
 
-def test_files_of_hvqcodec_0_4_still_decode_and_encode_the_same():
-    """A file written by hvqcodec 0.4.0 (model hvq-vr, quality 75) decodes to the same pixels, and encoding the
-    same source with hvq-vr still gives exactly its bytes (the exact probability path is unchanged)."""
+@pytest.mark.parametrize("release,model", [("0.4", "hvq-vr"), ("0.6", "hvq-vr2")])
+def test_files_of_earlier_releases_still_decode_and_encode_the_same(release, model):
+    """A file written by an earlier release's default model (quality 75) decodes to the same pixels, and encoding
+    the same source with that model still gives exactly its bytes (the exact probability path is unchanged)."""
     import hvqcodec
     from hvqcodec import container
 
-    data = (DATA / "release-0.4-hvq-vr.hvq").read_bytes()
+    data = (DATA / f"release-{release}-{model}.hvq").read_bytes()
     header = container.read_header(data)
-    assert (header.version, header.model_name, header.levels) == (2, "hvq-vr", 4)
+    assert (header.version, header.model_name, header.levels) == (2, model, 4)
     image = np.asarray(hvqcodec.decompress(data, device="cpu"))
-    assert np.array_equal(image, np.asarray(Image.open(DATA / "release-0.4-hvq-vr-decoded.png")))
-    assert hvqcodec.compress(DATA / "v1-source.png", model="hvq-vr", device="cpu", quality=75) == data
+    assert np.array_equal(image, np.asarray(Image.open(DATA / f"release-{release}-{model}-decoded.png")))
+    assert hvqcodec.compress(DATA / "v1-source.png", model=model, device="cpu", quality=75) == data

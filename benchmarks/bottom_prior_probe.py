@@ -1,15 +1,19 @@
-"""Would the bottom prior gain from knowing the bottom rate weight a file was coded with?
+"""Bottom prior variants, trained side by side: does a candidate design beat the shipped one?
 
-A variable-rate autoencoder (config bottom_lambdas) codes each image's bottom level with one of several rate
-weights, and one bottom prior serves them all: it has to infer the weight from the codes it has seen, so near
-the start of a grid (and wherever the codes are ambiguous) it predicts a mixture of coarse and fine codes. Telling
-it the weight (a learned vector per weight added to its conditioning; the file header would have to carry the
-weight's index) removes the mixture. This probe trains the bottom prior of a priors checkpoint both ways, on the
-same batches for the same number of steps, on the code cache of a `hvqcodec train priors` run (whose crops were
-coded with weights drawn by a seeded generator, reproduced here), and prints held-out bits per code per weight.
+The bottom level's codes are most of a file, so its prior is where rate is won. This probe trains the bottom
+prior of a priors checkpoint twice, on the same batches for the same number of steps, on the code cache of a
+`hvqcodec train priors` run, and prints held-out bits per code for each bottom rate weight (the cache's crops were
+coded with weights drawn by a seeded generator, reproduced here). Candidates (`--candidate`):
 
-    python benchmarks/prior_lambda_probe.py runs/priors-vr3/checkpoint.pt runs/priors-vr3/codes.pt \
-        --lambdas 0,0,0.003,0.01,0.02 --seed 3 --minutes 20 [--subpixel] [--json out.json]
+- `weight-aware`: told the bottom rate weight a file was coded with. A variable-rate autoencoder (config
+  bottom_lambdas) codes each image's bottom with one of several weights and one prior serves them all, so it
+  must infer the weight from the codes; a learned vector per weight added to its conditioning removes that (the
+  file header would have to carry the weight's index).
+- `KEY=VALUE,...`: PriorConfig fields changed (e.g. `causal_blocks=4`); the checkpoint starts it as the same
+  function (priors.adapt_state: extra blocks as the identity).
+
+    python benchmarks/bottom_prior_probe.py runs/priors-vr3/checkpoint.pt runs/priors-vr3/codes.pt \
+        --candidate weight-aware --lambdas 0,0,0.003,0.01,0.02 --seed 3 --minutes 20 [--subpixel] [--json out.json]
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--subpixel", action="store_true", help="sub-position conditioning (from a plain checkpoint)")
+    parser.add_argument("--candidate", default="weight-aware", help="weight-aware, or KEY=VALUE,... config changes")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -68,12 +73,16 @@ def main() -> None:
         config = dataclasses.replace(config, subpixel_cond=True)
     sizes = list(config.codebook_sizes)
     state = {k[len("levels.2."):]: v for k, v in checkpoint["model"].items() if k.startswith("levels.2.")}
-    models = {"plain": LevelPrior(sizes[2], sizes[:2], config),
-              "weight-aware": WeightAwarePrior(sizes[2], sizes[:2], config, len(distinct))}
+    if args.candidate == "weight-aware":
+        candidate = WeightAwarePrior(sizes[2], sizes[:2], config, len(distinct))
+    else:
+        changes = dict(item.split("=") for item in args.candidate.split(","))
+        candidate = LevelPrior(sizes[2], sizes[:2], dataclasses.replace(
+            config, **{k: type(getattr(config, k))(v) for k, v in changes.items()}))
+    models = {"plain": LevelPrior(sizes[2], sizes[:2], config), args.candidate: candidate}
     for model in models.values():
         own = model.state_dict()
-        loaded = adapt_state({f"levels.2.{k}": v for k, v in state.items()},
-                                    _Wrapper(model)) if args.subpixel else {f"levels.2.{k}": v for k, v in state.items()}
+        loaded = adapt_state({f"levels.2.{k}": v for k, v in state.items()}, _Wrapper(model))
         own.update({k[len("levels.2."):]: v for k, v in loaded.items()})
         model.load_state_dict(own)
     codes = torch.load(args.codes, weights_only=True)["codes"][:3]
@@ -115,14 +124,15 @@ def main() -> None:
     print(f"{'':>13} " + " ".join(f"{w:>8}" for w in distinct))
     for name, values in results.items():
         print(f"{name:>13} " + " ".join(f"{v:8.4f}" for v in values))
-    change = [100 * (b / a - 1) for a, b in zip(results["plain"], results["weight-aware"])]
+    change = [100 * (b / a - 1) for a, b in zip(results["plain"], results[args.candidate])]
     print(f"{'change':>13} " + " ".join(f"{c:+7.2f}%" for c in change))
     if args.json:
         args.json.write_text(json.dumps({
-            "name": "prior-lambda-probe",
+            "name": "bottom-prior-probe",
             "description": f"held-out bits per bottom code of {args.checkpoint}'s bottom prior trained {steps} more "
-                           f"steps with and without the bottom weight as conditioning",
-            "command": f"python benchmarks/prior_lambda_probe.py {args.checkpoint} {args.codes} --lambdas "
+                           f"steps as it is and as candidate {args.candidate}",
+            "command": f"python benchmarks/bottom_prior_probe.py {args.checkpoint} {args.codes} --candidate "
+                       f"{args.candidate} --lambdas "
                        f"{args.lambdas} --seed {args.seed} --minutes {args.minutes}"
                        + (" --subpixel" if args.subpixel else ""),
             "results": {"weights": distinct, "steps": steps, "bits_per_code": results, "change_percent": change},
