@@ -49,6 +49,20 @@ def image_folder(tmp_path) -> Path:
 TINY_PRIOR = dict(channels=8, causal_blocks=1, cond_blocks=1)
 
 
+def fit_prior(prior, codes: list[torch.Tensor], trained: slice, steps: int) -> list[float]:
+    """Adam steps on the summed bits per code of the `trained` streams, then the float prior's total bits of
+    every stream (the prior left in eval mode): a small trained prior for integer-against-float checks."""
+    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = sum(prior.bits_per_code(codes)[trained])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    prior.eval()
+    with torch.no_grad():
+        return [float(b) * c.numel() for b, c in zip(prior.bits_per_code(codes), codes)]
+
+
 @pytest.fixture
 def tiny_models_dir(tmp_path, monkeypatch) -> Path:
     """A models folder holding 'tiny': a random tiny autoencoder with random tiny priors, made the default."""

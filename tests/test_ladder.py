@@ -13,7 +13,7 @@ from hvqcodec.entropy import stage_frequencies
 from hvqcodec.intprior import FREQ_TOTAL, IntPrior, export_prior
 from hvqcodec.priors import HierarchicalPrior, PriorConfig
 
-from conftest import LADDER_CONFIG, LADDER_PRIOR, TINY_LADDER, synthetic_image
+from conftest import LADDER_CONFIG, LADDER_PRIOR, TINY_LADDER, fit_prior, synthetic_image
 
 
 def photo(seed=0, height=70, width=90):
@@ -130,15 +130,7 @@ def test_integer_stage_prior_matches_float_prior_after_training():
     codes = model.encode(images)
     prior = HierarchicalPrior(PriorConfig(codebook_sizes=(16, 16, 16), refine_stages=2, refine_groups=2,
                                           refine_codebook_size=8, **LADDER_PRIOR))
-    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = sum(prior.bits_per_code(codes)[3:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    prior.eval()
-    with torch.no_grad():
-        float_bits = [float(b) * c.numel() for b, c in zip(prior.bits_per_code(codes)[3:], codes[3:])]
+    float_bits = fit_prior(prior, codes, slice(3, None), steps=60)[3:]
     int_prior = IntPrior(1, 1, export_prior(prior), "cpu", refine_stages=2, refine_groups=2, stage_blocks=1)
     for stage in range(2):
         bits = 0.0

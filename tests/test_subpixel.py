@@ -7,7 +7,7 @@ from hvqcodec.intprior import FREQ_TOTAL, IntPrior, export_prior
 from hvqcodec.entropy import level_frequencies
 from hvqcodec.priors import HierarchicalPrior, PriorConfig, adapt_state
 
-from conftest import TINY_PRIOR
+from conftest import TINY_PRIOR, fit_prior
 
 SIZES = (8, 8, 8)
 
@@ -51,15 +51,7 @@ def test_integer_level_prior_matches_float_prior_after_training():
     noise = torch.rand(bottom.shape) < 0.2
     bottom = torch.where(noise, torch.randint(0, 8, bottom.shape), bottom)
     codes = [top, mid, bottom]
-    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
-    for _ in range(80):
-        loss = sum(prior.bits_per_code(codes)[1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    prior.eval()
-    with torch.no_grad():
-        float_bits = [float(b) * c.numel() for b, c in zip(prior.bits_per_code(codes), codes)]
+    float_bits = fit_prior(prior, codes, slice(1, None), steps=80)
     assert float_bits[2] / bottom.numel() < 1.5  # it learned the per-position rule (a mixture would cost ~3)
     int_prior = IntPrior(TINY_PRIOR["causal_blocks"], TINY_PRIOR["cond_blocks"], export_prior(prior), "cpu")
     for level in (1, 2):
