@@ -214,6 +214,23 @@ class HierarchicalVQVAE(nn.Module):
             module.requires_grad_(False)
         self.train(self.training)
 
+    # --- encoder-only training ---------------------------------------------------------------------------
+    def encoder_trunk(self) -> list[nn.Module]:
+        """The modules that map pixels to the latents to be quantised; nothing that turns codes into pixels."""
+        return [self.stem, self.enc1, self.down2, self.enc2, self.down3, self.enc3, self.pre_quant]
+
+    def freeze_all_but_encoder(self) -> None:
+        """Train only the encoder trunk from here on (amortised refinement): the codebooks, the context path
+        and the decoder are fixed, so the vocabulary and what each code means stay; the encoder learns to pick
+        the codes this decoder renders best (the codes change, so priors must be retrained). The quantisers stay
+        in training mode for their straight-through gradient but skip their EMA updates and restarts."""
+        trunk = {id(p) for module in self.encoder_trunk() for p in module.parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) in trunk)
+        for module in self.modules():
+            if isinstance(module, EMAQuantiser):
+                module.frozen = True
+
     def train(self, mode: bool = True) -> "HierarchicalVQVAE":
         super().train(mode)
         if getattr(self, "encoder_frozen", False):

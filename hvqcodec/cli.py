@@ -496,10 +496,14 @@ def _train_options(options_type: type, shared: dict, **extra):
 @click.option("--decoder-only", is_flag=True,
               help="Train only the decoder (with --init-from): every image keeps its codes, so the priors of the "
                    "model it starts from stay valid; deeper --decoder-depths/--half-depth add capacity.")
+@click.option("--encoder-only", is_flag=True,
+              help="Train only the encoder (with --init-from): codebooks, context path and decoder stay fixed and the "
+                   "encoder learns to choose the codes this decoder renders best; deeper --encoder-depths add "
+                   "capacity. The codes change, so train the priors again afterwards.")
 @user_errors
 def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, codebook_sizes, code_dim,
                               refine_stages, refine_groups, refine_codebook_size, refine_lambdas, bottom_lambdas,
-                              detail_head, half_depth, init_from, decoder_only, **shared) -> None:
+                              detail_head, half_depth, init_from, decoder_only, encoder_only, **shared) -> None:
     """Train the 3-level hierarchical VQ-VAE.
 
     Images are decoded once and cached in memory; each step draws random crops (random 0.5-1x downscale,
@@ -515,9 +519,13 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
     from .autoencoder import AutoencoderConfig
     from .train import TrainOptions, train_autoencoder
 
-    options = _train_options(TrainOptions, shared, decoder_only=decoder_only)
+    options = _train_options(TrainOptions, shared, decoder_only=decoder_only, encoder_only=encoder_only)
+    if decoder_only and encoder_only:
+        raise click.BadParameter("choose one of --decoder-only and --encoder-only", param_hint="--encoder-only")
     if decoder_only and not (init_from or resume):
         raise click.BadParameter("needs --init-from (a trained model whose codes to keep)", param_hint="--decoder-only")
+    if encoder_only and not (init_from or resume):
+        raise click.BadParameter("needs --init-from (a trained model whose decoder to keep)", param_hint="--encoder-only")
     if code_dim % refine_groups:
         raise click.BadParameter(f"must divide --code-dim {code_dim}", param_hint="--refine-groups")
     if refine_lambdas and len(refine_lambdas) != refine_stages:

@@ -167,15 +167,26 @@ class _IntNetwork:
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """tanh(a) * sigmoid(b) on the activation grid, a and b the two channel halves of x."""
         # index_select on the flat index: about twice as fast as advanced indexing for these shapes.
-        index = (x + self.gate_offset).long().view(-1)
+        index = (x + self.gate_offset).int().view(-1)  # int32: converts about 3x faster than int64
         tanh, sigmoid = self.gate_table.index_select(0, index).view(x.shape).chunk(2, dim=-1)
         return (tanh * sigmoid).add_(1 << (ACT_BITS - 1)).mul_(1.0 / (1 << ACT_BITS)).floor_()
 
     def conv3x3_block(self, name: str, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """x + out(gate(conv3x3(x))) on an (h*w, C) grid; the 3x3 convolution is an unfold (a gather) + matmul."""
-        columns = F.unfold(x.t().reshape(1, -1, h, w), 3, padding=1)[0].t()  # (h*w, C*9): exact
-        pre = self.linear(f"{name}.in", columns)
+        """x + out(gate(conv3x3(x))) on an (h*w, C) grid; the 3x3 convolution is a gather + matmul."""
+        pre = self.linear(self._tap_major(f"{name}.in"), _columns3x3(x, h, w))
         return (x + self.linear(f"{name}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+
+    def _tap_major(self, name: str) -> str:
+        """A 3x3 layer's weight with its input rows reordered from (channel, tap), as stored (F.unfold's order),
+        to (tap, channel), the order of `_columns3x3` (made once). The products summed are the same integers,
+        and integer sums below 2^53 do not depend on their order."""
+        key = f"{name}:tap-major"
+        if key not in self.layers:
+            weight, bias_and_half, inv_scale = self.layers[name]
+            inputs, outputs = weight.shape
+            weight = weight.view(inputs // 9, 9, outputs).transpose(0, 1).reshape(inputs, outputs).contiguous()
+            self.layers[key] = (weight, bias_and_half, inv_scale)
+        return key
 
 
 class IntLevelPrior(_IntNetwork):
@@ -386,6 +397,14 @@ class LevelState:
         return [grid.view(size) for grid, size in zip(flat.split([h * w for h, w in self.sizes]), self.sizes)]
 
 
+def _columns3x3(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(h*w, C) grid -> (h*w, 9C) columns of its 3x3 neighbourhoods (zero outside), tap-major: nine shifted
+    copies side by side, several times faster than F.unfold on a channel-first copy."""
+    channels = x.shape[1]
+    padded = F.pad(x.view(h, w, channels), (0, 0, 1, 1, 1, 1))
+    return torch.cat([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], 2).view(h * w, -1)
+
+
 def _runs(values: torch.Tensor) -> list[tuple[int, int]]:
     """[start, stop) of each run of equal consecutive values."""
     if values.numel() == 0:
@@ -411,17 +430,17 @@ def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor, tempera
     integers: distances below the maximum become d * 1000 // temperature_milli."""
     k = logits.shape[1]
     logits = logits.double()
-    distances = logits.amax(1, keepdim=True) - logits
+    # max gives the first index of the maximum on ties, as argmax does, in a third of amax + argmax's time.
+    peak, most_probable = logits.max(1, keepdim=True)
+    distances = peak - logits
     if temperature_milli != 1000:
         distances = distances.mul_(1000).div_(temperature_milli).floor_()
-    index = distances.clamp_(max=EXP_MAX).long().view(-1)
+    index = distances.clamp_(max=EXP_MAX).int().view(-1)
     weights = exp_table.double().index_select(0, index).view(distances.shape)
     total = weights.sum(1, keepdim=True)
     freq = weights.mul_(FREQ_TOTAL - k).div_(total).floor_().add_(1)
     # What integer division leaves over goes to the most probable code (the first one on ties).
-    remainder = FREQ_TOTAL - freq.sum(1)
-    freq[torch.arange(freq.shape[0], device=freq.device), logits.argmax(1)] += remainder
-    return freq
+    return freq.scatter_add_(1, most_probable, FREQ_TOTAL - freq.sum(1, keepdim=True))
 
 
 class IntPrior:

@@ -35,6 +35,8 @@ class EMAQuantiser(nn.Module):
         # bits from the codebook's own EMA usage. Frequent codes get cheaper, so cells of cheap codes grow and
         # the codebook learns a few coarse, nearly free vectors beside the fine ones (Chou, Lookabaugh & Gray).
         self.rate_lambda = 0.0
+        # Frozen (encoder-only training): the codebook and its usage stay as they are, in training mode too.
+        self.frozen = False
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (N, H, W) -> codebook vectors (N, D, H, W)."""
@@ -63,13 +65,14 @@ class EMAQuantiser(nn.Module):
         # Distances and EMA statistics in fp32 even under bf16 autocast: argmin ties and EMA drift otherwise.
         with torch.autocast(device_type=inputs.device.type, enabled=False):
             flat = inputs.float().permute(0, 2, 3, 1).reshape(-1, d)
-            if self.training and not bool(self.initialised):
+            updating = self.training and not self.frozen
+            if updating and not bool(self.initialised):
                 self._initialise(flat)
             row_lambdas = None if rate_lambdas is None else rate_lambdas.float().repeat_interleave(h * w)
             codes = self.nearest(flat, row_lambdas)
             counts = torch.bincount(codes, minlength=self.codebook_size).float()
             dead = 0
-            if self.training:
+            if updating:
                 dead = self._ema_update(flat, codes, counts)
             quantised = F.embedding(codes, self.codebook)
             probs = counts / counts.sum()

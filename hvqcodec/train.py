@@ -48,6 +48,7 @@ class TrainOptions:
     val_crop: int = 256
     time_budget: float = 0.0  # minutes; 0 = none. With a budget the schedule follows time (or steps, if sooner)
     decoder_only: bool = False  # autoencoder: freeze the encoder side, so codes (and priors) stay valid
+    encoder_only: bool = False  # autoencoder: freeze codebooks, context path and decoder; train the encoder trunk
     command: str = ""  # the command line that started the run, for the manifest
 
     def to_dict(self) -> dict:
@@ -223,7 +224,7 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
     rank, world = distributed_context()
     generator = torch.Generator().manual_seed(options.seed)
     model = task.model
-    trainable = [p for p in model.parameters() if p.requires_grad]  # not a frozen encoder side (--decoder-only)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # not a frozen side (--decoder-only, --encoder-only)
     optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
     state = TrainState()
     if checkpoint is not None:
@@ -400,6 +401,8 @@ def train_autoencoder(options: TrainOptions, config: AutoencoderConfig | None = 
         _warm_start(model, init_from, console)
     if options.decoder_only:
         model.freeze_encoder_side()
+    if options.encoder_only:
+        model.freeze_all_but_encoder()
     step = checkpoint["step"] if checkpoint else 0
     console.print(f"[bold]autoencoder[/]: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                   f"{len(train_paths)} training images, {len(val_paths)} validation images, device {device}, "

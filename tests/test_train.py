@@ -136,12 +136,48 @@ def test_decoder_only_training_keeps_every_code(image_folder, tmp_path, tiny_con
         assert all(torch.equal(a, b) for a, b in zip(before.encode(images, lam), after.encode(images, lam)))
 
 
-def test_decoder_only_needs_a_model_to_start_from(image_folder, tmp_path):
+def test_encoder_only_training_keeps_codebooks_and_decoder(image_folder, tmp_path, tiny_config):
+    """A deeper encoder trained against a frozen decoder: codebooks (and their usage), context path and decoder
+    are untouched, the encoder trunk learns (through the straight-through gradient, with the quantisers in
+    training mode but not updating)."""
+    from dataclasses import replace
+
+    config = replace(tiny_config, refine_stages=1, refine_groups=1, refine_codebook_size=16, bottom_lambdas=(0.0, 0.01))
+    train_autoencoder(options(image_folder, tmp_path / "first", steps=4), config)
+    first = load_checkpoint(tmp_path / "first" / "checkpoint.pt")
+    deeper = replace(config, encoder_depths=(config.encoder_depths[0] + 1, *config.encoder_depths[1:]))
+    state = train_autoencoder(options(image_folder, tmp_path / "second", steps=5, encoder_only=True), deeper,
+                              init_from=first["model"])
+    assert state.step == 5
+    second = load_checkpoint(tmp_path / "second" / "checkpoint.pt")["model"]
+    trunk = ("stem.", "enc1.", "down2.", "enc2.", "down3.", "enc3.", "pre_quant.")
+    fixed = [k for k in first["model"] if not k.startswith(trunk)]
+    assert any(k.startswith(("quantisers.", "refiners.")) and k.endswith("cluster_size") for k in fixed)
+    assert any(k.startswith(("dec1.", "context_mid.", "to_rgb.")) for k in fixed)
+    assert all(torch.equal(first["model"][k], second[k]) for k in fixed)
+    learned = [k for k in first["model"] if k.startswith(trunk) and first["model"][k].is_floating_point()]
+    assert any(not torch.equal(first["model"][k], second[k]) for k in learned)
+
+
+@pytest.mark.parametrize("flag", ["--decoder-only", "--encoder-only"])
+def test_frozen_side_training_needs_a_model_to_start_from(image_folder, tmp_path, flag):
     from click.testing import CliRunner
 
     from hvqcodec.cli import main
 
     result = CliRunner().invoke(main, ["train", "autoencoder", "--data", str(image_folder), "--out",
-                                       str(tmp_path / "run"), "--decoder-only"])
+                                       str(tmp_path / "run"), flag])
     assert result.exit_code != 0
-    assert "--decoder-only" in result.output and "needs --init-from" in result.output
+    assert flag in result.output and "needs --init-from" in result.output
+
+
+def test_decoder_only_and_encoder_only_exclude_each_other(image_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from hvqcodec.cli import main
+
+    result = CliRunner().invoke(main, ["train", "autoencoder", "--data", str(image_folder), "--out",
+                                       str(tmp_path / "run"), "--decoder-only", "--encoder-only", "--init-from", "x.pt"])
+    assert result.exit_code != 0 and "choose one of --decoder-only and --encoder-only" in result.output
+
+
