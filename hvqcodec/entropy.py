@@ -1,6 +1,7 @@
 """Range coding of code grids with the integer priors (constriction's queue coder, decode order = encode order)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -119,6 +120,23 @@ class StreamDecoder:
         return symbols
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run the enclosed torch work on one intra-op thread, then restore the thread count. A decoding step's
+    operations are small (a wavefront of a few dozen positions), so a second thread only adds a
+    synchronisation per operation, and each one waits for a core whenever another program is busy
+    (`benchmarks/busy_machine.py`). The conditioning, the refinement stages and the autoencoder keep their
+    threads."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 def _decoder(source) -> StreamDecoder:
     """A decoder for a stream's bytes; anything else with the same decode(family, probabilities) method (the
     sampler) is used as it is, so sampling runs through the very same loops as decoding."""
@@ -192,10 +210,11 @@ def decode_level(prior: IntLevelPrior, streams: Sequence[bytes], sizes: Sequence
     decoders = [_decoder(data) for data in streams]
     state = LevelState(prior, sizes, upper_codes)
     family = _family()
-    for start, stop in state.fronts:
-        probabilities = _probabilities(state.frequencies(start, stop))
-        symbols = np.empty(stop - start, dtype=np.int64)
-        for tile, a, b in state.segments(start):
-            symbols[a - start:b - start] = decoders[tile].decode(family, probabilities[a - start:b - start])
-        state.paint(start, stop, torch.from_numpy(symbols).to(prior.device))
+    with one_thread() if prior.device.type == "cpu" else contextlib.nullcontext():
+        for start, stop in state.fronts:
+            probabilities = _probabilities(state.frequencies(start, stop))
+            symbols = np.empty(stop - start, dtype=np.int64)
+            for tile, a, b in state.segments(start):
+                symbols[a - start:b - start] = decoders[tile].decode(family, probabilities[a - start:b - start])
+            state.paint(start, stop, torch.from_numpy(symbols).to(prior.device))
     return state.codes()

@@ -149,3 +149,20 @@ def test_compress_with_effort(photo, tmp_path):
     assert result.exit_code == 0, result.output
     result = run("compress", photo, "--effort", "101", "-o", tmp_path / "x.hvq")
     assert result.exit_code == 2 and "--effort" in result.output
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_codec_commands_make_openmp_wait_passively_unless_told(photo, hvq_file, tmp_path, monkeypatch, preset):
+    """compress and decompress ask OpenMP to sleep rather than spin while waiting (spinning threads make the
+    codec many times slower beside any busy program); a policy the user set is kept."""
+    import os
+
+    for args in (["compress", photo, "-o", tmp_path / "again.hvq"], ["decompress", hvq_file, "-o", tmp_path / "b.png"]):
+        monkeypatch.setenv("OMP_WAIT_POLICY", "placeholder")  # so that monkeypatch restores the original
+        if preset:
+            monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+        else:
+            monkeypatch.delenv("OMP_WAIT_POLICY")
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert os.environ["OMP_WAIT_POLICY"] == (preset or "PASSIVE")

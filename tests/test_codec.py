@@ -8,7 +8,7 @@ from PIL import Image
 import hvqcodec
 from hvqcodec import container
 from hvqcodec.codec import Codec
-from hvqcodec.entropy import decode_level, encode_level, level_frequencies
+from hvqcodec.entropy import StreamDecoder, decode_level, encode_level, level_frequencies
 from hvqcodec.intprior import FREQ_TOTAL, LevelState
 
 from conftest import synthetic_image
@@ -103,6 +103,34 @@ def test_tiles_in_lockstep_equal_tiles_alone(request, fixture):
         uppers.append(codes[:2])
     together = decode_level(tiny_codec.prior.levels[2], streams, sizes, uppers)
     assert all(torch.equal(a, b) for a, b in zip(together, expected))
+
+
+def test_wavefront_loop_runs_on_one_thread_and_restores_the_count(tiny_codec):
+    """The decoder's steps run on one intra-op thread (small operations: a second thread only synchronises),
+    and the caller's thread count comes back afterwards, also when decoding fails."""
+    codes = tiny_codec.encode_codes(random_photo(3, 32, 48))
+    encoded = encode_level(tiny_codec.prior.levels[2], codes[2], codes[:2])
+
+    class Recording:
+        def __init__(self, data):
+            self.decoder, self.threads = StreamDecoder(data), set()
+
+        def decode(self, family, probabilities):
+            self.threads.add(torch.get_num_threads())
+            return self.decoder.decode(family, probabilities)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        recording = Recording(encoded.data)
+        decoded = decode_level(tiny_codec.prior.levels[2], [recording], [tuple(codes[2].shape)], [codes[:2]])
+        assert torch.equal(decoded[0], codes[2])
+        assert recording.threads == {1} and torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="stream ends before its codes do"):  # fails inside the loop
+            decode_level(tiny_codec.prior.levels[2], [b"\x00" * 4], [tuple(codes[2].shape)], [codes[:2]])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_codec", "ladder_codec"])  # the second with sub-position conditioning
