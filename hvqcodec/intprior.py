@@ -37,6 +37,9 @@ EXP_BITS = 20
 FREQ_BITS = 20
 FREQ_TOTAL = 1 << FREQ_BITS
 PAD = KERNEL // 2
+# Positions per band of a 3x3 convolution (conditioning and stage contexts): bounds the (positions, 9C) float64
+# columns to a few MB, which stay in cache.
+BAND_POSITIONS = 2048
 # The type-A taps of the masked kernel, as (row, column) offsets into a canvas padded by PAD on every side.
 TAPS = causal_mask().nonzero().tolist()
 
@@ -172,9 +175,17 @@ class _IntNetwork:
         return (tanh * sigmoid).add_(1 << (ACT_BITS - 1)).mul_(1.0 / (1 << ACT_BITS)).floor_()
 
     def conv3x3_block(self, name: str, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """x + out(gate(conv3x3(x))) on an (h*w, C) grid; the 3x3 convolution is a gather + matmul."""
-        pre = self.linear(self._tap_major(f"{name}.in"), _columns3x3(x, h, w))
-        return (x + self.linear(f"{name}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+        """x + out(gate(conv3x3(x))) on an (h*w, C) grid; the 3x3 convolution is a gather + matmul. Band by
+        band of rows, so that the (positions, 9C) columns stay in cache (every position's result is the same)."""
+        layer = self._tap_major(f"{name}.in")
+        padded = F.pad(x.view(h, w, -1), (0, 0, 1, 1, 1, 1))
+        rows = max(1, BAND_POSITIONS // w)
+        out = torch.empty_like(x)
+        for top in range(0, h, rows):
+            a, b = top * w, min(top + rows, h) * w
+            pre = self.linear(layer, _columns3x3(padded[top:top + rows + 2]))
+            out[a:b] = (x[a:b] + self.linear(f"{name}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+        return out
 
     def _tap_major(self, name: str) -> str:
         """A 3x3 layer's weight with its input rows reordered from (channel, tap), as stored (F.unfold's order),
@@ -397,11 +408,10 @@ class LevelState:
         return [grid.view(size) for grid, size in zip(flat.split([h * w for h, w in self.sizes]), self.sizes)]
 
 
-def _columns3x3(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(h*w, C) grid -> (h*w, 9C) columns of its 3x3 neighbourhoods (zero outside), tap-major: nine shifted
+def _columns3x3(padded: torch.Tensor) -> torch.Tensor:
+    """A zero-padded (h+2, w+2, C) grid -> (h*w, 9C) columns of its 3x3 neighbourhoods, tap-major: nine shifted
     copies side by side, several times faster than F.unfold on a channel-first copy."""
-    channels = x.shape[1]
-    padded = F.pad(x.view(h, w, channels), (0, 0, 1, 1, 1, 1))
+    h, w = padded.shape[0] - 2, padded.shape[1] - 2
     return torch.cat([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], 2).view(h * w, -1)
 
 
