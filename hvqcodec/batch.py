@@ -3,7 +3,7 @@ torch thread (the prior's wavefront steps are small: processes scale where threa
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 _codec = None
 
@@ -18,28 +18,31 @@ def _start(model: str | None, device: str) -> None:
     _codec = load_codec(model, device)
 
 
-def _compress(task: tuple[str, int | None, float | None, int, int]) -> tuple[bytes, float, list[str], int | None]:
+def _compress(task: tuple[str, int | None, float | None, int, int],
+              progress: Callable[[int, int], None] | None = None) -> tuple[bytes, float, list[str], int | None]:
     source, quality, target_bpp, max_pixels, effort = task
     if target_bpp is not None:
         from .ladder import compress_to_bpp
 
         result, used = compress_to_bpp(_codec, source, target_bpp, max_pixels, effort)
         return result.data, result.bpp, list(result.warnings), used
-    result = _codec.compress(source, quality, max_pixels=max_pixels, effort=effort)
+    result = _codec.compress(source, quality, max_pixels=max_pixels, effort=effort, progress=progress)
     return result.data, result.bpp, list(result.warnings), None
 
 
 def compress_many(sources: Sequence[str], model: str | None, device: str, quality: int | None,
-                  target_bpp: float | None, max_pixels: int, jobs: int,
-                  effort: int = 0) -> Iterator[tuple[bytes, float, list[str], Any]]:
-    """Results in the order of `sources`, computed by `jobs` worker processes (in this process when 1)."""
+                  target_bpp: float | None, max_pixels: int, jobs: int, effort: int = 0,
+                  progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[bytes, float, list[str], Any]]:
+    """Results in the order of `sources`, computed by `jobs` worker processes (in this process when 1, where
+    `progress(done, total)` follows each file's tiles)."""
     global _codec
     tasks = [(str(s), quality, target_bpp, max_pixels, effort) for s in sources]
     if jobs <= 1:
         from .codec import load_codec
 
         _codec = load_codec(model, device)  # cached: the CLI has loaded it already
-        yield from map(_compress, tasks)
+        for task in tasks:
+            yield _compress(task, progress)
         return
     with multiprocessing.get_context("spawn").Pool(jobs, initializer=_start, initargs=(model, device)) as pool:
         yield from pool.imap(_compress, tasks)

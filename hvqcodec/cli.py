@@ -120,11 +120,23 @@ def _check_outputs(paths: list[Path], force: bool) -> None:
             raise click.ClickException(f"{path.parent}: no such folder")
 
 
-def _progress(total: int):
+def _progress(total: int, parts: bool = False):
+    """A transient progress display for `total` files; with `parts`, also for the parts of a single file (its
+    tiles), through `_parts_task`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True, disable=total < 2)
+                    console=console, transient=True, disable=total < 2 and not parts)
+
+
+def _parts_task(progress, description: str) -> Callable[[int, int], None]:
+    """A progress(done, total) callback for the codec that shows a bar once there is more than one part (a
+    large image's tiles, a decode's streams and tiles)."""
+    task = progress.add_task(description, total=None, visible=False)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total, visible=total > 1)
+    return update
 
 
 @main.command()
@@ -175,9 +187,11 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
     if jobs == 0:
         jobs = min(os.cpu_count() or 1, len(images)) if len(images) >= 4 and resolved == "cpu" else 1
     load_codec(model, resolved)  # a bad model name fails here, once, before any worker starts
-    results = compress_many(images, model, resolved, quality, target_bpp, limit, jobs, effort)
-    with _progress(len(images)) as progress:
-        for source, target in progress.track(list(zip(images, targets)), description="compressing"):
+    with _progress(len(images), parts=len(images) == 1) as progress:
+        parts = _parts_task(progress, f"compressing {images[0]}") if len(images) == 1 else None
+        results = compress_many(images, model, resolved, quality, target_bpp, limit, jobs, effort, parts)
+        files_task = progress.add_task("compressing", total=len(images), visible=len(images) > 1)
+        for source, target in progress.track(list(zip(images, targets)), task_id=files_task):
             data, bpp, notes, used = next(results)
             if target_bpp is not None and bpp > target_bpp:
                 console.print(f"[yellow]warning[/]: {source}: even quality {used} takes {bpp:.4f} bpp")
@@ -217,10 +231,12 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
     from .codec import codec_for
     from .imageio import save_image
 
-    with _progress(len(files)) as progress:
-        for source, target in progress.track(list(zip(files, targets)), description="decompressing"):
+    with _progress(len(files), parts=len(files) == 1) as progress:
+        parts = _parts_task(progress, f"decompressing {files[0]}") if len(files) == 1 else None
+        files_task = progress.add_task("decompressing", total=len(files), visible=len(files) > 1)
+        for source, target in progress.track(list(zip(files, targets)), task_id=files_task):
             data = _read(source)
-            decoded = codec_for(data, device).decompress(data, levels, limit)
+            decoded = codec_for(data, device).decompress(data, levels, limit, progress=parts)
             for note in decoded.warnings:
                 console.print(f"[yellow]warning[/]: {source}: {note}")
             save_image(decoded.image, target, force=force)

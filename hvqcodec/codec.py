@@ -14,6 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -89,6 +90,9 @@ def quality_point(ladder: list[dict], quality: int) -> OperatingPoint:
         if entry["quality"] <= quality:
             chosen = entry
     return OperatingPoint.from_entry(chosen)
+
+
+Progress = Callable[[int, int], None]  # (done, total) units of work
 
 
 @dataclass
@@ -224,12 +228,15 @@ class Codec:
         return torch.stack(chosen), frequencies
 
     def reconstruct(self, tile_codes: list[list[torch.Tensor]], width: int, height: int,
-                    tile_size: int) -> np.ndarray:
+                    tile_size: int, after_tile: Callable[[], None] | None = None) -> np.ndarray:
         """Each tile's code grids (a prefix of the streams, as decoded or as `compress` returns them) -> the
-        (H, W, 3) uint8 picture: what decompress gives, without range decoding."""
+        (H, W, 3) uint8 picture: what decompress gives, without range decoding. after_tile() is called as each
+        tile is done."""
         rgb = np.zeros((height, width, 3), dtype=np.uint8)
         for (top, left, h, w), codes in zip(container.tile_grid(width, height, tile_size), tile_codes):
             rgb[top:top + h, left:left + w] = self.decode_codes(codes, h, w)
+            if after_tile is not None:
+                after_tile()
         return rgb
 
     @torch.no_grad()
@@ -239,12 +246,14 @@ class Codec:
         return image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
     def compress(self, source, quality: int | None = None, point: OperatingPoint | None = None,
-                 max_pixels: int = container.DEFAULT_MAX_PIXELS, effort: int = 0) -> CompressedImage:
+                 max_pixels: int = container.DEFAULT_MAX_PIXELS, effort: int = 0,
+                 progress: Progress | None = None) -> CompressedImage:
         """Any image (path, bytes, PIL image, uint8 array) -> .hvq bytes and figures about them.
 
         `quality` (1-100, higher = larger and better) picks an operating point from the model's calibrated
         ladder; `point` gives one directly. Images over max_pixels are refused (ImageError). `effort` > 0 spends
-        that many gradient steps per tile on a better bottom latent (`refine`): a slower encode, the same format."""
+        that many gradient steps per tile on a better bottom latent (`refine`): a slower encode, the same format.
+        `progress(done, total)` is called as each tile is coded (large images take tens of seconds)."""
         if not 0 <= effort <= MAX_EFFORT:
             raise ValueError(f"effort {effort} is not in 0..{MAX_EFFORT}")
         point = point or self.operating_point(quality)
@@ -259,7 +268,8 @@ class Codec:
         streams: list[list[bytes]] = [[] for _ in range(point.streams)]
         bits = [0.0] * point.streams
         tile_codes = []
-        for top, left, h, w in container.tile_grid(width, height, tile_size):
+        tiles = container.tile_grid(width, height, tile_size)
+        for top, left, h, w in tiles:
             known: dict[int, torch.Tensor] = {}
             codes = self.encode_codes(loaded.rgb[top:top + h, left:left + w], point, known, effort)
             tile_codes.append(codes)
@@ -270,6 +280,8 @@ class Codec:
                     encoded = encode_stage(self.prior.stages[index - 3], codes, codes[index], known.get(index))
                 streams[index].append(encoded.data)
                 bits[index] += encoded.cross_entropy_bits
+            if progress is not None:
+                progress(len(tile_codes), len(tiles))
         alpha = encode_alpha(loaded.alpha) if loaded.alpha is not None else b""
         data = container.pack(self.name, self.sha256[:container.HASH_CHARS], width, height, loaded.mode, tile_size,
                               streams, alpha)
@@ -278,10 +290,12 @@ class Codec:
                                header_bytes, list(loaded.warnings), tile_codes, tile_size)
 
     def decompress(self, data: bytes, levels: int | None = None,
-                   max_pixels: int = container.DEFAULT_MAX_PIXELS) -> DecodedImage:
+                   max_pixels: int = container.DEFAULT_MAX_PIXELS, progress: Progress | None = None) -> DecodedImage:
         """.hvq bytes -> image; `levels` limits the reconstruction to the first streams (1 or 2: a preview).
 
-        Files over max_pixels, or tiled otherwise than this codec tiles, are refused from their header."""
+        Files over max_pixels, or tiled otherwise than this codec tiles, are refused from their header.
+        `progress(done, total)` is called as each stream (all tiles together) and then each tile's picture is
+        done."""
         container.check_limits(container.read_header(data), self.tile_size, max_pixels)
         parsed = container.unpack(data)
         header = parsed.header
@@ -314,7 +328,11 @@ class Codec:
                 raise container.ContainerError(f"corrupt hvq stream ({_one_line(exc)})") from None
             for codes, grid in zip(all_codes, grids):
                 codes.append(grid)
-        rgb = self.reconstruct(all_codes, header.width, header.height, header.tile_size)
+            if progress is not None:
+                progress(level + 1, use + len(tiles))
+        done = iter(range(use + 1, use + len(tiles) + 1))
+        rgb = self.reconstruct(all_codes, header.width, header.height, header.tile_size,
+                               None if progress is None else lambda: progress(next(done), use + len(tiles)))
         alpha = None
         mode = header.mode
         if mode in container.ALPHA_MODES:

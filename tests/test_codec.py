@@ -44,6 +44,23 @@ def test_file_bits_match_cross_entropy_and_header_is_small(tiny_codec):
         assert bits / 8 <= nbytes <= bits / 8 * 1.01 + 8
 
 
+def test_progress_follows_tiles_and_streams(tiny_codec):
+    """compress reports each tile as it is coded; decompress each stream (all tiles together), then each
+    tile's picture; the reports do not change the bytes or the picture."""
+    rgb = random_photo(4, 70, 50)
+    tiny_codec.tile_size = 32
+    plain = tiny_codec.compress(Image.fromarray(rgb))
+    calls = []
+    reported = tiny_codec.compress(Image.fromarray(rgb), progress=lambda done, total: calls.append((done, total)))
+    assert reported.data == plain.data
+    assert calls == [(done, 6) for done in range(1, 7)]
+    calls.clear()
+    decoded = tiny_codec.decompress(plain.data, progress=lambda done, total: calls.append((done, total)))
+    streams = container.read_header(plain.data).levels
+    assert calls == [(done, streams + 6) for done in range(1, streams + 7)]
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(tiny_codec.decompress(plain.data).image))
+
+
 def test_tiles_round_trip(tiny_codec):
     rgb = random_photo(2, 70, 50)
     tiny_codec.tile_size = 32  # small tiles, so that a small image has several
