@@ -326,3 +326,21 @@ def test_logits_to_frequencies_is_integer_arithmetic(temperature_milli):
         expected = [w * (FREQ_TOTAL - k) // sum(weights) + 1 for w in weights]
         expected[values.index(top)] += FREQ_TOTAL - sum(expected)
         assert row == expected
+
+
+@pytest.mark.parametrize("h, w", [(7, 5), (40, 300), (3, 2100)])  # bands of several rows, of one row, one row wider than a band
+def test_banded_3x3_blocks_equal_one_unfold_pass(ladder_codec, monkeypatch, h, w):
+    """The 3x3 gated blocks (conditioning and stage contexts) gather their columns band by band, tap-major;
+    every position gets exactly the integers of one F.unfold pass over the whole grid with the stored weights."""
+    import torch.nn.functional as F
+
+    import hvqcodec.intprior as intprior
+    from hvqcodec.intprior import ACT_MAX
+
+    prior = ladder_codec.prior.stages[0]
+    monkeypatch.setattr(intprior, "BAND_POSITIONS", 64)
+    x = torch.randint(-3000, 3000, (h * w, prior.channels)).double()
+    columns = F.unfold(x.t().reshape(1, -1, h, w), 3, padding=1)[0].t()  # (channel, tap) order, as stored
+    pre = prior.linear("block0.in", columns)
+    expected = (x + prior.linear("block0.out", prior.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+    assert torch.equal(prior.conv3x3_block("block0", x, h, w), expected)
