@@ -3,7 +3,10 @@ torch thread (the prior's wavefront steps are small: processes scale where threa
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from .codec import Progress
 
 _codec = None
 
@@ -19,7 +22,7 @@ def _start(model: str | None, device: str) -> None:
 
 
 def _compress(task: tuple[str, int | None, float | None, int, int],
-              progress: Callable[[int, int], None] | None = None) -> tuple[bytes, float, list[str], int | None]:
+              progress: Progress | None = None) -> tuple[bytes, float, list[str], int | None]:
     source, quality, target_bpp, max_pixels, effort = task
     if target_bpp is not None:
         from .ladder import compress_to_bpp
@@ -32,7 +35,7 @@ def _compress(task: tuple[str, int | None, float | None, int, int],
 
 def compress_many(sources: Sequence[str], model: str | None, device: str, quality: int | None,
                   target_bpp: float | None, max_pixels: int, jobs: int, effort: int = 0,
-                  progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[bytes, float, list[str], Any]]:
+                  progress: Progress | None = None) -> Iterator[tuple[bytes, float, list[str], Any]]:
     """Results in the order of `sources`, computed by `jobs` worker processes (in this process when 1, where
     `progress(done, total)` follows each file's tiles)."""
     global _codec

@@ -228,15 +228,16 @@ class Codec:
         return torch.stack(chosen), frequencies
 
     def reconstruct(self, tile_codes: list[list[torch.Tensor]], width: int, height: int,
-                    tile_size: int, after_tile: Callable[[], None] | None = None) -> np.ndarray:
+                    tile_size: int, progress: Progress | None = None) -> np.ndarray:
         """Each tile's code grids (a prefix of the streams, as decoded or as `compress` returns them) -> the
-        (H, W, 3) uint8 picture: what decompress gives, without range decoding. after_tile() is called as each
-        tile is done."""
+        (H, W, 3) uint8 picture: what decompress gives, without range decoding. progress(done, total) is called
+        as each tile is done."""
         rgb = np.zeros((height, width, 3), dtype=np.uint8)
-        for (top, left, h, w), codes in zip(container.tile_grid(width, height, tile_size), tile_codes):
+        for done, ((top, left, h, w), codes) in enumerate(
+                zip(container.tile_grid(width, height, tile_size), tile_codes), 1):
             rgb[top:top + h, left:left + w] = self.decode_codes(codes, h, w)
-            if after_tile is not None:
-                after_tile()
+            if progress is not None:
+                progress(done, len(tile_codes))
         return rgb
 
     @torch.no_grad()
@@ -330,9 +331,8 @@ class Codec:
                 codes.append(grid)
             if progress is not None:
                 progress(level + 1, use + len(tiles))
-        done = iter(range(use + 1, use + len(tiles) + 1))
         rgb = self.reconstruct(all_codes, header.width, header.height, header.tile_size,
-                               None if progress is None else lambda: progress(next(done), use + len(tiles)))
+                               None if progress is None else lambda done, _: progress(use + done, use + len(tiles)))
         alpha = None
         mode = header.mode
         if mode in container.ALPHA_MODES:
