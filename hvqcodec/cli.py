@@ -715,8 +715,13 @@ def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> No
 @click.option("--priors", type=click.Path(dir_okay=False), help="Priors checkpoint to ship with it (needed to compress).")
 @click.option("--force", is_flag=True, help="Replace an existing model of the same name.")
 @click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
+@click.option("--table-bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
+              help="Integer tables of the priors: 8-bit (computed in float32, faster) or 16-bit (float64).")
+@click.option("--calibration-codes", type=click.Path(dir_okay=False),
+              help="Code grids that set the 8-bit layers' input scales (default: codes.pt beside --priors).")
 @user_errors
-def models_export(checkpoint, name, models_dir, data, priors, force, make_default) -> None:
+def models_export(checkpoint, name, models_dir, data, priors, force, make_default, table_bits,
+                  calibration_codes) -> None:
     """Export a training checkpoint as fp16 weights plus a manifest entry.
 
     \b
@@ -729,8 +734,12 @@ def models_export(checkpoint, name, models_dir, data, priors, force, make_defaul
     from .zoo import models_dir as default_models_dir
 
     folder = Path(models_dir) if models_dir else default_models_dir()
+    codes = None
+    if priors and table_bits == "8":
+        codes = _calibration_codes(Path(calibration_codes) if calibration_codes else Path(priors).parent / "codes.pt")
     entry = export_model(load_checkpoint(checkpoint), name, folder, data=data, force=force,
-                         priors_checkpoint=load_checkpoint(priors, "priors") if priors else None)
+                         priors_checkpoint=load_checkpoint(priors, "priors") if priors else None,
+                         calibration_codes=codes)
     if make_default:
         from .manifest import read_manifest, write_manifest
         manifest = read_manifest(folder)
@@ -738,6 +747,24 @@ def models_export(checkpoint, name, models_dir, data, priors, force, make_defaul
         write_manifest(manifest, folder)
     console.print(f"exported {name}: {folder / entry['file']} (sha256 {entry['sha256'][:12]}, "
                   f"{(folder / entry['file']).stat().st_size / 1e6:.2f} MB)")
+
+
+# Crops whose codes calibrate 8-bit tables (benchmarks/prior_precision.py measured the rate cost with 64).
+CALIBRATION_CROPS = 64
+
+
+def _calibration_codes(path: Path) -> list:
+    """The first CALIBRATION_CROPS crops of a `train priors` codes.pt: [top, mid, bottom, stages...]."""
+    import torch
+
+    if not path.is_file():
+        raise click.ClickException(f"{path}: no calibration codes for 8-bit tables (give --calibration-codes, "
+                                   "the codes.pt of the priors' training run, or --table-bits 16)")
+    try:
+        codes = torch.load(path, map_location="cpu", weights_only=True)["codes"]
+        return [c[:CALIBRATION_CROPS].long() for c in codes]
+    except Exception as exc:  # torch raises many exception types for foreign files
+        raise click.ClickException(f"{path}: not a codes.pt of `hvqcodec train priors` ({type(exc).__name__})")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,14 @@ export, into integer tables and every operation on the probability path is exact
 - activations are integers on the grid 2^-ACT_BITS, clamped to 16 bits;
 - weights are 16-bit integers with a power-of-two scale per output channel, so requantising an accumulator is a
   rounding right shift; biases are pre-scaled integers;
-- sums of products are computed as float64 matrix products of integers whose every partial sum stays below
-  2^53, hence exact in any summation order, on any BLAS or GPU (and never through a conv algorithm that
-  transforms its inputs: convolutions are gathers + matmul);
+- sums of products are computed as matrix products of integers whose every partial sum stays below the
+  float format's exact-integer limit, hence exact in any summation order, on any BLAS or GPU (and never
+  through a conv algorithm that transforms its inputs: convolutions are gathers + matmul). Two table formats:
+  16-bit weights times 16-bit activations in float64 (partial sums below 2^53; models up to hvq-vr3), and
+  8-bit weights times 8-bit inputs in float32 (below 2^24; each layer requantises its input to 8 bits with a
+  power-of-two scale fixed at export from calibration codes), about twice the matrix throughput on a CPU and
+  far more on a GPU. Integers of 8 bits are exact in bf16 and TF32 too, so reduced-precision float32 matmul
+  modes (which keep float32 accumulation) give the same integers;
 - tanh, sigmoid and exp are lookup tables built at export time and stored with the weights;
 - logits become integer frequencies (each >= 1, summing to 2^FREQ_BITS) by integer division only.
 
@@ -19,17 +24,24 @@ with every position at once, the decoder once per wavefront t = j + 3 i, and bot
 from __future__ import annotations
 
 import bisect
+import math
 
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .priors import KERNEL, WAVEFRONT_SLOPE, HierarchicalPrior, LevelPrior, StagePrior, causal_mask
 
 ACT_BITS = 10
 ACT_MAX = (1 << 15) - 1  # |activation| < 32 on the 2^-10 grid
 WEIGHT_MAX = (1 << 15) - 1
+# The 8-bit format: weights and matrix-product inputs in [-127, 127]; every accumulator (products, bias and
+# rounding offset) must stay below 2^24, where float32 stops representing every integer. Checked per output
+# channel at export and again at load (a table that breaks it is refused, not computed inexactly).
+NARROW_MAX = 127
+FLOAT32_EXACT = 1 << 24
 GATE_HALF = 8 << ACT_BITS  # tanh / sigmoid tables cover [-8, 8]; beyond, both are saturated at this grid
 GATE_DOMAIN = 2 * ACT_MAX  # a gate input is a clamped layer output plus a clamped conditioning term
 EXP_MAX = 16 << ACT_BITS  # exp(-d) for d in [0, 16]; further below the maximum a code gets the floor frequency
@@ -45,16 +57,45 @@ TAPS = causal_mask().nonzero().tolist()
 
 
 # --- export: float prior -> integer tables -------------------------------------------------------------
-def quantise_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """(O, I) float weight (+ bias) -> 16-bit integer weight, per-channel shift, bias in accumulator units."""
+def quantise_linear(weight: torch.Tensor, bias: torch.Tensor | None,
+                    input_shift: int | None = None) -> dict[str, torch.Tensor]:
+    """(O, I) float weight (+ bias) -> integer weight, per-channel shift, bias in accumulator units.
+
+    16-bit (input_shift None): the input is the activation itself (2^-10 grid). 8-bit: the input is first
+    rounded to 8 bits, x8 = round(X * 2^-input_shift) for X on the 2^-10 grid, and the stored shift brings the
+    accumulator back to the 2^-10 grid (it may be zero or negative: a left shift)."""
     weight = weight.detach().double().flatten(1)
+    narrow = input_shift is not None
+    top = NARROW_MAX if narrow else WEIGHT_MAX
     peak = weight.abs().amax(1).clamp(min=1e-12)
-    shift = torch.floor(torch.log2(WEIGHT_MAX / peak)).clamp(1, 30).long()
-    scale = torch.pow(2.0, shift.double())
-    int_weight = torch.round(weight * scale[:, None]).clamp(-WEIGHT_MAX, WEIGHT_MAX)
+    weight_shift = torch.floor(torch.log2(top / peak)).clamp(1 if not narrow else -30, 30).long()
+    int_weight = torch.round(weight * torch.pow(2.0, weight_shift.double())[:, None]).clamp(-top, top)
+    shift = weight_shift - (input_shift or 0)
     int_bias = torch.zeros(weight.shape[0], dtype=torch.float64) if bias is None else bias.detach().double()
-    int_bias = torch.round(int_bias * scale * (1 << ACT_BITS)).clamp(-(1 << 50), 1 << 50)
-    return {"weight": int_weight.to(torch.int16), "bias": int_bias.long(), "shift": shift.to(torch.int8)}
+    int_bias = torch.round(int_bias * torch.pow(2.0, shift.double()) * (1 << ACT_BITS))
+    if not narrow:
+        int_bias = int_bias.clamp(-(1 << 50), 1 << 50)
+        return {"weight": int_weight.to(torch.int16), "bias": int_bias.long(), "shift": shift.to(torch.int8)}
+    # Room left under 2^24 once the largest possible sum of products and the rounding offset are in.
+    room = FLOAT32_EXACT - 1 - NARROW_MAX * int_weight.abs().sum(1) - _half(shift)
+    if bool((room < 0).any()):
+        raise ValueError("an 8-bit layer's products alone can reach 2^24: too many inputs for float32")
+    int_bias = torch.maximum(torch.minimum(int_bias, room), -room)
+    return {"weight": int_weight.to(torch.int8), "bias": int_bias.long(), "shift": shift.to(torch.int8),
+            "input_shift": torch.tensor(input_shift, dtype=torch.int8)}
+
+
+def _half(shift: torch.Tensor) -> torch.Tensor:
+    """The rounding offset of a right shift (2^(shift-1)); nothing for a left shift or none (shift <= 0)."""
+    shift = shift.double()
+    return torch.where(shift > 0, torch.pow(2.0, shift - 1), torch.zeros_like(shift))
+
+
+def input_shift(peak: float) -> int:
+    """The shift that rounds inputs of magnitude up to `peak` (calibrated, real units) to 8 bits: peak * 2^k
+    <= 127 with k = 10 - shift as large as possible (peaks beyond the activations' range are capped)."""
+    peak = min(max(float(peak), 1e-6), ACT_MAX / (1 << ACT_BITS))
+    return ACT_BITS - math.floor(math.log2(NARROW_MAX / peak))
 
 
 def quantise_table(table: torch.Tensor) -> torch.Tensor:
@@ -70,58 +111,92 @@ def lookup_tables() -> dict[str, torch.Tensor]:
             "exp": torch.round(torch.exp(-d) * (1 << EXP_BITS)).to(torch.int32)}
 
 
-def export_level(prior: LevelPrior) -> dict[str, torch.Tensor]:
-    """Integer tables for one level, keyed by flat names (a state dict of integer tensors)."""
+# A layer to export: its float weight and bias, and the module whose input sets its 8-bit input scale.
+Layer = tuple[torch.Tensor, torch.Tensor | None, nn.Module]
+
+
+def _quantise_layers(layers: dict[str, Layer], peaks: dict[nn.Module, float] | None) -> dict[str, torch.Tensor]:
+    tables = {}
+    for name, (weight, bias, module) in layers.items():
+        shift = None if peaks is None else input_shift(peaks[module])
+        for key, value in quantise_linear(weight, bias, shift).items():
+            tables[f"{name}.{key}"] = value
+    return tables
+
+
+def export_level(prior: LevelPrior, peaks: dict[nn.Module, float] | None = None) -> dict[str, torch.Tensor]:
+    """Integer tables for one level, keyed by flat names (a state dict of integer tensors); 8-bit layers when
+    the calibrated input peaks of its layers are given (`calibrate`)."""
     rows, cols = zip(*TAPS)
     masked_weight = prior.masked.weight[:, :, list(rows), list(cols)]  # (2C, C, taps): only the causal taps
     tables = {"embedding": quantise_table(prior.embedding.weight)}
-    layers = {"masked": (masked_weight, prior.masked.bias), "head": (prior.head.weight, prior.head.bias)}
+    # The masked convolution reads the embedding table (applied functionally, so no hook sees its input).
+    layers = {"masked": (masked_weight, prior.masked.bias, prior.embedding),
+              "head": (prior.head.weight, prior.head.bias, prior.head)}
     for i, (inp, out) in enumerate(zip(prior.block_in, prior.block_out)):
-        layers[f"block{i}.in"] = (inp.weight, inp.bias)
-        layers[f"block{i}.out"] = (out.weight, out.bias)
+        layers[f"block{i}.in"] = (inp.weight, inp.bias, inp)
+        layers[f"block{i}.out"] = (out.weight, out.bias, out)
     if prior.conditioning is not None:
         stack = prior.conditioning
         for u, embedding in enumerate(stack.embeddings):
             tables[f"cond.embedding{u}"] = quantise_table(embedding.weight)
         for i, (conv, out) in enumerate(zip(stack.convs, stack.outs)):
-            layers[f"cond.block{i}.in"] = (conv.weight, conv.bias)
-            layers[f"cond.block{i}.out"] = (out.weight, out.bias)
+            layers[f"cond.block{i}.in"] = (conv.weight, conv.bias, conv)
+            layers[f"cond.block{i}.out"] = (out.weight, out.bias, out)
         for i, proj in enumerate(prior.cond_proj):
             weight = proj.weight
             if prior.subpixel:  # rows (unit, position) -> (position, unit): one position's rows are contiguous
                 weight = weight.reshape(-1, 4, *weight.shape[1:]).transpose(0, 1).reshape(weight.shape)
-            layers[f"cond.proj{i}"] = (weight, None)
-    for name, (weight, bias) in layers.items():
-        for key, value in quantise_linear(weight, bias).items():
-            tables[f"{name}.{key}"] = value
-    return tables
+            layers[f"cond.proj{i}"] = (weight, None, proj)
+    return tables | _quantise_layers(layers, peaks)
 
 
-def export_stage(prior: StagePrior) -> dict[str, torch.Tensor]:
+def export_stage(prior: StagePrior, peaks: dict[nn.Module, float] | None = None) -> dict[str, torch.Tensor]:
     """Integer tables for one refinement stage's (parallel) prior."""
     tables = {f"level_embedding{u}": quantise_table(e.weight) for u, e in enumerate(prior.level_embeddings)}
     tables.update({f"stage_embedding{e}": quantise_table(m.weight) for e, m in enumerate(prior.stage_embeddings)})
     layers = {}
     for i, (conv, out) in enumerate(zip(prior.convs, prior.outs)):
-        layers[f"block{i}.in"] = (conv.weight, conv.bias)
-        layers[f"block{i}.out"] = (out.weight, out.bias)
+        layers[f"block{i}.in"] = (conv.weight, conv.bias, conv)
+        layers[f"block{i}.out"] = (out.weight, out.bias, out)
     for g in range(prior.groups):
-        layers[f"group{g}.in"] = (prior.group_in[g].weight, prior.group_in[g].bias)
-        layers[f"group{g}.out"] = (prior.group_out[g].weight, prior.group_out[g].bias)
-        layers[f"head{g}"] = (prior.heads[g].weight, prior.heads[g].bias)
-    for name, (weight, bias) in layers.items():
-        for key, value in quantise_linear(weight, bias).items():
-            tables[f"{name}.{key}"] = value
-    return tables
+        for name, module in ((f"group{g}.in", prior.group_in[g]), (f"group{g}.out", prior.group_out[g]),
+                             (f"head{g}", prior.heads[g])):
+            layers[name] = (module.weight, module.bias, module)
+    return tables | _quantise_layers(layers, peaks)
 
 
-def export_prior(prior: HierarchicalPrior) -> dict[str, torch.Tensor]:
-    """All integer tables of the three levels and the refinement stages, plus the shared lookup tables."""
+@torch.no_grad()
+def calibrate(prior: HierarchicalPrior, codes: Sequence[torch.Tensor]) -> dict[nn.Module, float]:
+    """The largest input magnitude of every layer over a forward pass of the float prior on calibration codes
+    (code grids of training crops, [top, mid, bottom, stages...] batched); an embedding table's own peak
+    stands for the masked convolution that reads it."""
+    peaks: dict[nn.Module, float] = {}
+
+    def record(module, inputs):
+        peaks[module] = max(peaks.get(module, 0.0), float(inputs[0].detach().abs().max()))
+
+    handles = [m.register_forward_pre_hook(record) for m in prior.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        prior.eval()([c.long() for c in codes])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for level in prior.levels:
+        peaks[level.embedding] = float(level.embedding.weight.abs().max())
+    return peaks
+
+
+def export_prior(prior: HierarchicalPrior, calibration_codes: Sequence[torch.Tensor] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """All integer tables of the three levels and the refinement stages, plus the shared lookup tables: the
+    8-bit float32 format when calibration codes are given, else the 16-bit float64 one."""
+    peaks = None if calibration_codes is None else calibrate(prior, calibration_codes)
     tables = {f"lut.{k}": v for k, v in lookup_tables().items()}
     for level, level_prior in enumerate(prior.levels):
-        tables.update({f"level{level}.{k}": v for k, v in export_level(level_prior).items()})
+        tables.update({f"level{level}.{k}": v for k, v in export_level(level_prior, peaks).items()})
     for stage, stage_prior in enumerate(prior.stages):
-        tables.update({f"stage{stage}.{k}": v for k, v in export_stage(stage_prior).items()})
+        tables.update({f"stage{stage}.{k}": v for k, v in export_stage(stage_prior, peaks).items()})
     return tables
 
 
@@ -132,39 +207,63 @@ def _widen(table: torch.Tensor) -> torch.Tensor:
 
 
 # --- integer inference ---------------------------------------------------------------------------------
-# Tensors below hold integers in float64: every value, product and partial sum is an integer below 2^53, so
-# float64 represents them exactly and matmuls, additions and power-of-two scalings are exact; keeping one
-# dtype avoids conversions on the hot path. Only table lookups go through int64 indices.
+# Tensors below hold integers in float64 (16-bit tables) or float32 (8-bit tables): every value, product and
+# partial sum is an integer below 2^53 (2^24), so the float type represents them exactly and matmuls,
+# additions and power-of-two scalings are exact; keeping one dtype avoids conversions on the hot path. Only
+# table lookups go through integer indices, and the frequencies are always computed in float64.
+def tables_dtype(tables: dict[str, torch.Tensor]) -> torch.dtype:
+    """float32 for 8-bit tables (their layers carry an input shift), float64 for 16-bit ones."""
+    return torch.float32 if any(key.endswith(".input_shift") for key in tables) else torch.float64
+
+
 class _IntNetwork:
     """Integer layers rebuilt from the tables under one prefix: exact linear layers and the gate lookup."""
 
     def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], prefix: str,
-                 channels: int, device: torch.device | str) -> None:
+                 channels: int, device: torch.device | str, dtype: torch.dtype = torch.float64) -> None:
         self.device = torch.device(device)
+        self.dtype = dtype
         t = {k[len(prefix):]: v.to(self.device) for k, v in tables.items() if k.startswith(prefix)}
         self.tables = t
         self.channels = channels
-        # Per layer: weight transposed (I, O), bias plus the rounding offset 2^(shift-1), and 2^-shift.
+        # Per layer: weight transposed (I, O), bias plus the rounding offset 2^(shift-1), 2^-shift, and for an
+        # 8-bit layer the scale 2^-input_shift that rounds its input to 8 bits (None: the input as it is).
         self.layers = {}
         for key in t:
             if key.endswith(".weight"):
                 name = key[:-len(".weight")]
                 shift = t[f"{name}.shift"].double()
-                self.layers[name] = (t[key].double().t().contiguous(),
-                                     t[f"{name}.bias"].double() + torch.pow(2.0, shift - 1), torch.pow(2.0, -shift))
+                weight, bias = t[key].double().t().contiguous(), t[f"{name}.bias"].double() + _half(shift)
+                input_scale = None
+                if f"{name}.input_shift" in t:
+                    input_scale = 2.0 ** -int(t[f"{name}.input_shift"])
+                    # The bound export guarantees, checked again: a table that breaks it would compute inexactly.
+                    if bool((NARROW_MAX * weight.abs().sum(0) + bias.abs() >= FLOAT32_EXACT).any()):
+                        raise ValueError(f"{prefix}{name}: 8-bit layer exceeds the float32-exact range")
+                self.layers[name] = (weight.to(dtype), bias.to(dtype), torch.pow(2.0, -shift).to(dtype), input_scale)
         # One table for the whole gate input: tanh for the first C channels, sigmoid for the last C, widened
         # from the stored [-8, 8] range to every value a gate input can take (a sum of two clamped terms) by
         # repeating the saturated ends, which is exactly what clamping the index would do.
         span = 2 * GATE_DOMAIN + 1
-        self.gate_table = torch.cat([_widen(luts["tanh"]), _widen(luts["sigmoid"])]).to(self.device).double()
+        self.gate_table = torch.cat([_widen(luts["tanh"]), _widen(luts["sigmoid"])]).to(self.device, dtype)
         self.gate_offset = torch.cat([torch.full((self.channels,), GATE_DOMAIN),
-                                      torch.full((self.channels,), GATE_DOMAIN + span)]).to(self.device).double()
+                                      torch.full((self.channels,), GATE_DOMAIN + span)]).to(self.device, dtype)
         self.exp = luts["exp"].to(self.device).double()
         self.temperature_milli = 1000  # 1.0: what coding uses; only sampling changes it
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """x (P, I) on the activation grid -> (P, O) on the activation grid: exact matmul, rounding shift."""
-        weight, bias_and_half, inv_scale = self.layers[name]
+        return self.product(name, self.layer_input(name, x))
+
+    def layer_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """What a layer multiplies: x itself (16-bit tables), or x rounded to 8 bits (half to even, the same on
+        every device) with the layer's calibrated power-of-two scale."""
+        input_scale = self.layers[name][3]
+        return x if input_scale is None else (x * input_scale).round_().clamp_(-NARROW_MAX, NARROW_MAX)
+
+    def product(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """A layer's input as `layer_input` gives it -> its output on the activation grid."""
+        weight, bias_and_half, inv_scale, _ = self.layers[name]
         return torch.addmm(bias_and_half, x, weight).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,12 +277,13 @@ class _IntNetwork:
         """x + out(gate(conv3x3(x))) on an (h*w, C) grid; the 3x3 convolution is a gather + matmul. Band by
         band of rows, so that the (positions, 9C) columns stay in cache (every position's result is the same)."""
         layer = self._tap_major(f"{name}.in")
-        padded = F.pad(x.view(h, w, -1), (0, 0, 1, 1, 1, 1))
+        # Rounded to 8 bits (8-bit tables) once per position, before the columns repeat it nine times.
+        padded = F.pad(self.layer_input(layer, x).view(h, w, -1), (0, 0, 1, 1, 1, 1))
         rows = max(1, BAND_POSITIONS // w)
         out = torch.empty_like(x)
         for top in range(0, h, rows):
             a, b = top * w, min(top + rows, h) * w
-            pre = self.linear(layer, _columns3x3(padded[top:top + rows + 2]))
+            pre = self.product(layer, _columns3x3(padded[top:top + rows + 2]))
             out[a:b] = (x[a:b] + self.linear(f"{name}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
         return out
 
@@ -193,10 +293,10 @@ class _IntNetwork:
         and integer sums below 2^53 do not depend on their order."""
         key = f"{name}:tap-major"
         if key not in self.layers:
-            weight, bias_and_half, inv_scale = self.layers[name]
+            weight, *rest = self.layers[name]
             inputs, outputs = weight.shape
             weight = weight.view(inputs // 9, 9, outputs).transpose(0, 1).reshape(inputs, outputs).contiguous()
-            self.layers[key] = (weight, bias_and_half, inv_scale)
+            self.layers[key] = (weight, *rest)
         return key
 
 
@@ -206,14 +306,14 @@ class IntLevelPrior(_IntNetwork):
     def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], level: int,
                  causal_blocks: int, cond_blocks: int, device: torch.device | str = "cpu", block: int = 0) -> None:
         prefix = f"level{level}."
-        super().__init__(tables, luts, prefix, tables[f"{prefix}embedding"].shape[1], device)
+        super().__init__(tables, luts, prefix, tables[f"{prefix}embedding"].shape[1], device, tables_dtype(tables))
         t = self.tables
         self.level = level
         self.block = block  # coding block (positions a side; 0: the whole tile), see LevelState
         self.causal_blocks = causal_blocks
         self.cond_blocks = cond_blocks if level > 0 else 0
         self.codebook_size = t["head.weight"].shape[0]
-        self.embedding = t["embedding"].double()
+        self.embedding = t["embedding"].to(self.dtype)
         self.cond_embeddings = [t[f"cond.embedding{u}"].long() for u in range(level)]
         self.tap_rows = torch.tensor([r for r, _ in TAPS], device=self.device)
         self.tap_cols = torch.tensor([c for _, c in TAPS], device=self.device)
@@ -222,12 +322,16 @@ class IntLevelPrior(_IntNetwork):
         # out-of-grid sentinel. The layer is then a sum of 12 lookups instead of a matmul per position.
         # Sub-position conditioning (PriorConfig.subpixel_cond): a projection per position of the 2x2 cell.
         self.cond_positions = 4 if level and t["cond.proj0.weight"].shape[0] == 8 * self.channels else 1
-        weight, bias_and_half, inv_scale = self.layers.pop("masked")
+        # (8-bit tables: the embedding rounded to 8 bits as the layer's input, so that every entry, and the sum of
+        # 12 plus the bias, stays float32-exact.) The products are formed in float64, then stored in the dtype.
+        embedding = self.layer_input("masked", self.embedding).double()
+        weight, bias_and_half, inv_scale, _ = self.layers.pop("masked")
         self.masked_scale = (bias_and_half, inv_scale)
-        weight = weight.t().reshape(2 * self.channels, self.channels, len(TAPS))
-        embedding = torch.cat([self.embedding, self.embedding.new_zeros(1, self.channels)])
+        weight = weight.double().t().reshape(2 * self.channels, self.channels, len(TAPS))
+        embedding = torch.cat([embedding, embedding.new_zeros(1, self.channels)])
         # Flattened to (taps * (K + 1), 2C) so that one embedding_bag sums the 12 rows without materialising them.
-        self.tap_tables = torch.einsum("oct,kc->tko", weight, embedding).reshape(-1, 2 * self.channels).contiguous()
+        self.tap_tables = torch.einsum("oct,kc->tko", weight, embedding).reshape(-1, 2 * self.channels).to(
+            self.dtype).contiguous()
         self.tap_offsets = torch.arange(len(TAPS), device=self.device) * (self.codebook_size + 1)
 
     def conditioning(self, upper_codes: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
@@ -242,7 +346,7 @@ class IntLevelPrior(_IntNetwork):
             factor = h // codes.shape[-2]
             grid = codes.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
             x = x + table[grid]  # (h, w, C)
-        x = x.clamp(-ACT_MAX, ACT_MAX).reshape(h * w, -1).double()
+        x = x.clamp(-ACT_MAX, ACT_MAX).reshape(h * w, -1).to(self.dtype)
         for i in range(self.cond_blocks):
             x = self.conv3x3_block(f"cond.block{i}", x, h, w)
         return [self.linear(f"cond.proj{i}", x).view(h * w * self.cond_positions, -1)
@@ -276,12 +380,13 @@ class IntStagePrior(_IntNetwork):
     def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], stage: int, groups: int,
                  blocks: int, device: torch.device | str = "cpu") -> None:
         prefix = f"stage{stage}."
-        super().__init__(tables, luts, prefix, tables[f"{prefix}level_embedding0"].shape[1], device)
+        super().__init__(tables, luts, prefix, tables[f"{prefix}level_embedding0"].shape[1], device,
+                         tables_dtype(tables))
         t = self.tables
         self.stage, self.groups, self.blocks = stage, groups, blocks
         self.codebook_size = t["head0.weight"].shape[0]
-        self.level_embeddings = [t[f"level_embedding{u}"].double() for u in range(3)]
-        self.stage_embeddings = [t[f"stage_embedding{e}"].double() for e in range((stage + 1) * groups - 1)]
+        self.level_embeddings = [t[f"level_embedding{u}"].to(self.dtype) for u in range(3)]
+        self.stage_embeddings = [t[f"stage_embedding{e}"].to(self.dtype) for e in range((stage + 1) * groups - 1)]
 
     def context(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
         """One tile's [top, mid, bottom, earlier stages (G, h, w)...] -> context (h*w, C) on the bottom grid."""

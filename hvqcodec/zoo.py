@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -100,9 +100,12 @@ def priors_fit(trained_for: dict[str, Any], model: HierarchicalVQVAE) -> bool:
 
 def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str = "",
                  metrics: dict[str, Any] | None = None, force: bool = False,
-                 priors_checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+                 priors_checkpoint: dict[str, Any] | None = None,
+                 calibration_codes: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
     """Write a checkpoint's autoencoder as fp16 weights (plus, optionally, the integer tables of trained priors)
-    into folder as one file and record it in the manifest; returns the entry."""
+    into folder as one file and record it in the manifest; returns the entry. With calibration codes (code
+    grids of training crops, as `train priors` keeps in codes.pt) the priors get 8-bit tables, computed in
+    float32; without, 16-bit tables computed in float64 (the format of models up to hvq-vr3)."""
     if not _NAME_PATTERN.match(name):
         raise ModelError(f"model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
     manifest = read_manifest(folder)
@@ -115,11 +118,13 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
                "config": config.to_dict(), "state_dict": state}
     prior_entry = None
     if priors_checkpoint is not None:
-        payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state)
+        payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state,
+                                                                           calibration_codes)
         options = priors_checkpoint.get("options", {})
         prior_entry = {"config": payload["prior_config"], "training_command": options.get("command", ""),
                        "training_steps": priors_checkpoint.get("step"),
-                       "validation": priors_checkpoint["history"][-1] if priors_checkpoint.get("history") else {}}
+                       "validation": priors_checkpoint["history"][-1] if priors_checkpoint.get("history") else {},
+                       "table_bits": 16 if calibration_codes is None else 8}
     folder.mkdir(parents=True, exist_ok=True)
     tmp_path = folder / f".{name}.export.pt"
     data_bytes = atomic_torch_save(payload, tmp_path)
@@ -149,8 +154,8 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
     return entry
 
 
-def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig,
-                    half: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig, half: dict[str, torch.Tensor],
+                    calibration_codes: Sequence[torch.Tensor] | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     model = HierarchicalVQVAE(config)
     model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in half.items()})
     if not priors_fit(priors_checkpoint.get("autoencoder", {}), model):
@@ -159,7 +164,7 @@ def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig
     prior_config = PriorConfig.from_dict(priors_checkpoint["config"])
     prior = HierarchicalPrior(prior_config)
     prior.load_state_dict(priors_checkpoint["model"])
-    return prior_config.to_dict(), export_prior(prior)
+    return prior_config.to_dict(), export_prior(prior, calibration_codes)
 
 
 @dataclass

@@ -84,7 +84,8 @@ def tiny_models_dir(tmp_path, monkeypatch) -> Path:
     prior_checkpoint = {"config": prior.config.to_dict(), "model": prior.state_dict(), "step": 0, "history": [],
                         "options": {"command": "test"},
                         "autoencoder": {"fingerprint": zoo.autoencoder_fingerprint(autoencoder)}}
-    zoo.export_model(ae_checkpoint, "tiny", folder, priors_checkpoint=prior_checkpoint)
+    zoo.export_model(ae_checkpoint, "tiny", folder, priors_checkpoint=prior_checkpoint,
+                     calibration_codes=calibration_codes(autoencoder))
     monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
     codec.load_codec.cache_clear()
     yield folder
@@ -103,8 +104,18 @@ LADDER_CONFIG = dict(TINY_CONFIG, refine_stages=2, refine_groups=2, refine_codeb
 LADDER_PRIOR = dict(TINY_PRIOR, stage_channels=8, stage_blocks=1, subpixel_cond=True)
 
 
-def export_tiny(folder: Path, name: str, config: dict, prior_options: dict, ladder: list[dict] | None = None) -> None:
-    """Export a random tiny autoencoder (codebooks from a real init) with random, peaked priors as `name`."""
+def calibration_codes(autoencoder: HierarchicalVQVAE) -> list[torch.Tensor]:
+    """Codes of a few synthetic photos: what sets a tiny model's 8-bit table scales (the shipped format)."""
+    images = torch.stack([torch.from_numpy(synthetic_image(100 + s, 64, 64)).permute(2, 0, 1).float() / 255
+                          for s in range(4)])
+    with torch.no_grad():
+        return autoencoder.eval().encode(images)
+
+
+def export_tiny(folder: Path, name: str, config: dict, prior_options: dict, ladder: list[dict] | None = None,
+                table_bits: int = 8) -> None:
+    """Export a random tiny autoencoder (codebooks from a real init) with random, peaked priors as `name`
+    (8-bit prior tables unless table_bits is 16)."""
     from hvqcodec import zoo
     from hvqcodec.priors import HierarchicalPrior, PriorConfig
 
@@ -124,7 +135,8 @@ def export_tiny(folder: Path, name: str, config: dict, prior_options: dict, ladd
     prior_checkpoint = {"config": prior.config.to_dict(), "model": prior.state_dict(), "step": 0, "history": [],
                         "options": {"command": "test"},
                         "autoencoder": {"fingerprint": zoo.autoencoder_fingerprint(autoencoder)}}
-    zoo.export_model(ae_checkpoint, name, folder, priors_checkpoint=prior_checkpoint)
+    zoo.export_model(ae_checkpoint, name, folder, priors_checkpoint=prior_checkpoint,
+                     calibration_codes=calibration_codes(autoencoder) if table_bits == 8 else None)
     if ladder is not None:
         manifest = zoo.read_manifest(folder)
         manifest["models"][name]["ladder"] = ladder

@@ -339,7 +339,7 @@ def test_banded_3x3_blocks_equal_one_unfold_pass(ladder_codec, monkeypatch, h, w
 
     prior = ladder_codec.prior.stages[0]
     monkeypatch.setattr(intprior, "BAND_POSITIONS", 64)
-    x = torch.randint(-3000, 3000, (h * w, prior.channels)).double()
+    x = torch.randint(-3000, 3000, (h * w, prior.channels)).to(prior.dtype)
     columns = F.unfold(x.t().reshape(1, -1, h, w), 3, padding=1)[0].t()  # (channel, tap) order, as stored
     pre = prior.linear("block0.in", columns)
     expected = (x + prior.linear("block0.out", prior.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)

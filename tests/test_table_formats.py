@@ -1,0 +1,142 @@
+"""The priors' two integer table formats: 8-bit (float32) and 16-bit (float64), both exact."""
+import pytest
+import torch
+
+from hvqcodec import intprior
+from hvqcodec.autoencoder import AutoencoderConfig, HierarchicalVQVAE
+from hvqcodec.entropy import level_frequencies, stage_frequencies
+from hvqcodec.intprior import FREQ_TOTAL, IntPrior, export_prior, tables_dtype
+from hvqcodec.priors import HierarchicalPrior, PriorConfig
+
+from conftest import LADDER_CONFIG, LADDER_PRIOR, export_tiny, fit_prior, synthetic_image
+
+STAGE_ARGS = dict(refine_stages=2, refine_groups=2, stage_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny autoencoder's codes of 8 photos, and a prior trained on them for a few steps."""
+    torch.manual_seed(0)
+    model = HierarchicalVQVAE(AutoencoderConfig(**LADDER_CONFIG))
+    images = torch.stack([torch.from_numpy(synthetic_image(s, 64, 64)).permute(2, 0, 1).float() / 255
+                          for s in range(8)])
+    model.train()(images)
+    model.eval()
+    with torch.no_grad():
+        codes = model.encode(images)
+    prior = HierarchicalPrior(PriorConfig(codebook_sizes=(16, 16, 16), refine_stages=2, refine_groups=2,
+                                          refine_codebook_size=8, **LADDER_PRIOR))
+    float_bits = fit_prior(prior, codes, slice(None), steps=60)
+    return codes, prior, float_bits
+
+
+def integer_prior(tables, dtype=None, monkeypatch=None) -> IntPrior:
+    if dtype is not None:
+        monkeypatch.setattr(intprior, "tables_dtype", lambda tables: dtype)
+    return IntPrior(1, 1, tables, "cpu", **STAGE_ARGS)
+
+
+def all_frequencies(int_prior: IntPrior, codes) -> list[torch.Tensor]:
+    """Every stream's frequencies for every crop: the levels in a parallel pass, the stages group by group."""
+    out = []
+    for n in range(codes[0].shape[0]):
+        tile = [c[n] for c in codes]
+        out += [level_frequencies(int_prior.levels[level], tile[level], tile[:level])[0] for level in range(3)]
+        out += [stage_frequencies(int_prior.stages[s], tile, tile[3 + s]) for s in range(2)]
+    return out
+
+
+def integer_bits(int_prior: IntPrior, codes) -> list[float]:
+    """Total bits of each stream under the integer prior."""
+    totals = [0.0] * 5
+    for n in range(codes[0].shape[0]):
+        tile = [c[n] for c in codes]
+        for level in range(3):
+            freq, state = level_frequencies(int_prior.levels[level], tile[level], tile[:level])
+            symbols = tile[level].flatten()[state.order]
+            totals[level] += float(-torch.log2(freq.gather(1, symbols[:, None]).double() / FREQ_TOTAL).sum())
+        for s in range(2):
+            freq = stage_frequencies(int_prior.stages[s], tile, tile[3 + s])
+            chosen = freq.gather(2, tile[3 + s].flatten(1)[..., None])
+            totals[3 + s] += float(-torch.log2(chosen.double() / FREQ_TOTAL).sum())
+    return totals
+
+
+def test_formats_follow_calibration_and_cost_within_one_percent(trained):
+    codes, prior, float_bits = trained
+    wide, narrow = export_prior(prior), export_prior(prior, codes)
+    assert tables_dtype(wide) == torch.float64 and tables_dtype(narrow) == torch.float32
+    assert wide["level2.head.weight"].dtype == torch.int16 and narrow["level2.head.weight"].dtype == torch.int8
+    assert int(narrow["level2.head.weight"].abs().max()) <= 127
+    for name, tables in (("16-bit", wide), ("8-bit", narrow)):
+        bits = integer_bits(integer_prior(tables), codes)
+        for stream, (got, want) in enumerate(zip(bits, float_bits)):
+            assert abs(got / want - 1) < 0.01, (name, stream, got, want)
+
+
+def test_float32_gives_exactly_the_float64_integers(trained, monkeypatch):
+    """The 8-bit tables computed in float32 and in float64 (exact for any of these integers) agree in every
+    frequency: no float32 sum was ever rounded."""
+    codes, prior, _ = trained
+    tables = export_prior(prior, codes)
+    single = all_frequencies(integer_prior(tables), codes)
+    double = all_frequencies(integer_prior(tables, torch.float64, monkeypatch), codes)
+    assert all(torch.equal(a, b) for a, b in zip(single, double))
+
+
+def test_reduced_precision_matmul_modes_give_the_same_integers(trained):
+    """bf16 / TF32 float32-matmul modes keep float32 accumulation, and 8-bit integers are exact in both."""
+    codes, prior, _ = trained
+    tables = export_prior(prior, codes)
+    reference = all_frequencies(integer_prior(tables), codes)
+    backend = torch.backends.mkldnn.matmul
+    saved = backend.fp32_precision
+    try:
+        for mode in ("bf16", "tf32"):
+            backend.fp32_precision = mode
+            got = all_frequencies(integer_prior(tables), codes)
+            assert all(torch.equal(a, b) for a, b in zip(got, reference)), mode
+    finally:
+        backend.fp32_precision = saved
+
+
+def test_tables_that_could_round_in_float32_are_refused(trained):
+    codes, prior, _ = trained
+    tables = dict(export_prior(prior, codes))
+    tables["level1.head.bias"] = tables["level1.head.bias"].clone()
+    tables["level1.head.bias"][0] = 1 << 24
+    with pytest.raises(ValueError, match="float32-exact"):
+        integer_prior(tables)
+
+
+def test_sixteen_bit_models_still_code(tmp_path, monkeypatch):
+    """A model exported with 16-bit tables (models up to hvq-vr3) round-trips bit-exactly."""
+    from hvqcodec import codec
+
+    export_tiny(tmp_path / "models", "tiny16", LADDER_CONFIG, LADDER_PRIOR, table_bits=16)
+    monkeypatch.setenv("HVQCODEC_MODELS", str(tmp_path / "models"))
+    codec.load_codec.cache_clear()
+    try:
+        loaded = codec.load_codec("tiny16", "cpu")
+        assert loaded.prior.levels[0].dtype == torch.float64
+        image = synthetic_image(3, 48, 64)
+        result = loaded.compress(image)
+        decoded = loaded.decompress(result.data)
+        assert all(torch.equal(a, b) for a, b in zip(decoded.codes[0], result.codes[0]))
+    finally:
+        codec.load_codec.cache_clear()
+
+
+def test_export_without_calibration_codes_is_one_clear_error(tmp_path):
+    from click.testing import CliRunner
+
+    from hvqcodec.cli import main
+
+    priors = tmp_path / "run" / "checkpoint.pt"
+    priors.parent.mkdir()
+    priors.write_bytes(b"")
+    result = CliRunner().invoke(main, ["models", "export", str(priors), "--name", "x", "--priors", str(priors),
+                                       "--models-dir", str(tmp_path / "models")])
+    assert result.exit_code != 0
+    assert "no calibration codes for 8-bit tables" in result.output
+    assert "Traceback" not in result.output
