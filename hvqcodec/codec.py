@@ -191,11 +191,8 @@ class Codec:
         pass)."""
         d, h, w = latent.shape
         flat = latent.permute(1, 2, 0).reshape(-1, d)
-        quantiser = self.autoencoder.quantisers[2]
-        distances = torch.cdist(flat, quantiser.codebook.float()).pow(2)
-        if bottom_lam > 0:
-            distances = distances + bottom_lam * quantiser.code_bits().float()[None, :]
-        candidate_distances, candidates = distances.topk(ECVQ_CANDIDATES, dim=1, largest=False)
+        row_lambdas = flat.new_full((flat.shape[0],), bottom_lam) if bottom_lam > 0 else None
+        candidate_distances, candidates = self.autoencoder.quantisers[2].candidates(flat, ECVQ_CANDIDATES, row_lambdas)
         nearest = candidates[:, 0].view(h, w)
         freq = candidate_frequencies(self.prior.levels[2], nearest, codes, candidates)
         bits = -torch.log2(freq.cpu() / FREQ_TOTAL)

@@ -24,6 +24,7 @@ with every position at once, the decoder once per wavefront t = j + 3 i, and bot
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 
 from typing import Sequence
@@ -54,6 +55,24 @@ PAD = KERNEL // 2
 BAND_POSITIONS = 2048
 # The type-A taps of the masked kernel, as (row, column) offsets into a canvas padded by PAD on every side.
 TAPS = causal_mask().nonzero().tolist()
+# Products of 8-bit tables with at least this many rows go through an int8 matmul (int32 accumulation, so the
+# same integers as float32), about 4x float32's throughput on a CPU for the conditioning stacks, the stage
+# contexts and the encoder's parallel passes; smaller ones (a decoding step) stay in float32, where the int8
+# route's conversions would cost more than they save.
+INT8_MIN_ROWS = 128
+
+
+@functools.cache
+def int8_matmul_available(device_type: str) -> bool:
+    """Whether torch._int_mm multiplies int8 matrices here (CPU builds of recent torch; CUDA is left to the
+    float32 path, whose integers are the same)."""
+    if device_type != "cpu" or not hasattr(torch, "_int_mm"):
+        return False
+    try:
+        a = torch.arange(-64, 64, dtype=torch.int8).view(16, 8)
+        return torch.equal(torch._int_mm(a, a.t().contiguous()), (a.double() @ a.double().t()).int())
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 # --- export: float prior -> integer tables -------------------------------------------------------------
@@ -227,8 +246,10 @@ class _IntNetwork:
         self.tables = t
         self.channels = channels
         # Per layer: weight transposed (I, O), bias plus the rounding offset 2^(shift-1), 2^-shift, and for an
-        # 8-bit layer the scale 2^-input_shift that rounds its input to 8 bits (None: the input as it is).
+        # 8-bit layer the scale 2^-input_shift that rounds its input to 8 bits (None: the input as it is) and,
+        # where int8 matmuls are available, the weight as int8 (I, O).
         self.layers = {}
+        int8 = dtype == torch.float32 and int8_matmul_available(self.device.type)
         for key in t:
             if key.endswith(".weight"):
                 name = key[:-len(".weight")]
@@ -240,7 +261,8 @@ class _IntNetwork:
                     # The bound export guarantees, checked again: a table that breaks it would compute inexactly.
                     if bool((NARROW_MAX * weight.abs().sum(0) + bias.abs() >= FLOAT32_EXACT).any()):
                         raise ValueError(f"{prefix}{name}: 8-bit layer exceeds the float32-exact range")
-                self.layers[name] = (weight.to(dtype), bias.to(dtype), torch.pow(2.0, -shift).to(dtype), input_scale)
+                self.layers[name] = (weight.to(dtype), bias.to(dtype), torch.pow(2.0, -shift).to(dtype), input_scale,
+                                     t[key].t().contiguous() if int8 and input_scale is not None else None)
         # One table for the whole gate input: tanh for the first C channels, sigmoid for the last C, widened
         # from the stored [-8, 8] range to every value a gate input can take (a sum of two clamped terms) by
         # repeating the saturated ends, which is exactly what clamping the index would do.
@@ -262,9 +284,14 @@ class _IntNetwork:
         return x if input_scale is None else (x * input_scale).round_().clamp_(-NARROW_MAX, NARROW_MAX)
 
     def product(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """A layer's input as `layer_input` gives it -> its output on the activation grid."""
-        weight, bias_and_half, inv_scale, _ = self.layers[name]
-        return torch.addmm(bias_and_half, x, weight).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
+        """A layer's input as `layer_input` gives it (or that as int8) -> its output on the activation grid."""
+        weight, bias_and_half, inv_scale, _, weight_int8 = self.layers[name]
+        if weight_int8 is not None and x.shape[0] >= INT8_MIN_ROWS:
+            # Exact int32 sums below 2^24 (the 8-bit bound), so converting them to float32 is exact too.
+            acc = torch._int_mm(x.to(torch.int8), weight_int8).to(self.dtype).add_(bias_and_half)
+        else:
+            acc = torch.addmm(bias_and_half, x.to(self.dtype), weight)
+        return acc.mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """tanh(a) * sigmoid(b) on the activation grid, a and b the two channel halves of x."""
@@ -277,8 +304,12 @@ class _IntNetwork:
         """x + out(gate(conv3x3(x))) on an (h*w, C) grid; the 3x3 convolution is a gather + matmul. Band by
         band of rows, so that the (positions, 9C) columns stay in cache (every position's result is the same)."""
         layer = self._tap_major(f"{name}.in")
-        # Rounded to 8 bits (8-bit tables) once per position, before the columns repeat it nine times.
-        padded = F.pad(self.layer_input(layer, x).view(h, w, -1), (0, 0, 1, 1, 1, 1))
+        # Rounded to 8 bits (8-bit tables) once per position, before the columns repeat it nine times (as int8
+        # when the product will be an int8 matmul: a quarter of the bytes to gather).
+        layer_input = self.layer_input(layer, x)
+        if self.layers[layer][4] is not None and x.shape[0] >= INT8_MIN_ROWS:
+            layer_input = layer_input.to(torch.int8)
+        padded = F.pad(layer_input.view(h, w, -1), (0, 0, 1, 1, 1, 1))
         rows = max(1, BAND_POSITIONS // w)
         out = torch.empty_like(x)
         for top in range(0, h, rows):
@@ -293,10 +324,13 @@ class _IntNetwork:
         and integer sums below 2^53 do not depend on their order."""
         key = f"{name}:tap-major"
         if key not in self.layers:
-            weight, *rest = self.layers[name]
-            inputs, outputs = weight.shape
-            weight = weight.view(inputs // 9, 9, outputs).transpose(0, 1).reshape(inputs, outputs).contiguous()
-            self.layers[key] = (weight, *rest)
+            weight, bias_and_half, inv_scale, input_scale, weight_int8 = self.layers[name]
+
+            def tap_major(w: torch.Tensor) -> torch.Tensor:
+                inputs, outputs = w.shape
+                return w.view(inputs // 9, 9, outputs).transpose(0, 1).reshape(inputs, outputs).contiguous()
+            self.layers[key] = (tap_major(weight), bias_and_half, inv_scale, input_scale,
+                                None if weight_int8 is None else tap_major(weight_int8))
         return key
 
 
@@ -325,7 +359,7 @@ class IntLevelPrior(_IntNetwork):
         # (8-bit tables: the embedding rounded to 8 bits as the layer's input, so that every entry, and the sum of
         # 12 plus the bias, stays float32-exact.) The products are formed in float64, then stored in the dtype.
         embedding = self.layer_input("masked", self.embedding).double()
-        weight, bias_and_half, inv_scale, _ = self.layers.pop("masked")
+        weight, bias_and_half, inv_scale, _, _ = self.layers.pop("masked")
         self.masked_scale = (bias_and_half, inv_scale)
         weight = weight.double().t().reshape(2 * self.channels, self.channels, len(TAPS))
         embedding = torch.cat([embedding, embedding.new_zeros(1, self.channels)])

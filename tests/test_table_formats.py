@@ -140,3 +140,18 @@ def test_export_without_calibration_codes_is_one_clear_error(tmp_path):
     assert result.exit_code != 0
     assert "no calibration codes for 8-bit tables" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not intprior.int8_matmul_available("cpu"), reason="no int8 matmul in this torch build")
+def test_int8_matmuls_give_the_float32_integers(trained, monkeypatch):
+    """Products through int8 matmuls (int32 sums) and through float32 addmm give the same frequencies, whatever
+    the row count at which the int8 route starts."""
+    codes, prior, _ = trained
+    tables = export_prior(prior, codes)
+    results = []
+    for rows in (1, 10 ** 9):
+        monkeypatch.setattr(intprior, "INT8_MIN_ROWS", rows)
+        int_prior = integer_prior(tables)
+        assert (int_prior.levels[2].layers["head"][4] is not None) == intprior.int8_matmul_available("cpu")
+        results.append(all_frequencies(int_prior, codes))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
