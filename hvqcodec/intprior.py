@@ -293,11 +293,16 @@ class _IntNetwork:
             acc = torch.addmm(bias_and_half, x.to(self.dtype), weight)
         return acc.mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """tanh(a) * sigmoid(b) on the activation grid, a and b the two channel halves of x."""
+    def gate(self, x: torch.Tensor, into: str | None = None) -> torch.Tensor:
+        """tanh(a) * sigmoid(b) on the activation grid, a and b the two channel halves of x; or, given the
+        layer it goes `into`, as that layer's input (`layer_input`): an 8-bit layer gets it rounded once,
+        straight to its 8 bits (three operations fewer per gate)."""
         # index_select on the flat index: about twice as fast as advanced indexing for these shapes.
         index = (x + self.gate_offset).int().view(-1)  # int32: converts about 3x faster than int64
         tanh, sigmoid = self.gate_table.index_select(0, index).view(x.shape).chunk(2, dim=-1)
+        input_scale = None if into is None else self.layers[into][3]
+        if input_scale is not None:  # the product is on the 2^-20 grid; round half to even, as layer_input
+            return (tanh * sigmoid).mul_(input_scale / (1 << ACT_BITS)).round_().clamp_(-NARROW_MAX, NARROW_MAX)
         return (tanh * sigmoid).add_(1 << (ACT_BITS - 1)).mul_(1.0 / (1 << ACT_BITS)).floor_()
 
     def conv3x3_block(self, name: str, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -315,7 +320,7 @@ class _IntNetwork:
         for top in range(0, h, rows):
             a, b = top * w, min(top + rows, h) * w
             pre = self.product(layer, _columns3x3(padded[top:top + rows + 2]))
-            out[a:b] = (x[a:b] + self.linear(f"{name}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+            out[a:b] = (x[a:b] + self.product(f"{name}.out", self.gate(pre, f"{name}.out"))).clamp_(-ACT_MAX, ACT_MAX)
         return out
 
     def _tap_major(self, name: str) -> str:
@@ -404,7 +409,7 @@ class IntLevelPrior(_IntNetwork):
             pre = self.linear(f"block{i}.in", h)
             if cond is not None:
                 pre = pre + cond[i + 1].index_select(0, upper)
-            h = (h + self.linear(f"block{i}.out", self.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+            h = (h + self.product(f"block{i}.out", self.gate(pre, f"block{i}.out"))).clamp_(-ACT_MAX, ACT_MAX)
         return logits_to_frequencies(self.linear("head", h), self.exp, self.temperature_milli)
 
 
@@ -448,7 +453,8 @@ class IntStagePrior(_IntNetwork):
     def group_head(self, context: torch.Tensor, group: int) -> torch.Tensor:
         """A group's context (P, C) -> frequencies (P, K). Each position on its own: any batch of rows gives the
         same integers, so callers may go chunk by chunk."""
-        h = (context + self.linear(f"group{group}.out", self.gate(self.linear(f"group{group}.in", context)))
+        out = f"group{group}.out"
+        h = (context + self.product(out, self.gate(self.linear(f"group{group}.in", context), out))
              ).clamp_(-ACT_MAX, ACT_MAX)
         return logits_to_frequencies(self.linear(f"head{group}", h), self.exp, self.temperature_milli)
 
@@ -578,12 +584,12 @@ def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor, tempera
     temperature_milli (sampling only; coding always uses 1000) divides the logits by temperature / 1000, in
     integers: distances below the maximum become d * 1000 // temperature_milli."""
     k = logits.shape[1]
-    logits = logits.double()
     # max gives the first index of the maximum on ties, as argmax does, in a third of amax + argmax's time.
+    # Logits and their distances below the peak are integers below 2^17: exact in float32 as in float64.
     peak, most_probable = logits.max(1, keepdim=True)
     distances = peak - logits
-    if temperature_milli != 1000:
-        distances = distances.mul_(1000).div_(temperature_milli).floor_()
+    if temperature_milli != 1000:  # d * 1000 can pass 2^24
+        distances = distances.double().mul_(1000).div_(temperature_milli).floor_()
     index = distances.clamp_(max=EXP_MAX).int().view(-1)
     weights = exp_table.double().index_select(0, index).view(distances.shape)
     total = weights.sum(1, keepdim=True)

@@ -122,9 +122,12 @@ def test_tiles_in_lockstep_equal_tiles_alone(request, fixture):
     assert all(torch.equal(a, b) for a, b in zip(together, expected))
 
 
-def test_wavefront_loop_runs_on_one_thread_and_restores_the_count(tiny_codec):
+def test_wavefront_loop_runs_on_one_thread_and_restores_the_count(tiny_codec, monkeypatch):
     """The decoder's steps run on one intra-op thread (small operations: a second thread only synchronises),
-    and the caller's thread count comes back afterwards, also when decoding fails."""
+    and the caller's thread count comes back afterwards, also when decoding fails; steps of many positions
+    (tiles in lockstep) keep the threads."""
+    import hvqcodec.entropy as entropy
+
     codes = tiny_codec.encode_codes(random_photo(3, 32, 48))
     encoded = encode_level(tiny_codec.prior.levels[2], codes[2], codes[:2])
 
@@ -146,6 +149,10 @@ def test_wavefront_loop_runs_on_one_thread_and_restores_the_count(tiny_codec):
         with pytest.raises(ValueError, match="stream ends before its codes do"):  # fails inside the loop
             decode_level(tiny_codec.prior.levels[2], [b"\x00" * 4], [tuple(codes[2].shape)], [codes[:2]])
         assert torch.get_num_threads() == 2
+        monkeypatch.setattr(entropy, "PARALLEL_STEP_POSITIONS", 1)  # as if the steps were large
+        recording = Recording(encoded.data)
+        decoded = decode_level(tiny_codec.prior.levels[2], [recording], [tuple(codes[2].shape)], [codes[:2]])
+        assert torch.equal(decoded[0], codes[2]) and recording.threads == {2}
     finally:
         torch.set_num_threads(before)
 
@@ -342,5 +349,5 @@ def test_banded_3x3_blocks_equal_one_unfold_pass(ladder_codec, monkeypatch, h, w
     x = torch.randint(-3000, 3000, (h * w, prior.channels)).to(prior.dtype)
     columns = F.unfold(x.t().reshape(1, -1, h, w), 3, padding=1)[0].t()  # (channel, tap) order, as stored
     pre = prior.linear("block0.in", columns)
-    expected = (x + prior.linear("block0.out", prior.gate(pre))).clamp_(-ACT_MAX, ACT_MAX)
+    expected = (x + prior.product("block0.out", prior.gate(pre, "block0.out"))).clamp_(-ACT_MAX, ACT_MAX)
     assert torch.equal(prior.conv3x3_block("block0", x, h, w), expected)
