@@ -155,3 +155,19 @@ def test_int8_matmuls_give_the_float32_integers(trained, monkeypatch):
         assert (int_prior.levels[2].layers["head"][4] is not None) == intprior.int8_matmul_available("cpu")
         results.append(all_frequencies(int_prior, codes))
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_eight_bit_export_bounds_every_accumulator():
+    """A layer with huge biases or many large weights still exports tables whose sums stay float32-exact;
+    a layer whose products alone could pass 2^24 is refused."""
+    from hvqcodec.intprior import FLOAT32_EXACT, NARROW_MAX, quantise_linear
+
+    weight = torch.randn(16, 64)
+    tables = quantise_linear(weight, torch.full((16,), 1e6), input_shift=3)
+    assert tables["weight"].dtype == torch.int8 and 64 <= int(tables["weight"].abs().max()) <= NARROW_MAX
+    shift = tables["shift"].double()
+    half = torch.where(shift > 0, 2 ** (shift - 1), torch.zeros_like(shift))
+    worst = NARROW_MAX * tables["weight"].double().abs().sum(1) + tables["bias"].double().abs() + half
+    assert bool((worst < FLOAT32_EXACT).all())
+    with pytest.raises(ValueError, match="too many inputs"):
+        quantise_linear(torch.ones(4, 2048), None, input_shift=3)
