@@ -170,4 +170,4 @@ def test_eight_bit_export_bounds_every_accumulator():
     worst = NARROW_MAX * tables["weight"].double().abs().sum(1) + tables["bias"].double().abs() + half
     assert bool((worst < FLOAT32_EXACT).all())
     with pytest.raises(ValueError, match="too many inputs"):
-        quantise_linear(torch.ones(4, 2048), None, input_shift=3)
+        quantise_linear(torch.ones(4, 4096), None, input_shift=3)
