@@ -2,8 +2,9 @@
 
 torch's OpenMP threads spin while they wait for work by default. That is fastest on an idle machine, but as
 soon as another process is busy every parallel operation waits for a core: the codec's many small operations
-then run many times slower. `hvqcodec compress / decompress / sample` set OMP_WAIT_POLICY=PASSIVE (unless it is
-set already); this measures why. Each condition runs in a fresh process (the policy is read when torch loads):
+then run many times slower. Threads that sleep at once (OMP_WAIT_POLICY=PASSIVE) are slow on an idle machine
+instead. `hvqcodec compress / decompress / sample` set GOMP_SPINCOUNT=3000, a short spin (unless a policy or
+spin count is set already); this measures why. Each condition runs in a fresh process (the policy is read when torch loads):
 median in-process compress and decompress times of the first Kodak images, on an idle machine and beside one
 CPU-bound process (a Python busy loop).
 
@@ -41,11 +42,17 @@ print(json.dumps({"threads": torch.get_num_threads(), "encode_seconds_median": s
 """
 
 
-def run_condition(model: str | None, repeats: int, paths: list[str], policy: str | None) -> dict:
+# What each condition sets (libgomp, torch's OpenMP: GOMP_SPINCOUNT is how long an idle thread spins before it
+# sleeps; PASSIVE makes it 0, the default is 300,000; the CLI sets 3000, hvqcodec.cli.OPENMP_SPIN_COUNT).
+CONDITIONS = {"(default)": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+              "GOMP_SPINCOUNT=3000": {"GOMP_SPINCOUNT": "3000"}}
+
+
+def run_condition(model: str | None, repeats: int, paths: list[str], settings: dict[str, str]) -> dict:
     env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        env.pop(name, None)
+    env.update(settings)
     out = subprocess.run([sys.executable, "-c", CHILD, model or "", str(repeats), *paths], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -64,11 +71,11 @@ def main() -> None:
         busy = (subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "idle" else None)
         try:
             time.sleep(0.5 if busy else 0)
-            for policy in (None, "PASSIVE"):
-                r = run_condition(args.model, args.repeats, paths, policy)
-                r.update(load=load, omp_wait_policy=policy or "(default)")
+            for condition, settings in CONDITIONS.items():
+                r = run_condition(args.model, args.repeats, paths, settings)
+                r.update(load=load, omp_wait_policy=condition)
                 results.append(r)
-                print(f"{load:17s} OMP_WAIT_POLICY={r['omp_wait_policy']:10s} {r['threads']} threads: "
+                print(f"{load:17s} {r['omp_wait_policy']:22s} {r['threads']} threads: "
                       f"encode {r['encode_seconds_median']:.2f} s, decode {r['decode_seconds_median']:.2f} s",
                       flush=True)
         finally:

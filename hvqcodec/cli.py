@@ -61,16 +61,22 @@ class FloatList(click.ParamType):
         return numbers
 
 
-def _passive_openmp() -> None:
-    """Make torch's OpenMP threads sleep at once when idle instead of spinning (unless the user chose
-    otherwise). Spinning threads make every parallel operation wait for a core as soon as another program is
-    busy: on 2 cores beside one busy process kodim01 compressed in 5.9 s instead of 1.4 s and decompressed in
-    3.9 s instead of 1.8 s; on an idle machine the encoder takes about 30% longer, the decoder 4%
-    (`benchmarks/busy_machine.py`). Only takes effect before torch is imported, as here: the codec commands
-    import it lazily."""
+def _short_openmp_spin() -> None:
+    """Let torch's idle OpenMP threads spin only briefly before they sleep (unless the user chose a policy).
+    Spinning threads make every parallel operation wait for a core as soon as another program is busy; threads
+    that sleep at once slow every operation down on an idle machine. Measured with 8-bit prior tables on 2 cores
+    (`benchmarks/busy_machine.py`, kodim01, encode / decode): libgomp's default spin 0.49 / 1.12 s idle but 3.93 /
+    2.94 s beside one busy process; OMP_WAIT_POLICY=PASSIVE 0.99 / 1.27 s idle, 0.89 / 1.41 s busy;
+    GOMP_SPINCOUNT=3000 0.52 / 1.03 s idle, 1.31 / 1.64 s busy. Only takes effect before torch is imported,
+    as here: the codec commands import it lazily. (GOMP_SPINCOUNT is libgomp's, which Linux builds of torch
+    use; other OpenMP runtimes ignore it.)"""
     import os
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", str(OPENMP_SPIN_COUNT))
+
+
+OPENMP_SPIN_COUNT = 3000
 
 
 max_pixels_option = click.option(
@@ -169,7 +175,7 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
       hvqcodec compress *.png -o compressed/       # into a folder
       hvqcodec compress photo.jpg -o out.hvq --force
     """
-    _passive_openmp()
+    _short_openmp_spin()
     import os
 
     from .batch import compress_many
@@ -220,7 +226,7 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
       hvqcodec decompress photo.hvq -o photo.webp  # lossless WebP
       hvqcodec decompress photo.hvq --levels 2 -o preview.png
     """
-    _passive_openmp()
+    _short_openmp_spin()
     from . import container
 
     limit = max_pixels or container.DEFAULT_MAX_PIXELS
@@ -415,7 +421,7 @@ def sample(count, size, seed, temperature, model, source, keep_levels, output, d
       hvqcodec sample -n 4 --temperature 0.8 -o calm.png
       hvqcodec sample --from photo.hvq --keep-levels 2 -n 4 -o variations.png
     """
-    _passive_openmp()
+    _short_openmp_spin()
     from PIL import Image
 
     from .codec import codec_for, load_codec

@@ -151,18 +151,27 @@ def test_compress_with_effort(photo, tmp_path):
     assert result.exit_code == 2 and "--effort" in result.output
 
 
-@pytest.mark.parametrize("preset", [None, "ACTIVE"])
-def test_codec_commands_make_openmp_wait_passively_unless_told(photo, hvq_file, tmp_path, monkeypatch, preset):
-    """compress and decompress ask OpenMP to sleep rather than spin while waiting (spinning threads make the
-    codec many times slower beside any busy program); a policy the user set is kept."""
+@pytest.mark.parametrize("preset", [None, "OMP_WAIT_POLICY=ACTIVE", "GOMP_SPINCOUNT=0"])
+def test_codec_commands_shorten_openmp_spinning_unless_told(photo, hvq_file, tmp_path, monkeypatch, preset):
+    """compress and decompress let OpenMP threads spin only briefly while waiting (spinning threads make the
+    codec many times slower beside any busy program, sleeping at once slows it on an idle machine); a policy or
+    spin count the user set is kept."""
     import os
 
+    from hvqcodec.cli import OPENMP_SPIN_COUNT
+
     for args in (["compress", photo, "-o", tmp_path / "again.hvq"], ["decompress", hvq_file, "-o", tmp_path / "b.png"]):
-        monkeypatch.setenv("OMP_WAIT_POLICY", "placeholder")  # so that monkeypatch restores the original
+        for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+            monkeypatch.setenv(name, "placeholder")  # so that monkeypatch restores the original
+            monkeypatch.delenv(name)
         if preset:
-            monkeypatch.setenv("OMP_WAIT_POLICY", preset)
-        else:
-            monkeypatch.delenv("OMP_WAIT_POLICY")
+            monkeypatch.setenv(*preset.split("="))
         result = run(*args)
         assert result.exit_code == 0, result.output
-        assert os.environ["OMP_WAIT_POLICY"] == (preset or "PASSIVE")
+        settings = {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        if preset is None:
+            assert settings == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": str(OPENMP_SPIN_COUNT)}
+        elif preset.startswith("OMP"):
+            assert settings == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None}
+        else:
+            assert settings == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "0"}
