@@ -26,7 +26,10 @@ from .manifest import (DEFAULT_MODEL, MANIFEST_NAME, available_models, default_m
                        read_manifest, write_manifest)
 
 WEIGHTS_FORMAT = "hvqcodec-weights"
-WEIGHTS_VERSION = 1
+# Version 2: the priors' tables may be 8-bit (intprior: computed in float32). A release that only knows
+# version 1 (16-bit tables) refuses such a file instead of computing different probabilities from it.
+WEIGHTS_VERSION = 2
+READABLE_WEIGHTS_VERSIONS = (1, 2)
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -114,7 +117,8 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
     config = AutoencoderConfig.from_dict(checkpoint["config"])
     # Half precision halves the download; float buffers (codebooks, EMA statistics) are stored as fp16 too.
     state = half_state(checkpoint["model"])
-    payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "name": name,
+    narrow = priors_checkpoint is not None and calibration_codes is not None
+    payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION if narrow else 1, "name": name,
                "config": config.to_dict(), "state_dict": state}
     prior_entry = None
     if priors_checkpoint is not None:
@@ -193,7 +197,7 @@ def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBun
         raise ModelError(f"{path.name}: unreadable weights ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
         raise ModelError(f"{path.name}: not an hvqcodec weights file")
-    if payload.get("version") != WEIGHTS_VERSION:
+    if payload.get("version") not in READABLE_WEIGHTS_VERSIONS:
         raise ModelError(f"{path.name}: weights format version {payload.get('version')} is not supported")
     model = HierarchicalVQVAE(AutoencoderConfig.from_dict(payload["config"]))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}

@@ -113,8 +113,21 @@ def test_sixteen_bit_models_still_code(tmp_path, monkeypatch):
     """A model exported with 16-bit tables (models up to hvq-vr3) round-trips bit-exactly."""
     from hvqcodec import codec
 
-    export_tiny(tmp_path / "models", "tiny16", LADDER_CONFIG, LADDER_PRIOR, table_bits=16)
-    monkeypatch.setenv("HVQCODEC_MODELS", str(tmp_path / "models"))
+    from hvqcodec.zoo import ModelError, load_bundle_file, read_manifest
+
+    folder = tmp_path / "models"
+    export_tiny(folder, "tiny16", LADDER_CONFIG, LADDER_PRIOR, table_bits=16)
+    export_tiny(folder, "tiny8", LADDER_CONFIG, LADDER_PRIOR)
+    # Weights files say which tables they hold: a release that reads only version 1 refuses 8-bit tables.
+    files = {name: folder / entry["file"] for name, entry in read_manifest(folder)["models"].items()}
+    versions = {name: torch.load(path, weights_only=True)["version"] for name, path in files.items()}
+    assert versions == {"tiny16": 1, "tiny8": 2}
+    payload = torch.load(files["tiny8"], weights_only=True)
+    payload["version"] = 3
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(ModelError, match="weights format version 3 is not supported"):
+        load_bundle_file(tmp_path / "future.pt")
+    monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
     codec.load_codec.cache_clear()
     try:
         loaded = codec.load_codec("tiny16", "cpu")
