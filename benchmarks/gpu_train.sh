@@ -25,7 +25,9 @@ else
     ARCH="--widths 96,144,192 --encoder-depths 3,3,4 --decoder-depths 3,4,6 --refine-stages 3 --refine-groups 1
           --refine-codebook-size 256 --refine-lambdas 0.002,0.0007,0.0002 --bottom-lambdas 0,0,0.003,0.01,0.02
           --detail-head"
-    PRIOR_ARCH="--channels 96 --causal-blocks 2 --cond-blocks 3 --stage-channels 48 --stage-blocks 2"
+    # hvq-vr3's prior design (sub-position conditioning, 6 conditioning blocks): its width keeps CPU decoding
+    # within its budget, and its layers within the 8-bit tables' float32-exact bound.
+    PRIOR_ARCH="--channels 64 --causal-blocks 2 --cond-blocks 6 --subpixel-cond --stage-channels 32 --stage-blocks 2"
 fi
 VAL_ARGS=()
 [ -d "$VAL" ] && VAL_ARGS=(--val "$VAL")

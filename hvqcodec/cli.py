@@ -751,8 +751,9 @@ def models_export(checkpoint, name, models_dir, data, priors, force, make_defaul
         manifest = read_manifest(folder)
         manifest["default"] = name
         write_manifest(manifest, folder)
+    tables = f", {entry['priors']['table_bits']}-bit prior tables" if entry.get("priors") else ""
     console.print(f"exported {name}: {folder / entry['file']} (sha256 {entry['sha256'][:12]}, "
-                  f"{(folder / entry['file']).stat().st_size / 1e6:.2f} MB)")
+                  f"{(folder / entry['file']).stat().st_size / 1e6:.2f} MB{tables})")
 
 
 # Crops whose codes calibrate 8-bit tables (benchmarks/prior_precision.py measured the rate cost with 64).

@@ -108,7 +108,8 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
     """Write a checkpoint's autoencoder as fp16 weights (plus, optionally, the integer tables of trained priors)
     into folder as one file and record it in the manifest; returns the entry. With calibration codes (code
     grids of training crops, as `train priors` keeps in codes.pt) the priors get 8-bit tables, computed in
-    float32; without, 16-bit tables computed in float64 (the format of models up to hvq-vr3)."""
+    float32, unless a layer is too wide for float32-exact sums; otherwise (and without codes) 16-bit tables
+    computed in float64 (the format of models up to hvq-vr3). The manifest records which (`table_bits`)."""
     if not _NAME_PATTERN.match(name):
         raise ModelError(f"model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
     manifest = read_manifest(folder)
@@ -117,13 +118,17 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
     config = AutoencoderConfig.from_dict(checkpoint["config"])
     # Half precision halves the download; float buffers (codebooks, EMA statistics) are stored as fp16 too.
     state = half_state(checkpoint["model"])
-    narrow = priors_checkpoint is not None and calibration_codes is not None
-    payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION if narrow else 1, "name": name,
-               "config": config.to_dict(), "state_dict": state}
+    payload = {"format": WEIGHTS_FORMAT, "version": 1, "name": name, "config": config.to_dict(), "state_dict": state}
     prior_entry = None
     if priors_checkpoint is not None:
-        payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state,
-                                                                           calibration_codes)
+        try:
+            payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state,
+                                                                               calibration_codes)
+        except NarrowTablesError:
+            calibration_codes = None  # recorded below as 16-bit tables
+            payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state)
+        if calibration_codes is not None:
+            payload["version"] = WEIGHTS_VERSION
         options = priors_checkpoint.get("options", {})
         prior_entry = {"config": payload["prior_config"], "training_command": options.get("command", ""),
                        "training_steps": priors_checkpoint.get("step"),
@@ -168,7 +173,16 @@ def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig
     prior_config = PriorConfig.from_dict(priors_checkpoint["config"])
     prior = HierarchicalPrior(prior_config)
     prior.load_state_dict(priors_checkpoint["model"])
-    return prior_config.to_dict(), export_prior(prior, calibration_codes)
+    if calibration_codes is not None:
+        try:
+            return prior_config.to_dict(), export_prior(prior, calibration_codes)
+        except ValueError as exc:  # a layer too wide for float32-exact 8-bit sums: keep the 16-bit format
+            raise NarrowTablesError(str(exc)) from None
+    return prior_config.to_dict(), export_prior(prior)
+
+
+class NarrowTablesError(ModelError):
+    """The priors cannot have 8-bit tables (a layer's sums could pass 2^24); export them with 16-bit tables."""
 
 
 @dataclass

@@ -184,3 +184,27 @@ def test_eight_bit_export_bounds_every_accumulator():
     assert bool((worst < FLOAT32_EXACT).all())
     with pytest.raises(ValueError, match="too many inputs"):
         quantise_linear(torch.ones(4, 4096), None, input_shift=3)
+
+
+def test_priors_too_wide_for_eight_bits_are_exported_with_sixteen(tmp_path):
+    """A masked layer of 1,056 inputs whose 8-bit weights are all 127 could sum past 2^24: export keeps the
+    16-bit format for such priors (weights version 1) instead of failing or computing inexactly."""
+    from hvqcodec import zoo
+    from conftest import TINY_CONFIG, calibration_codes
+
+    torch.manual_seed(0)
+    autoencoder = HierarchicalVQVAE(AutoencoderConfig(**TINY_CONFIG))
+    autoencoder.train()(torch.rand(2, 3, 64, 64))
+    prior = HierarchicalPrior(PriorConfig(codebook_sizes=TINY_CONFIG["codebook_sizes"], channels=88,
+                                          causal_blocks=1, cond_blocks=1))
+    with torch.no_grad():
+        prior.levels[0].masked.weight.fill_(127 / 64)
+    checkpoint = {"config": autoencoder.config.to_dict(), "model": autoencoder.state_dict(), "step": 0,
+                  "history": [], "options": {}}
+    priors = {"config": prior.config.to_dict(), "model": prior.state_dict(), "step": 0, "history": [], "options": {},
+              "autoencoder": {"fingerprint": zoo.autoencoder_fingerprint(autoencoder)}}
+    entry = zoo.export_model(checkpoint, "wide", tmp_path, priors_checkpoint=priors,
+                             calibration_codes=calibration_codes(autoencoder))
+    assert entry["priors"]["table_bits"] == 16
+    payload = torch.load(tmp_path / entry["file"], weights_only=True)
+    assert payload["version"] == 1 and tables_dtype(payload["prior_tables"]) == torch.float64
