@@ -64,10 +64,10 @@ class FloatList(click.ParamType):
 def _short_openmp_spin() -> None:
     """Let torch's idle OpenMP threads spin only briefly before they sleep (unless the user chose a policy).
     Spinning threads make every parallel operation wait for a core as soon as another program is busy; threads
-    that sleep at once slow every operation down on an idle machine. Measured with 8-bit prior tables on 2 cores
-    (`benchmarks/busy_machine.py`, kodim01, encode / decode): libgomp's default spin 0.49 / 1.12 s idle but 3.93 /
-    2.94 s beside one busy process; OMP_WAIT_POLICY=PASSIVE 0.99 / 1.27 s idle, 0.89 / 1.41 s busy;
-    GOMP_SPINCOUNT=3000 0.52 / 1.03 s idle, 1.31 / 1.64 s busy. Only takes effect before torch is imported,
+    that sleep at once slow every operation down on an idle machine. Measured with hvq-vr4 on 2 cores
+    (`benchmarks/busy_machine.py`, kodim01, encode / decode): libgomp's default spin 0.47 / 1.09 s idle but 11.5 /
+    5.9 s beside one busy process; OMP_WAIT_POLICY=PASSIVE 0.94 / 1.21 s idle, 0.73 / 1.17 s busy;
+    GOMP_SPINCOUNT=3000 0.47 / 0.96 s idle, 1.20 / 1.42 s busy. Only takes effect before torch is imported,
     as here: the codec commands import it lazily. (GOMP_SPINCOUNT is libgomp's, which Linux builds of torch
     use; other OpenMP runtimes ignore it.)"""
     import os
