@@ -576,6 +576,7 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
     initial = _initial_weights(init_from, "autoencoder") if init_from and not resume else None
     train_autoencoder(options, config, resume=resume, console=console, init_from=initial)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
+    _end_distributed_worker()
 
 
 @train.command("priors")
@@ -622,6 +623,20 @@ def train_priors_command(model, resume, code_crops, channels, causal_blocks, con
     initial = _initial_weights(init_from, "priors") if init_from and not resume else None
     train_priors(options, config, resume=resume, console=console, init_from=initial)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
+    _end_distributed_worker()
+
+
+def _end_distributed_worker() -> None:
+    """A torchrun worker whose training is done (checkpoint written atomically, process group destroyed) exits
+    here, skipping the interpreter's teardown: there gloo's leftover threads now and then abort a finished
+    process ("terminate called without an active exception", exit -6, which fails the whole run; seen in CI
+    about once in a few dozen runs even after a barrier and destroy_process_group)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @main.group()

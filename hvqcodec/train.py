@@ -317,6 +317,9 @@ def run_training(task: TrainingTask, options: TrainOptions, checkpoint: dict | N
                 progress.update(bar, completed=state.step)
         if world > 1:
             log({"step": state.step, "world_size": world, "replicas_identical": _replicas_identical(model)})
+            # Every process done with its collectives before any tears the group down (a process that left
+            # while the other still talked to it aborted at exit now and then, in CI).
+            torch.distributed.barrier()
     except KeyboardInterrupt:
         save()
         console.print(f"interrupted: checkpoint saved at step {state.step} in {checkpoint_path} "
