@@ -1,6 +1,7 @@
 """The `hvqcodec` command line: a thin layer over the package's API."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import shlex
 import sys
@@ -126,23 +127,25 @@ def _check_outputs(paths: list[Path], force: bool) -> None:
             raise click.ClickException(f"{path.parent}: no such folder")
 
 
-def _progress(total: int, parts: bool = False):
-    """A transient progress display for `total` files; with `parts`, also for the parts of a single file (its
-    tiles), through `_parts_task`."""
+@contextlib.contextmanager
+def _file_progress(sources: list, targets: list, verb: str):
+    """A transient progress display over (source, target) pairs: a bar over the files when there are several;
+    for a single file, a bar over its parts (a large image's tiles, a decode's streams and tiles) once there is
+    more than one. Yields the codec's progress(done, total) callback for those parts (None for several files)
+    and the pairs to iterate."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True, disable=total < 2 and not parts)
+    single = len(sources) == 1
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        parts = None
+        if single:
+            parts_task = progress.add_task(f"{verb} {sources[0]}", total=None, visible=False)
 
-
-def _parts_task(progress, description: str) -> Callable[[int, int], None]:
-    """A progress(done, total) callback for the codec that shows a bar once there is more than one part (a
-    large image's tiles, a decode's streams and tiles)."""
-    task = progress.add_task(description, total=None, visible=False)
-
-    def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total, visible=total > 1)
-    return update
+            def parts(done: int, total: int) -> None:
+                progress.update(parts_task, completed=done, total=total, visible=total > 1)
+        files_task = progress.add_task(verb, total=len(sources), visible=not single)
+        yield parts, progress.track(list(zip(sources, targets)), task_id=files_task)
 
 
 @main.command()
@@ -193,11 +196,9 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
     if jobs == 0:
         jobs = min(os.cpu_count() or 1, len(images)) if len(images) >= 4 and resolved == "cpu" else 1
     load_codec(model, resolved)  # a bad model name fails here, once, before any worker starts
-    with _progress(len(images), parts=len(images) == 1) as progress:
-        parts = _parts_task(progress, f"compressing {images[0]}") if len(images) == 1 else None
+    with _file_progress(images, targets, "compressing") as (parts, pairs):
         results = compress_many(images, model, resolved, quality, target_bpp, limit, jobs, effort, parts)
-        files_task = progress.add_task("compressing", total=len(images), visible=len(images) > 1)
-        for source, target in progress.track(list(zip(images, targets)), task_id=files_task):
+        for source, target in pairs:
             data, bpp, notes, used = next(results)
             if target_bpp is not None and bpp > target_bpp:
                 console.print(f"[yellow]warning[/]: {source}: even quality {used} takes {bpp:.4f} bpp")
@@ -237,10 +238,8 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
     from .codec import codec_for
     from .imageio import save_image
 
-    with _progress(len(files), parts=len(files) == 1) as progress:
-        parts = _parts_task(progress, f"decompressing {files[0]}") if len(files) == 1 else None
-        files_task = progress.add_task("decompressing", total=len(files), visible=len(files) > 1)
-        for source, target in progress.track(list(zip(files, targets)), task_id=files_task):
+    with _file_progress(files, targets, "decompressing") as (parts, pairs):
+        for source, target in pairs:
             data = _read(source)
             decoded = codec_for(data, device).decompress(data, levels, limit, progress=parts)
             for note in decoded.warnings:

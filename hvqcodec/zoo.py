@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .autoencoder import AutoencoderConfig, HierarchicalVQVAE
-from .intprior import export_prior
+from .intprior import export_prior, tables_dtype
 from .priors import HierarchicalPrior, PriorConfig
 from .errors import ModelError
 from .fileio import atomic_torch_save
@@ -121,19 +121,16 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
     payload = {"format": WEIGHTS_FORMAT, "version": 1, "name": name, "config": config.to_dict(), "state_dict": state}
     prior_entry = None
     if priors_checkpoint is not None:
-        try:
-            payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state,
-                                                                               calibration_codes)
-        except NarrowTablesError:
-            calibration_codes = None  # recorded below as 16-bit tables
-            payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state)
-        if calibration_codes is not None:
+        payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state,
+                                                                           calibration_codes)
+        table_bits = 8 if tables_dtype(payload["prior_tables"]) == torch.float32 else 16
+        if table_bits == 8:
             payload["version"] = WEIGHTS_VERSION
         options = priors_checkpoint.get("options", {})
         prior_entry = {"config": payload["prior_config"], "training_command": options.get("command", ""),
                        "training_steps": priors_checkpoint.get("step"),
                        "validation": priors_checkpoint["history"][-1] if priors_checkpoint.get("history") else {},
-                       "table_bits": 16 if calibration_codes is None else 8}
+                       "table_bits": table_bits}
     folder.mkdir(parents=True, exist_ok=True)
     tmp_path = folder / f".{name}.export.pt"
     data_bytes = atomic_torch_save(payload, tmp_path)
@@ -176,13 +173,9 @@ def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig
     if calibration_codes is not None:
         try:
             return prior_config.to_dict(), export_prior(prior, calibration_codes)
-        except ValueError as exc:  # a layer too wide for float32-exact 8-bit sums: keep the 16-bit format
-            raise NarrowTablesError(str(exc)) from None
+        except ValueError:  # a layer too wide for float32-exact 8-bit sums: keep the 16-bit format
+            pass
     return prior_config.to_dict(), export_prior(prior)
-
-
-class NarrowTablesError(ModelError):
-    """The priors cannot have 8-bit tables (a layer's sums could pass 2^24); export them with 16-bit tables."""
 
 
 @dataclass

@@ -4,8 +4,8 @@ import torch
 
 from hvqcodec import intprior
 from hvqcodec.autoencoder import AutoencoderConfig, HierarchicalVQVAE
-from hvqcodec.entropy import level_frequencies, stage_frequencies
-from hvqcodec.intprior import FREQ_TOTAL, IntPrior, export_prior, tables_dtype
+from hvqcodec.entropy import encode_level, encode_stage, level_frequencies, stage_frequencies
+from hvqcodec.intprior import IntPrior, export_prior, tables_dtype
 from hvqcodec.priors import HierarchicalPrior, PriorConfig
 
 from conftest import LADDER_CONFIG, LADDER_PRIOR, export_tiny, fit_prior, synthetic_image
@@ -47,18 +47,14 @@ def all_frequencies(int_prior: IntPrior, codes) -> list[torch.Tensor]:
 
 
 def integer_bits(int_prior: IntPrior, codes) -> list[float]:
-    """Total bits of each stream under the integer prior."""
+    """Total bits of each stream under the integer prior (the coder's own count, `cross_entropy_bits`)."""
     totals = [0.0] * 5
     for n in range(codes[0].shape[0]):
         tile = [c[n] for c in codes]
         for level in range(3):
-            freq, state = level_frequencies(int_prior.levels[level], tile[level], tile[:level])
-            symbols = tile[level].flatten()[state.order]
-            totals[level] += float(-torch.log2(freq.gather(1, symbols[:, None]).double() / FREQ_TOTAL).sum())
+            totals[level] += encode_level(int_prior.levels[level], tile[level], tile[:level]).cross_entropy_bits
         for s in range(2):
-            freq = stage_frequencies(int_prior.stages[s], tile, tile[3 + s])
-            chosen = freq.gather(2, tile[3 + s].flatten(1)[..., None])
-            totals[3 + s] += float(-torch.log2(chosen.double() / FREQ_TOTAL).sum())
+            totals[3 + s] += encode_stage(int_prior.stages[s], tile, tile[3 + s]).cross_entropy_bits
     return totals
 
 
