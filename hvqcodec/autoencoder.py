@@ -376,7 +376,13 @@ class HierarchicalVQVAE(nn.Module):
     def _decode_bottom(self, bottom_q: torch.Tensor, c1: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
         """checkpointed: keep only each ConvNeXt block's input for the backward pass and recompute the rest
         (encoder refinement on a 1024-pixel tile: about a third more time, far less memory)."""
-        x = _blocks(self.dec1, self.dec_in(torch.cat([bottom_q, c1], 1)), checkpointed)
+        return self._decode_to_rgb(self._decode_quarter(bottom_q, c1, checkpointed), checkpointed)
+
+    def _decode_quarter(self, bottom_q: torch.Tensor, c1: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
+        return _blocks(self.dec1, self.dec_in(torch.cat([bottom_q, c1], 1)), checkpointed)
+
+    def _decode_to_rgb(self, x: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
+        """The /4 decoder features -> RGB: 2x upsampling, the half-resolution stage, 2x to RGB."""
         half = _blocks([self.dec_half], self.dec_up(x), checkpointed)
         if self.dec_half_more is not None:
             half = _blocks(self.dec_half_more, half, checkpointed)
@@ -385,22 +391,29 @@ class HierarchicalVQVAE(nn.Module):
             rgb = rgb + self.detail(x)
         return (rgb + 1) / 2
 
-    def decode(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+    def decode(self, codes: Sequence[torch.Tensor], low_precision: bool = False) -> torch.Tensor:
         """A prefix of the code grids [top, mid, bottom, refinement stages...] -> RGB (N, 3, 16h, 16w), about [0, 1].
 
         With fewer than three levels the missing ones are replaced by their learned 'absent' vectors,
         giving the preview the decoder was trained to produce; missing refinement stages are simply not added.
+
+        low_precision: the context path and the /4 stage (most of the work) in bfloat16 (autocast), the rest in
+        float32, where bf16's 8-bit mantissa would show in the pixels: on Kodak -0.002 dB, a few levels at most
+        (benchmarks/decoder_precision.py). Worth it only where bf16 matmuls are native (`device.native_bf16`).
         """
         if not 1 <= len(codes) <= self.config.num_streams:
             raise ValueError(f"decode needs the top level and optionally up to {self.config.num_streams - 1} more")
         top = self.quantisers[0].lookup(codes[0])
         n, _, h, w = top.shape
-        c2 = self.context_top(top)
-        mid_q = (self.quantisers[1].lookup(codes[1]) if len(codes) > 1
-                 else self._absent_like(1, top, (2 * h, 2 * w)))
-        c1 = self.context_mid(torch.cat([mid_q, c2], 1))
-        bottom_q = self.bottom_vector(codes[2:]) if len(codes) > 2 else self._absent_like(2, top, (4 * h, 4 * w))
-        return self._decode_bottom(bottom_q, c1)
+        with torch.autocast(top.device.type, dtype=torch.bfloat16, enabled=low_precision):
+            c2 = self.context_top(top)
+            mid_q = (self.quantisers[1].lookup(codes[1]) if len(codes) > 1
+                     else self._absent_like(1, top, (2 * h, 2 * w)))
+            c1 = self.context_mid(torch.cat([mid_q.to(c2.dtype), c2], 1))
+            bottom_q = (self.bottom_vector(codes[2:]) if len(codes) > 2
+                        else self._absent_like(2, top, (4 * h, 4 * w)))
+            x = self._decode_quarter(bottom_q.to(c1.dtype), c1)
+        return self._decode_to_rgb(x.float())
 
     def reconstruct(self, images: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """Encode and decode images of any size (padded internally, cropped back); clamped to [0, 1].

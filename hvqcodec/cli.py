@@ -578,6 +578,23 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
     _end_distributed_worker()
 
 
+CODING_BLOCK_HELP = ("Code the levels in independent blocks decoded in lockstep (fewer sequential steps, a little "
+                     "more rate): N positions a side, RxC rows x columns, or one per level (top, mid, bottom) as "
+                     "in 0,32,64; 0 is a whole tile (or its whole height or width). Fixed into the model's files.")
+
+
+def _coding_block(ctx, param, value: str | None):
+    """--coding-block SPEC -> PriorConfig.coding_block (None when not given)."""
+    if value is None:
+        return None
+    from .priors import parse_coding_block
+
+    try:
+        return parse_coding_block(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @train.command("priors")
 @click.option("--model", help="Shipped model whose autoencoder gives the codes (default: the default model).")
 @training_options(steps=3000, crop=128, crop_help="Pixel crop size whose codes form one sample.", lr=2e-3, warmup=200,
@@ -588,9 +605,8 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
 @click.option("--cond-blocks", type=click.IntRange(0), default=3, show_default=True, help="3x3 gated blocks over the upper levels.")
 @click.option("--stage-channels", type=click.IntRange(1), default=32, show_default=True, help="Width of the refinement-stage priors.")
 @click.option("--stage-blocks", type=click.IntRange(0), default=2, show_default=True, help="3x3 gated blocks in each stage prior.")
-@click.option("--coding-block", type=click.IntRange(0), default=0, show_default=True,
-              help="Code the levels in independent blocks of N positions a side, decoded in lockstep "
-                   "(fewer sequential steps; 0: whole tiles). Fixed into the model's files.")
+@click.option("--coding-block", default="0", show_default=True, callback=_coding_block, metavar="N|RxC|T,M,B",
+              help=CODING_BLOCK_HELP)
 @click.option("--subpixel-cond/--no-subpixel-cond", default=False, show_default=True,
               help="Condition each of the 4 positions under an upper code on its own projection of the levels above.")
 @click.option("--init-from", type=click.Path(dir_okay=False), metavar="CHECKPOINT",
@@ -640,7 +656,7 @@ def _end_distributed_worker() -> None:
 
 @main.group()
 def models() -> None:
-    """List and export models."""
+    """List, export, calibrate and derive models."""
 
 
 @models.command("list")
@@ -668,7 +684,8 @@ def models_list() -> None:
                 f"{ladder[0]['calibration_psnr']:.1f}-{ladder[-1]['calibration_psnr']:.1f} dB" if ladder else "-")
         codec = entry.get("metrics", {}).get("codec", {})
         kodak = f"{codec['bpp']:.3f} bpp, {codec['psnr']:.2f} dB" if "bpp" in codec else "-"
-        table.add_row(name + (" (default)" if name == default else ""), entry["sha256"][:12],
+        variant = f" (variant of {entry['variant_of']})" if "variant_of" in entry else ""
+        table.add_row(name + (" (default)" if name == default else "") + variant, entry["sha256"][:12],
                       f"{entry.get('parameters', 0) / 1e6:.2f}M", str(entry.get("training_steps", "-")),
                       str(3 + config.get("refine_stages", 0)), span, kodak)
     Console().print(table)
@@ -739,15 +756,19 @@ def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> No
               help="Integer tables of the priors: 8-bit (computed in float32, faster) or 16-bit (float64).")
 @click.option("--calibration-codes", type=click.Path(dir_okay=False),
               help="Code grids that set the 8-bit layers' input scales (default: codes.pt beside --priors).")
+@click.option("--coding-block", callback=_coding_block, metavar="N|RxC|T,M,B",
+              help=CODING_BLOCK_HELP + " Default: the priors' own (training is the same either way).")
 @user_errors
 def models_export(checkpoint, name, models_dir, data, priors, force, make_default, table_bits,
-                  calibration_codes) -> None:
+                  calibration_codes, coding_block) -> None:
     """Export a training checkpoint as fp16 weights plus a manifest entry.
 
     \b
     Examples:
       hvqcodec models export runs/ae/checkpoint.pt --name hvq-small --priors runs/priors/checkpoint.pt \\
           --data "../shared/datasets/train minus cid22/validation" --force
+      hvqcodec models export runs/ae/checkpoint.pt --name my-blocks --priors runs/priors/checkpoint.pt \\
+          --coding-block 0,32,64
     """
     from .train import load_checkpoint
     from .zoo import export_model
@@ -759,15 +780,50 @@ def models_export(checkpoint, name, models_dir, data, priors, force, make_defaul
         codes = _calibration_codes(Path(calibration_codes) if calibration_codes else Path(priors).parent / "codes.pt")
     entry = export_model(load_checkpoint(checkpoint), name, folder, data=data, force=force,
                          priors_checkpoint=load_checkpoint(priors, "priors") if priors else None,
-                         calibration_codes=codes)
+                         calibration_codes=codes, coding_block=coding_block)
     if make_default:
-        from .manifest import read_manifest, write_manifest
-        manifest = read_manifest(folder)
-        manifest["default"] = name
-        write_manifest(manifest, folder)
+        _make_default(folder, name)
     tables = f", {entry['priors']['table_bits']}-bit prior tables" if entry.get("priors") else ""
     console.print(f"exported {name}: {folder / entry['file']} (sha256 {entry['sha256'][:12]}, "
                   f"{(folder / entry['file']).stat().st_size / 1e6:.2f} MB{tables})")
+
+
+@models.command("variant")
+@click.argument("base")
+@click.option("--name", required=True, help="The variant's name, e.g. hvq-vr5.")
+@click.option("--coding-block", required=True, callback=_coding_block, metavar="N|RxC|T,M,B", help=CODING_BLOCK_HELP)
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Models folder (default: the shipped models/).")
+@click.option("--force", is_flag=True, help="Replace an existing model of the same name.")
+@click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
+@user_errors
+def models_variant(base, name, coding_block, models_dir, force, make_default) -> None:
+    """Add a model that codes with BASE's weights in another way (no new weights file).
+
+    The variant has its own name and hash in .hvq headers, so its files decode only with its settings, and
+    BASE keeps decoding its own files. Calibrate its quality ladder afterwards.
+
+    \b
+    Examples:
+      hvqcodec models variant hvq-vr4 --name hvq-vr5 --coding-block 0,32,64 --default
+      hvqcodec models calibrate hvq-vr5 --data ../shared/datasets/train --exclude '*/cid22/validation/*'
+    """
+    from .zoo import make_variant
+    from .zoo import models_dir as default_models_dir
+
+    folder = Path(models_dir) if models_dir else default_models_dir()
+    entry = make_variant(base, name, {"coding_block": coding_block}, folder, force=force)
+    if make_default:
+        _make_default(folder, name)
+    console.print(f"added {name}: {base}'s weights ({entry['file']}), coding block {coding_block}, "
+                  f"sha256 {entry['sha256'][:12]}; calibrate it with `hvqcodec models calibrate {name} --data ...`")
+
+
+def _make_default(folder: Path, name: str) -> None:
+    from .manifest import read_manifest, write_manifest
+
+    manifest = read_manifest(folder)
+    manifest["default"] = name
+    write_manifest(manifest, folder)
 
 
 # Crops whose codes calibrate 8-bit tables (benchmarks/prior_precision.py measured the rate cost with 64).

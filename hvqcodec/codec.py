@@ -29,7 +29,7 @@ from .intprior import FREQ_TOTAL
 from .imageio import ImageError, LoadedImage, decode_alpha, encode_alpha, load_image, to_pil
 from .intprior import IntPrior
 from .refine import refine_bottom_latent
-from .device import resolve_device
+from .device import decoder_low_precision, resolve_device
 from .zoo import ModelBundle, default_model, load_bundle
 
 TILE_SIZE = container.TILE_SIZE
@@ -128,13 +128,16 @@ def grid_sizes(height: int, width: int) -> list[tuple[int, int]]:
 class Codec:
     """A shipped model loaded on a device, ready to compress and decompress."""
 
-    def __init__(self, bundle: ModelBundle, device: str | torch.device = "cpu") -> None:
+    def __init__(self, bundle: ModelBundle, device: str | torch.device = "cpu",
+                 decoder_precision: str | None = None) -> None:
         if bundle.prior_tables is None or bundle.prior_config is None:
             raise ModelError(f"model {bundle.name!r} has no trained priors, so it cannot compress "
                              "(export it with --priors)")
         self.name, self.sha256 = bundle.name, bundle.sha256
         self.device = torch.device(device)
         self.autoencoder = bundle.autoencoder.to(self.device).eval()
+        # Pixels only: the bulk of the decoder in bfloat16 where that is native (device.decoder_low_precision).
+        self.low_precision_decoder = decoder_low_precision(self.device, decoder_precision)
         config = bundle.prior_config
         self.prior = IntPrior(config.causal_blocks, config.cond_blocks, bundle.prior_tables, self.device,
                               config.refine_stages, config.refine_groups, config.stage_blocks, config.coding_block)
@@ -240,7 +243,8 @@ class Codec:
     @torch.no_grad()
     def decode_codes(self, codes: list[torch.Tensor], height: int, width: int) -> np.ndarray:
         """Code grids (a prefix of the streams) -> (H, W, 3) uint8."""
-        image = self.autoencoder.decode([c[None].to(self.device) for c in codes])[0, :, :height, :width]
+        image = self.autoencoder.decode([c[None].to(self.device) for c in codes],
+                                        self.low_precision_decoder)[0, :, :height, :width]
         return image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
     def compress(self, source, quality: int | None = None, point: OperatingPoint | None = None,
@@ -347,9 +351,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def load_codec(model: str | None = None, device: str = "auto") -> Codec:
-    """A Codec for a shipped model, cached: loading and hashing the weights happens once per process."""
-    return Codec(load_bundle(model or default_model()), resolve_device(device))
+def load_codec(model: str | None = None, device: str = "auto", decoder_precision: str | None = None) -> Codec:
+    """A Codec for a shipped model, cached: loading and hashing the weights happens once per process.
+    decoder_precision: auto, float32 or bfloat16 (`device.decoder_low_precision`; None: $HVQCODEC_DECODER_PRECISION
+    as it is when the codec loads, else auto)."""
+    return Codec(load_bundle(model or default_model()), resolve_device(device), decoder_precision)
 
 
 def codec_for(data: bytes, device: str = "auto") -> Codec:

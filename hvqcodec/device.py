@@ -1,6 +1,8 @@
 """Device selection shared by training, the codec and the CLI."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import HvqError
@@ -28,3 +30,29 @@ def training_device(name: str | torch.device) -> torch.device:
         device = torch.device("cuda", int(local_rank))
         torch.cuda.set_device(device)
     return device
+
+
+DECODER_PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISION_VARIABLE = "HVQCODEC_DECODER_PRECISION"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls and convolutions run natively on this CPU (AMX or AVX512-BF16); elsewhere they
+    are emulated and slower than float32. (A GPU would have them too; its decoder stays float32 until measured.)"""
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # private helpers of torch.cpu: absent from some builds
+        return False
+
+
+def decoder_low_precision(device: torch.device, precision: str | None = None) -> bool:
+    """Whether the autoencoder's decoder runs its bulk in bfloat16 (`HierarchicalVQVAE.decode`): `precision`
+    (else $HVQCODEC_DECODER_PRECISION, else auto) is float32, bfloat16, or auto: bfloat16 where it is native.
+    Only pixels depend on it (by a few levels at most); the codes and the file never do."""
+    precision = precision or os.environ.get(PRECISION_VARIABLE) or "auto"
+    if precision not in DECODER_PRECISIONS:
+        raise HvqError(f"decoder precision {precision!r} (from {PRECISION_VARIABLE} or the caller): expected "
+                       + ", ".join(DECODER_PRECISIONS))
+    return precision == "bfloat16" or (precision == "auto" and native_bf16(device))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .priors import KERNEL, WAVEFRONT_SLOPE, HierarchicalPrior, LevelPrior, StagePrior, causal_mask
+from .priors import KERNEL, WAVEFRONT_SLOPE, HierarchicalPrior, LevelPrior, StagePrior, causal_mask, level_blocks
 
 ACT_BITS = 10
 ACT_MAX = (1 << 15) - 1  # |activation| < 32 on the 2^-10 grid
@@ -343,12 +343,13 @@ class IntLevelPrior(_IntNetwork):
     """One level's integer prior, rebuilt from its tables (no floating-point state at all)."""
 
     def __init__(self, tables: dict[str, torch.Tensor], luts: dict[str, torch.Tensor], level: int,
-                 causal_blocks: int, cond_blocks: int, device: torch.device | str = "cpu", block: int = 0) -> None:
+                 causal_blocks: int, cond_blocks: int, device: torch.device | str = "cpu",
+                 block: int | tuple[int, int] = 0) -> None:
         prefix = f"level{level}."
         super().__init__(tables, luts, prefix, tables[f"{prefix}embedding"].shape[1], device, tables_dtype(tables))
         t = self.tables
         self.level = level
-        self.block = block  # coding block (positions a side; 0: the whole tile), see LevelState
+        self.block = block  # coding block: (rows, columns), 0 for the tile's whole height or width; see LevelState
         self.causal_blocks = causal_blocks
         self.cond_blocks = cond_blocks if level > 0 else 0
         self.codebook_size = t["head.weight"].shape[0]
@@ -469,10 +470,10 @@ class LevelState:
     tile, not of the whole row of tiles. Within a wavefront positions are grouped by tile, so each tile keeps its
     own range-coder stream, its symbols in the order (wavefront, row) whatever the other tiles are.
 
-    A prior with a coding block (`prior.block` > 0, a model property) also cuts each tile into blocks of that
-    many positions a side, laid out on the canvas like tiles: a block's causal context stops at its edges (the
+    A prior with a coding block (`prior.block`: rows and columns, a model property; see `block_shape`) also cuts
+    each tile into blocks, laid out on the canvas like tiles: a block's causal context stops at its edges (the
     conditioning from the levels above still sees the whole tile), and every block of a tile advances in the
-    same step, so a level takes block + 3 (block - 1) steps instead of w + 3 (h - 1). Positions of a tile are
+    same step, so a level takes columns + 3 (rows - 1) steps instead of w + 3 (h - 1). Positions of a tile are
     then ordered by (wavefront, block, row) in its stream.
     """
 
@@ -503,7 +504,7 @@ class LevelState:
             cell = cond_base + (r // 2) * (w // 2) + c // 2
             upper.append(cell * 4 + 2 * (r % 2) + c % 2 if positions == 4 else cell)
             cond_base += (h // 2) * (w // 2)
-            bh, bw = (block, block) if block > 0 else (max(h, 1), max(w, 1))
+            bh, bw = block_shape(block, h, w)
             blocks_x = -(-w // bw)
             index = (r // bh) * blocks_x + c // bw  # the block of each position, in raster order
             local_r, local_c = r % bh, c % bw
@@ -551,6 +552,13 @@ class LevelState:
         flat = torch.empty_like(self.order)
         flat[self.order] = self.canvas[self.centres]
         return [grid.view(size) for grid, size in zip(flat.split([h * w for h, w in self.sizes]), self.sizes)]
+
+
+def block_shape(block: int | tuple[int, int], h: int, w: int) -> tuple[int, int]:
+    """Rows and columns of a coding block in an h x w tile: `block` positions a side (0: the whole tile), or
+    (rows, columns), 0 standing for the tile's whole height or width."""
+    rows, cols = block if isinstance(block, tuple) else (block, block)
+    return (rows or max(h, 1), cols or max(w, 1))
 
 
 def _columns3x3(padded: torch.Tensor) -> torch.Tensor:
@@ -603,9 +611,9 @@ class IntPrior:
 
     def __init__(self, causal_blocks: int, cond_blocks: int, tables: dict[str, torch.Tensor],
                  device: torch.device | str = "cpu", refine_stages: int = 0, refine_groups: int = 1,
-                 stage_blocks: int = 0, coding_block: int = 0) -> None:
+                 stage_blocks: int = 0, coding_block: int | Sequence = 0) -> None:
         luts = {k[len("lut."):]: v for k, v in tables.items() if k.startswith("lut.")}
-        self.levels = [IntLevelPrior(tables, luts, level, causal_blocks, cond_blocks, device, coding_block)
-                       for level in range(3)]
+        self.levels = [IntLevelPrior(tables, luts, level, causal_blocks, cond_blocks, device, block)
+                       for level, block in enumerate(level_blocks(coding_block))]
         self.stages = [IntStagePrior(tables, luts, s, refine_groups, stage_blocks, device)
                        for s in range(refine_stages)]

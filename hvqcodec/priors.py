@@ -22,6 +22,7 @@ from torch import nn
 KERNEL = 5  # masked kernel size; the wavefront below assumes its reach
 REACH = KERNEL // 2  # columns to the right (and rows above) that the causal field reaches
 WAVEFRONT_SLOPE = REACH + 1  # t = j + (R + 1) i
+MAX_BLOCK = 1 << 16  # coding block sides: beyond any tile's grid
 
 
 def causal_mask(kernel: int = KERNEL) -> torch.Tensor:
@@ -45,11 +46,13 @@ class PriorConfig:
     refine_codebook_size: int = 32
     stage_channels: int = 32
     stage_blocks: int = 2  # 3x3 gated residual blocks over the levels and the earlier stages
-    # Coding block of the level priors at coding time (positions a side, 0: a whole tile): the causal context
-    # stops at block edges and all blocks of a tile are decoded in lockstep, so a level takes about 4 x block
-    # sequential steps whatever the image size (intprior.LevelState). Part of the model: it fixes the order of
-    # the symbols in its files. Training is unaffected (crops are already about one block).
-    coding_block: int = 0
+    # Coding blocks of the level priors at coding time: the causal context stops at block edges and all blocks
+    # of a tile are decoded in lockstep, so a level takes columns + 3 (rows - 1) sequential steps whatever the
+    # image size (intprior.LevelState). N (N x N blocks at every level, 0: whole tiles) or one entry per level
+    # (top, mid, bottom), each N or (rows, columns) with 0 for the tile's whole height or width: see
+    # `level_blocks`. Part of the model: it fixes the order of the symbols in its files, so `models export
+    # --coding-block` may set it. Training is unaffected (crops are already about one block).
+    coding_block: int | Sequence = 0
     # Sub-position conditioning: each gated unit gets its own projection of the upper level's features for
     # each of the 4 positions a coarser cell covers (a 2x2 pixel shuffle). Without it the 4 positions under one
     # upper code see the same conditioning and the prior must predict a mixture of them. Costs nothing per
@@ -65,6 +68,40 @@ class PriorConfig:
         if unknown:
             raise ValueError(f"unknown prior config keys: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def level_blocks(coding_block: int | Sequence) -> list[tuple[int, int]]:
+    """PriorConfig.coding_block -> (rows, columns) of each level's coding block (top, mid, bottom), 0 for the
+    tile's whole height or width. ValueError for anything else than the forms PriorConfig describes."""
+    entries = list(coding_block) if isinstance(coding_block, (list, tuple)) else [coding_block] * 3
+    if len(entries) != 3:
+        raise ValueError(f"coding block: one entry per level (top, mid, bottom), not {len(entries)}")
+    blocks = []
+    for entry in entries:
+        shape = list(entry) if isinstance(entry, (list, tuple)) else [entry, entry]
+        if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_BLOCK
+                                      for n in shape):
+            raise ValueError(f"coding block {entry!r}: positions a side, or rows and columns, from 0 to {MAX_BLOCK}")
+        blocks.append((shape[0], shape[1]))
+    return blocks
+
+
+def parse_coding_block(spec: str) -> int | list[list[int]]:
+    """The command line's form of PriorConfig.coding_block: "N" (N x N at every level), "RxC" (rows x columns at
+    every level) or one of those per level, comma-separated: "0,32,32x64" (0: whole tiles)."""
+    def shape(part: str) -> list[int]:
+        numbers = part.strip().lower().split("x")
+        if len(numbers) > 2 or not all(n.strip().isdigit() for n in numbers):
+            raise ValueError(f"coding block {spec!r}: use N, RxC, or one of those per level as in 0,32,32x64")
+        return [int(numbers[0]), int(numbers[-1])]
+
+    parts = spec.split(",")
+    if len(parts) == 1 and "x" not in spec.lower():
+        value: int | list[list[int]] = shape(spec)[0]
+    else:
+        value = [shape(part) for part in (parts if len(parts) > 1 else parts * 3)]
+    level_blocks(value)  # the same checks as a model's config
+    return value
 
 
 def gate(x: torch.Tensor) -> torch.Tensor:

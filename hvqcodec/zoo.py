@@ -19,7 +19,7 @@ import torch
 
 from .autoencoder import AutoencoderConfig, HierarchicalVQVAE
 from .intprior import export_prior, tables_dtype
-from .priors import HierarchicalPrior, PriorConfig
+from .priors import HierarchicalPrior, PriorConfig, level_blocks
 from .errors import ModelError
 from .fileio import atomic_torch_save
 from .manifest import (DEFAULT_MODEL, MANIFEST_NAME, available_models, default_model, models_dir,  # noqa: F401
@@ -104,12 +104,15 @@ def priors_fit(trained_for: dict[str, Any], model: HierarchicalVQVAE) -> bool:
 def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str = "",
                  metrics: dict[str, Any] | None = None, force: bool = False,
                  priors_checkpoint: dict[str, Any] | None = None,
-                 calibration_codes: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
+                 calibration_codes: Sequence[torch.Tensor] | None = None,
+                 coding_block: int | Sequence | None = None) -> dict[str, Any]:
     """Write a checkpoint's autoencoder as fp16 weights (plus, optionally, the integer tables of trained priors)
     into folder as one file and record it in the manifest; returns the entry. With calibration codes (code
     grids of training crops, as `train priors` keeps in codes.pt) the priors get 8-bit tables, computed in
     float32, unless a layer is too wide for float32-exact sums; otherwise (and without codes) 16-bit tables
-    computed in float64 (the format of models up to hvq-vr3). The manifest records which (`table_bits`)."""
+    computed in float64 (the format of models up to hvq-vr3). The manifest records which (`table_bits`).
+    coding_block (PriorConfig.coding_block) replaces the priors' own: it changes how files are coded, not the
+    trained weights."""
     if not _NAME_PATTERN.match(name):
         raise ModelError(f"model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
     manifest = read_manifest(folder)
@@ -123,6 +126,9 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
     if priors_checkpoint is not None:
         payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state,
                                                                            calibration_codes)
+        if coding_block is not None:
+            level_blocks(coding_block)  # ValueError for a malformed one
+            payload["prior_config"]["coding_block"] = coding_block
         table_bits = 8 if tables_dtype(payload["prior_tables"]) == torch.float32 else 16
         if table_bits == 8:
             payload["version"] = WEIGHTS_VERSION
@@ -138,7 +144,7 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
     filename = f"{name}-{digest[:12]}.pt"
     tmp_path.replace(folder / filename)
     old = manifest["models"].get(name)
-    if old and old.get("file") != filename:
+    if old and old.get("file") != filename and not _file_users(manifest, old["file"], besides=name):
         (folder / old["file"]).unlink(missing_ok=True)
     options = checkpoint.get("options", {})
     entry = {
@@ -176,6 +182,61 @@ def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig
         except ValueError:  # a layer too wide for float32-exact 8-bit sums: keep the 16-bit format
             pass
     return prior_config.to_dict(), export_prior(prior)
+
+
+def _file_users(manifest: dict[str, Any], filename: str, besides: str) -> list[str]:
+    """Models other than `besides` whose entries use the weights file `filename` (variants share one)."""
+    return [other for other, entry in manifest["models"].items() if other != besides and entry.get("file") == filename]
+
+
+# What a variant may change: how codes are ordered into streams, never what the codes or their probabilities are.
+VARIANT_SETTINGS = ("coding_block",)
+
+
+def variant_sha256(file_sha256: str, coding: dict[str, Any]) -> str:
+    """The hash a variant is named by in .hvq headers: its weights file's hash and its coding settings together,
+    so that files made with different settings (whose streams differ) name different hashes."""
+    return hashlib.sha256(f"{file_sha256}\n{json.dumps(coding, sort_keys=True)}".encode()).hexdigest()
+
+
+def _check_coding(coding: Any, where: str) -> dict[str, Any]:
+    if not isinstance(coding, dict) or not set(coding) <= set(VARIANT_SETTINGS):
+        raise ModelError(f"{where}: a variant may only set {', '.join(VARIANT_SETTINGS)}")
+    try:
+        level_blocks(coding.get("coding_block", 0))
+    except ValueError as exc:
+        raise ModelError(f"{where}: {exc}") from None
+    return coding
+
+
+def make_variant(base: str, name: str, coding: dict[str, Any], folder: Path | None = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Record `name` in the manifest as `base`'s weights coded with other settings (VARIANT_SETTINGS, e.g. a
+    coding block): no new weights file, its own hash (`variant_sha256`), its own ladder (calibrate it). Files
+    name the variant, so they decode only with the same settings; the base model keeps decoding its own."""
+    folder = folder or models_dir()
+    if not _NAME_PATTERN.match(name):
+        raise ModelError(f"model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
+    manifest = read_manifest(folder)
+    models = manifest["models"]
+    if base not in models:
+        raise ModelError(f"unknown model {base!r} (available: {', '.join(sorted(models)) or 'none'})")
+    if name in models and not force:
+        raise ModelError(f"model {name!r} already exists in {folder / MANIFEST_NAME} (use --force to replace it)")
+    if name == base:
+        raise ModelError("a variant needs a name of its own")
+    source = models[base]
+    if not source.get("priors"):
+        raise ModelError(f"model {base!r} has no priors: nothing to code differently")
+    coding = _check_coding(dict(coding), f"variant {name}")
+    file_sha256 = source.get("file_sha256", source["sha256"])
+    priors = dict(source["priors"], config={**source["priors"]["config"], **coding})
+    entry = {key: value for key, value in source.items() if key not in ("ladder", "ladder_calibration", "metrics", "variant_of", "coding")}
+    entry.update({"variant_of": source.get("variant_of", base), "coding": coding, "file_sha256": file_sha256,
+                  "sha256": variant_sha256(file_sha256, coding), "priors": priors, "metrics": {}})
+    models[name] = entry
+    write_manifest(manifest, folder)
+    return entry
 
 
 @dataclass
@@ -223,7 +284,17 @@ def load_bundle(name: str | None = None, folder: Path | None = None) -> ModelBun
         known = ", ".join(sorted(models)) or "none"
         raise ModelError(f"unknown model {name!r} (available: {known})")
     entry = models[name]
-    bundle = load_bundle_file(folder / entry["file"], entry["sha256"])
+    if "coding" not in entry:
+        bundle = load_bundle_file(folder / entry["file"], entry["sha256"])
+    else:  # a variant: another model's weights file, coded with its own settings
+        coding = _check_coding(entry["coding"], f"model {name}")
+        if variant_sha256(entry.get("file_sha256", ""), coding) != entry["sha256"]:
+            raise ModelError(f"model {name}: its coding settings do not match its hash (the manifest was edited)")
+        bundle = load_bundle_file(folder / entry["file"], entry["file_sha256"])
+        if bundle.prior_config is None:
+            raise ModelError(f"model {name}: its weights file has no priors")
+        bundle.prior_config = PriorConfig.from_dict({**bundle.prior_config.to_dict(), **coding})
+        bundle.sha256 = entry["sha256"]
     bundle.name = name
     bundle.ladder = entry.get("ladder")
     return bundle

@@ -113,9 +113,9 @@ def calibration_codes(autoencoder: HierarchicalVQVAE) -> list[torch.Tensor]:
 
 
 def export_tiny(folder: Path, name: str, config: dict, prior_options: dict, ladder: list[dict] | None = None,
-                table_bits: int = 8) -> None:
+                table_bits: int = 8, coding_block=None, force: bool = False) -> None:
     """Export a random tiny autoencoder (codebooks from a real init) with random, peaked priors as `name`
-    (8-bit prior tables unless table_bits is 16)."""
+    (8-bit prior tables unless table_bits is 16; coding_block as `models export --coding-block` sets it)."""
     from hvqcodec import zoo
     from hvqcodec.priors import HierarchicalPrior, PriorConfig
 
@@ -136,7 +136,8 @@ def export_tiny(folder: Path, name: str, config: dict, prior_options: dict, ladd
                         "options": {"command": "test"},
                         "autoencoder": {"fingerprint": zoo.autoencoder_fingerprint(autoencoder)}}
     zoo.export_model(ae_checkpoint, name, folder, priors_checkpoint=prior_checkpoint,
-                     calibration_codes=calibration_codes(autoencoder) if table_bits == 8 else None)
+                     calibration_codes=calibration_codes(autoencoder) if table_bits == 8 else None,
+                     coding_block=coding_block, force=force)
     if ladder is not None:
         manifest = zoo.read_manifest(folder)
         manifest["models"][name]["ladder"] = ladder

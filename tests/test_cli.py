@@ -1,3 +1,4 @@
+import json
 
 import pytest
 from click.testing import CliRunner
@@ -71,3 +72,23 @@ def test_train_and_export_through_cli(image_folder, tmp_path):
     assert_one_line_error(result, "already exists")
     result = run("models", "export", str(tmp_path / "missing.pt"), "--name", "x", "--models-dir", str(models))
     assert_one_line_error(result, "no checkpoint there")
+
+
+def test_coding_block_option_errors(tmp_path):
+    """--coding-block is checked before anything is read or trained: usage error, exit 2, the rule in one line."""
+    result = run("models", "export", str(tmp_path / "checkpoint.pt"), "--name", "x", "--coding-block", "32,64")
+    assert result.exit_code == 2 and "one entry per level (top, mid, bottom), not 2" in result.output
+    result = run("train", "priors", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--coding-block", "8xy")
+    assert result.exit_code == 2 and "use N, RxC, or one of those per level" in result.output
+
+
+def test_models_variant_through_cli(tiny_models_dir):
+    result = run("models", "variant", "tiny", "--name", "tiny-b", "--coding-block", "0,4,4x8", "--default")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tiny_models_dir / "manifest.json").read_text())
+    assert manifest["default"] == "tiny-b" and manifest["models"]["tiny-b"]["variant_of"] == "tiny"
+    assert manifest["models"]["tiny-b"]["coding"] == {"coding_block": [[0, 0], [4, 4], [4, 8]]}
+    listing = run("models", "list")
+    assert listing.exit_code == 0 and "tiny-b" in listing.output and "variant" in listing.output
+    assert_one_line_error(run("models", "variant", "nope", "--name", "x", "--coding-block", "4"), "unknown model 'nope'")
+    assert_one_line_error(run("models", "variant", "tiny", "--name", "tiny-b", "--coding-block", "4"), "already exists")

@@ -9,7 +9,7 @@ import hvqcodec
 from hvqcodec import container
 from hvqcodec.codec import Codec
 from hvqcodec.entropy import StreamDecoder, decode_level, encode_level, level_frequencies
-from hvqcodec.intprior import FREQ_TOTAL, LevelState
+from hvqcodec.intprior import FREQ_TOTAL, LevelState, block_shape
 
 from conftest import synthetic_image
 
@@ -231,11 +231,11 @@ def test_model_without_priors_is_refused(tiny_models_dir):
         Codec(bundle)
 
 
-@pytest.mark.parametrize("block", [0, 4, 5])
+@pytest.mark.parametrize("block", [0, 4, 5, (4, 6), (3, 0), (0, 5)])
 def test_coding_blocks_are_causal_lockstep_and_exact(tiny_codec, block):
-    """With a coding block, the causal context stops at block edges, every block of a tile advances in the same
-    step (block + 3 (block - 1) steps), and coding stays exact: parallel pass = wavefront = decoder, tiles
-    together = tiles alone."""
+    """With a coding block (N a side, or rows x columns with 0 for a tile's whole height or width), the causal
+    context stops at block edges, every block of a tile advances in the same step (columns + 3 (rows - 1)
+    steps), and coding stays exact: parallel pass = wavefront = decoder, tiles together = tiles alone."""
     prior = tiny_codec.prior.levels[2]
     prior.block = block
     try:
@@ -248,16 +248,18 @@ def test_coding_blocks_are_causal_lockstep_and_exact(tiny_codec, block):
         for start, stop in state.fronts:
             assert bool(painted[state.neighbours[start:stop]].all())
             painted[state.centres[start:stop]] = True
-        expected_steps = (block + 3 * (block - 1)) if block else (16 + 3 * 11)
-        assert len(state.fronts) == expected_steps
+        shapes = [block_shape(block, h, w) for h, w in sizes]
+        assert len(state.fronts) == max(min(bw, w) + 3 * (min(bh, h) - 1) for (bh, bw), (h, w) in zip(shapes, sizes))
+        assert len(state.fronts) == {0: 16 + 3 * 11, 4: 4 + 3 * 3, 5: 5 + 3 * 4, (4, 6): 6 + 3 * 3,
+                                     (3, 0): 16 + 3 * 2, (0, 5): 5 + 3 * 11}[block]
         # No causal neighbourhood reaches into another block or tile: every neighbour is a sentinel cell or a
         # position of the same tile and block.
         owner = torch.full_like(state.canvas, -1)
         owner[state.centres] = state.tiles * 1000 + state.blocks
         read = owner[state.neighbours]
         assert bool(((read == -1) | (read == owner[state.centres][:, None])).all())
-        if block:
-            assert int(state.blocks.max()) == (-(-12 // block)) * (-(-16 // block)) - 1
+        (bh, bw), (h, w) = shapes[0], sizes[0]
+        assert int(state.blocks.max()) == (-(-h // bh)) * (-(-w // bw)) - 1
         streams, expected, grids, uppers = [], [], [], []
         for seed, height, width in ((11, 48, 64), (12, 28, 36)):
             codes = tiny_codec.encode_codes(random_photo(seed, height, width))
@@ -288,7 +290,7 @@ def test_coding_block_changes_the_stream_and_comes_from_the_model(tmp_path, monk
     codec_module.load_codec.cache_clear()
     try:
         blocked = codec_module.load_codec("tiny-blocked", "cpu")
-        assert [level.block for level in blocked.prior.levels] == [4, 4, 4]
+        assert [level.block for level in blocked.prior.levels] == [(4, 4)] * 3
         rgb = random_photo(13, 64, 96)
         result = blocked.compress(Image.fromarray(rgb))
         decoded = blocked.decompress(result.data)
@@ -298,6 +300,51 @@ def test_coding_block_changes_the_stream_and_comes_from_the_model(tmp_path, monk
         assert blocked.compress(Image.fromarray(rgb)).data != result.data
     finally:
         codec_module.load_codec.cache_clear()
+
+
+def test_export_sets_a_coding_block_per_level(tmp_path, monkeypatch):
+    """`models export --coding-block` fixes each level's block into the model (the trained weights and tables are
+    the same): a whole top, 4 x 4 mid blocks and 4 x 8 bottom blocks; files round-trip and differ from the
+    same priors coded in whole tiles."""
+    from hvqcodec import codec as codec_module
+    from hvqcodec.priors import parse_coding_block
+    from conftest import TINY_CONFIG, TINY_PRIOR, export_tiny
+
+    folder = tmp_path / "models"
+    monkeypatch.setenv("HVQCODEC_MODELS", str(folder))
+    export_tiny(folder, "tiny-whole", TINY_CONFIG, TINY_PRIOR)
+    export_tiny(folder, "tiny-levels", TINY_CONFIG, TINY_PRIOR, coding_block=parse_coding_block("0,4,4x8"))
+    codec_module.load_codec.cache_clear()
+    try:
+        whole, levels = (codec_module.load_codec(name, "cpu") for name in ("tiny-whole", "tiny-levels"))
+        assert [level.block for level in levels.prior.levels] == [(0, 0), (4, 4), (4, 8)]
+        assert zoo_entry(folder, "tiny-levels")["priors"]["config"]["coding_block"] == [[0, 0], [4, 4], [4, 8]]
+        rgb = random_photo(14, 80, 112)
+        result = levels.compress(Image.fromarray(rgb))
+        decoded = levels.decompress(result.data)
+        codes = levels.encode_codes(rgb)
+        assert all(torch.equal(a, b) for a, b in zip(decoded.codes[0], codes))
+        # The same codes and tables; only the mid and bottom symbol orders (and so their streams) differ.
+        streams = [[encode_level(codec.prior.levels[i], codes[i], codes[:i]).data for i in range(3)]
+                   for codec in (whole, levels)]
+        assert streams[0][0] == streams[1][0] and streams[0][1] != streams[1][1] and streams[0][2] != streams[1][2]
+    finally:
+        codec_module.load_codec.cache_clear()
+
+
+def zoo_entry(folder, name: str) -> dict:
+    from hvqcodec.zoo import read_manifest
+
+    return read_manifest(folder)["models"][name]
+
+
+@pytest.mark.parametrize("spec, message", [("-1", "use N, RxC"), ("1,2", "one entry per level"),
+                                           ("4x", "use N, RxC"), ("70000", "from 0 to 65536")])
+def test_coding_block_spec_errors(spec, message):
+    from hvqcodec.priors import parse_coding_block
+
+    with pytest.raises(ValueError, match=message):
+        parse_coding_block(spec)
 
 
 def test_chunked_level_encoding_gives_the_same_bytes(tiny_codec):
@@ -351,3 +398,37 @@ def test_banded_3x3_blocks_equal_one_unfold_pass(ladder_codec, monkeypatch, h, w
     pre = prior.linear("block0.in", columns)
     expected = (x + prior.product("block0.out", prior.gate(pre, "block0.out"))).clamp_(-ACT_MAX, ACT_MAX)
     assert torch.equal(prior.conv3x3_block("block0", x, h, w), expected)
+
+
+def test_decoder_precision_choice(monkeypatch):
+    """auto picks bfloat16 exactly where it is native; the variable or the caller may force either; anything
+    else is a one-line error naming the choices."""
+    from hvqcodec import device as device_module
+    from hvqcodec.errors import HvqError
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("HVQCODEC_DECODER_PRECISION", raising=False)
+    for native in (True, False):
+        monkeypatch.setattr(device_module, "native_bf16", lambda _device, native=native: native)
+        assert device_module.decoder_low_precision(cpu) is native
+        assert device_module.decoder_low_precision(cpu, "float32") is False
+        assert device_module.decoder_low_precision(cpu, "bfloat16") is True
+    monkeypatch.setenv("HVQCODEC_DECODER_PRECISION", "bfloat16")
+    assert device_module.decoder_low_precision(cpu) is True
+    monkeypatch.setenv("HVQCODEC_DECODER_PRECISION", "half")
+    with pytest.raises(HvqError, match="decoder precision 'half'.*expected auto, float32, bfloat16"):
+        device_module.decoder_low_precision(cpu)
+
+
+def test_bfloat16_decoder_changes_pixels_not_codes(tiny_models_dir):
+    """The same file through a float32 and a bfloat16 decoder: the same codes; pixels close (a random tiny
+    model, so only roughly: the shipped model's bound is in test_shipped)."""
+    from hvqcodec.codec import load_codec
+
+    rgb = random_photo(31, 64, 96)
+    exact, fast = load_codec("tiny", "cpu", "float32"), load_codec("tiny", "cpu", "bfloat16")
+    data = exact.compress(Image.fromarray(rgb)).data
+    ours, theirs = fast.decompress(data), exact.decompress(data)
+    assert all(torch.equal(a, b) for a, b in zip(ours.codes[0], theirs.codes[0]))
+    difference = np.abs(np.asarray(ours.image, dtype=np.int16) - np.asarray(theirs.image, dtype=np.int16))
+    assert difference.mean() < 2 and difference.max() <= 16

@@ -94,3 +94,65 @@ def test_priors_follow_the_codes_not_the_decoder(checkpoint, tmp_path, monkeypat
     with pytest.raises(ModelError, match="different autoencoder"):  # a legacy entry must match its named model
         export_model(new_decoder, "decoder-changed", folder, force=True,
                      priors_checkpoint=priors(dict(legacy, fingerprint="0" * 64)))
+
+
+def test_a_variant_codes_with_its_base_weights_under_its_own_hash(tiny_models_dir):
+    """`models variant`: no new weights file, the base's tables, the variant's coding block; its files name the
+    variant and its own hash, and give the base's codes; the base refuses them; replacing the base keeps the
+    weights file the variant uses."""
+    from PIL import Image
+
+    from hvqcodec import codec as codec_module
+    from hvqcodec.zoo import make_variant, variant_sha256
+    from conftest import TINY_CONFIG, TINY_PRIOR, export_tiny, synthetic_image
+
+    folder = tiny_models_dir
+    files = sorted(p.name for p in folder.glob("*.pt"))
+    entry = make_variant("tiny", "tiny-blocks", {"coding_block": [[0, 0], [4, 4], [4, 8]]}, folder)
+    assert sorted(p.name for p in folder.glob("*.pt")) == files
+    base_entry = available_models(folder)["tiny"]
+    assert entry["file"] == base_entry["file"] and entry["file_sha256"] == base_entry["sha256"]
+    assert entry["sha256"] == variant_sha256(base_entry["sha256"], {"coding_block": [[0, 0], [4, 4], [4, 8]]})
+    assert entry["priors"]["config"]["coding_block"] == [[0, 0], [4, 4], [4, 8]] and entry["variant_of"] == "tiny"
+    base, variant = codec_module.load_codec("tiny", "cpu"), codec_module.load_codec("tiny-blocks", "cpu")
+    assert [level.block for level in variant.prior.levels] == [(0, 0), (4, 4), (4, 8)]
+    assert [level.block for level in base.prior.levels] == [(0, 0)] * 3
+    rgb = synthetic_image(21, 96, 80)
+    ours, theirs = variant.compress(Image.fromarray(rgb)), base.compress(Image.fromarray(rgb))
+    header = codec_module.container.read_header(ours.data)
+    assert (header.model_name, header.model_hash) == ("tiny-blocks", entry["sha256"][:16])
+    assert ours.data != theirs.data
+    assert all(torch.equal(a, b) for a, b in zip(variant.decompress(ours.data).codes[0],
+                                                 base.decompress(theirs.data).codes[0]))
+    with pytest.raises(ModelError, match="made with model tiny-blocks"):
+        base.decompress(ours.data)
+    # Replacing the base with other weights must not delete the file its variant still uses.
+    export_tiny(folder, "tiny", TINY_CONFIG, dict(TINY_PRIOR, causal_blocks=2), force=True)
+    assert available_models(folder)["tiny"]["file"] != entry["file"] and (folder / entry["file"]).is_file()
+    codec_module.load_codec.cache_clear()
+    assert codec_module.load_codec("tiny-blocks", "cpu").decompress(ours.data).image.size == (80, 96)
+
+
+def test_variant_settings_are_checked(tiny_models_dir):
+    import json
+
+    from hvqcodec.zoo import load_bundle, make_variant
+
+    folder = tiny_models_dir
+    with pytest.raises(ModelError, match=r"unknown model 'nope'"):
+        make_variant("nope", "v", {"coding_block": 4}, folder)
+    with pytest.raises(ModelError, match="may only set coding_block"):
+        make_variant("tiny", "v", {"codebook": 4}, folder)
+    with pytest.raises(ModelError, match="one entry per level"):
+        make_variant("tiny", "v", {"coding_block": [4, 4]}, folder)
+    make_variant("tiny", "v", {"coding_block": 4}, folder)
+    with pytest.raises(ModelError, match="already exists"):
+        make_variant("tiny", "v", {"coding_block": 8}, folder)
+    assert load_bundle("v", folder).prior_config.coding_block == 4
+    # A manifest edited by hand (other settings under the same hash) is refused, not decoded differently.
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["models"]["v"]["coding"]["coding_block"] = 8
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="do not match its hash"):
+        load_bundle("v", folder)
