@@ -21,6 +21,7 @@ from PIL import Image
 
 from hvqcodec.codec import load_codec, grid_sizes
 from hvqcodec.entropy import decode_level, encode_level
+from hvqcodec.intprior import LevelState
 from hvqcodec.priors import level_blocks, parse_coding_block
 
 KODAK = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "kodak"
@@ -43,7 +44,6 @@ def main() -> None:
     for path in paths:
         rgb = np.asarray(Image.open(path).convert("RGB"))
         all_codes.append((rgb.shape[:2], codec.encode_codes(rgb, codec.operating_point())[:3]))
-    from hvqcodec.intprior import LevelState
 
     def use(spec: str) -> None:
         for level, block in zip(codec.prior.levels, level_blocks(parse_coding_block(spec))):

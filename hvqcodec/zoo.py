@@ -113,11 +113,7 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
     computed in float64 (the format of models up to hvq-vr3). The manifest records which (`table_bits`).
     coding_block (PriorConfig.coding_block) replaces the priors' own: it changes how files are coded, not the
     trained weights."""
-    if not _NAME_PATTERN.match(name):
-        raise ModelError(f"model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
-    manifest = read_manifest(folder)
-    if name in manifest["models"] and not force:
-        raise ModelError(f"model {name!r} already exists in {folder / MANIFEST_NAME} (use --force to replace it)")
+    manifest = _manifest_for_new_entry(name, folder, force)
     config = AutoencoderConfig.from_dict(checkpoint["config"])
     # Half precision halves the download; float buffers (codebooks, EMA statistics) are stored as fp16 too.
     state = half_state(checkpoint["model"])
@@ -184,6 +180,21 @@ def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig
     return prior_config.to_dict(), export_prior(prior)
 
 
+def _manifest_for_new_entry(name: str, folder: Path, force: bool) -> dict[str, Any]:
+    """The manifest that a model called `name` is about to be added to, after checking the name is well-formed
+    and, unless forced, not taken."""
+    if not _NAME_PATTERN.match(name):
+        raise ModelError(f"model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
+    manifest = read_manifest(folder)
+    if name in manifest["models"] and not force:
+        raise ModelError(f"model {name!r} already exists in {folder / MANIFEST_NAME} (use --force to replace it)")
+    return manifest
+
+
+def _unknown_model(name: str, models: dict[str, Any]) -> ModelError:
+    return ModelError(f"unknown model {name!r} (available: {', '.join(sorted(models)) or 'none'})")
+
+
 def _file_users(manifest: dict[str, Any], filename: str, besides: str) -> list[str]:
     """Models other than `besides` whose entries use the weights file `filename` (variants share one)."""
     return [other for other, entry in manifest["models"].items() if other != besides and entry.get("file") == filename]
@@ -215,14 +226,10 @@ def make_variant(base: str, name: str, coding: dict[str, Any], folder: Path | No
     coding block): no new weights file, its own hash (`variant_sha256`), its own ladder (calibrate it). Files
     name the variant, so they decode only with the same settings; the base model keeps decoding its own."""
     folder = folder or models_dir()
-    if not _NAME_PATTERN.match(name):
-        raise ModelError(f"model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
-    manifest = read_manifest(folder)
+    manifest = _manifest_for_new_entry(name, folder, force)
     models = manifest["models"]
     if base not in models:
-        raise ModelError(f"unknown model {base!r} (available: {', '.join(sorted(models)) or 'none'})")
-    if name in models and not force:
-        raise ModelError(f"model {name!r} already exists in {folder / MANIFEST_NAME} (use --force to replace it)")
+        raise _unknown_model(base, models)
     if name == base:
         raise ModelError("a variant needs a name of its own")
     source = models[base]
@@ -231,7 +238,8 @@ def make_variant(base: str, name: str, coding: dict[str, Any], folder: Path | No
     coding = _check_coding(dict(coding), f"variant {name}")
     file_sha256 = source.get("file_sha256", source["sha256"])
     priors = dict(source["priors"], config={**source["priors"]["config"], **coding})
-    entry = {key: value for key, value in source.items() if key not in ("ladder", "ladder_calibration", "metrics", "variant_of", "coding")}
+    entry = {key: value for key, value in source.items()
+             if key not in ("ladder", "ladder_calibration", "metrics", "variant_of", "coding")}
     entry.update({"variant_of": source.get("variant_of", base), "coding": coding, "file_sha256": file_sha256,
                   "sha256": variant_sha256(file_sha256, coding), "priors": priors, "metrics": {}})
     models[name] = entry
@@ -281,8 +289,7 @@ def load_bundle(name: str | None = None, folder: Path | None = None) -> ModelBun
     name = name or default_model(folder)
     models = available_models(folder)
     if name not in models:
-        known = ", ".join(sorted(models)) or "none"
-        raise ModelError(f"unknown model {name!r} (available: {known})")
+        raise _unknown_model(name, models)
     entry = models[name]
     if "coding" not in entry:
         bundle = load_bundle_file(folder / entry["file"], entry["sha256"])
