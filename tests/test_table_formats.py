@@ -151,19 +151,39 @@ def test_export_without_calibration_codes_is_one_clear_error(tmp_path):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.skipif(not intprior.int8_matmul_available("cpu"), reason="no int8 matmul in this torch build")
+@pytest.mark.skipif(not intprior.int8_matmul_works("cpu"), reason="no int8 matmul in this torch build")
 def test_int8_matmuls_give_the_float32_integers(trained, monkeypatch):
     """Products through int8 matmuls (int32 sums) and through float32 addmm give the same frequencies, whatever
-    the row count at which the int8 route starts."""
+    the row count at which the int8 route starts (the int8 route forced on: CPUs without VNNI leave it off)."""
     codes, prior, _ = trained
     tables = export_prior(prior, codes)
+    monkeypatch.setattr(intprior, "int8_matmul_available", lambda device_type: True)
     results = []
     for rows in (1, 10 ** 9):
         monkeypatch.setattr(intprior, "INT8_MIN_ROWS", rows)
         int_prior = integer_prior(tables)
-        assert (int_prior.levels[2].layers["head"][4] is not None) == intprior.int8_matmul_available("cpu")
+        assert int_prior.levels[2].layers["head"][4] is not None
         results.append(all_frequencies(int_prior, codes))
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    monkeypatch.setattr(intprior, "int8_matmul_available", lambda device_type: False)
+    int_prior = integer_prior(tables)
+    assert int_prior.levels[2].layers["head"][4] is None
+    results.append(all_frequencies(int_prior, codes))
+    assert all(torch.equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
+
+
+def test_int8_route_only_with_int8_instructions(monkeypatch):
+    """The int8 route is taken only where the CPU has VNNI or AMX: without them torch._int_mm is a slow
+    fallback (a Kodak decode 4x slower)."""
+    monkeypatch.setattr(intprior, "int8_matmul_works", lambda device_type: True)
+    for vnni, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda vnni=vnni: vnni)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        intprior.int8_matmul_available.cache_clear()
+        assert intprior.int8_matmul_available("cpu") is expected
+    monkeypatch.delattr(torch.cpu, "_is_vnni_supported")
+    intprior.int8_matmul_available.cache_clear()
+    assert intprior.int8_matmul_available("cpu") is False
+    intprior.int8_matmul_available.cache_clear()
 
 
 def test_eight_bit_export_bounds_every_accumulator():
