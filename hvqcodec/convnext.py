@@ -10,6 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# Positions per chunk of a block's MLP at inference: 4096 x 4C floats (C <= 128) is at most 8 MB, about the
+# cache of a CPU of this class; 1024 and 16384 were measured 5-15% slower.
+CHUNK_POSITIONS = 4096
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel dimension of an (N, C, H, W) tensor ("channels_first" in ConvNeXt)."""
 
@@ -38,6 +43,8 @@ class ConvNeXtBlock(nn.Module):
         self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim)) if layer_scale_init > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._forward_in_chunks(x)
         residual = x
         x = self.dwconv(x)
         x = x.permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
@@ -49,6 +56,23 @@ class ConvNeXtBlock(nn.Module):
             x = self.gamma * x
         x = x.permute(0, 3, 1, 2)  # back to (N, C, H, W)
         return residual + x
+
+    def _forward_in_chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation, the per-position MLP run CHUNK_POSITIONS rows at a time: its (positions, 4C)
+        intermediates then stay in cache instead of streaming through memory several times (a Kodak decode's
+        blocks in float32: 0.65 -> 0.45 s on an AVX2 CPU). The same function as `forward` (a matmul's blocking
+        over fewer rows may move the last bit of a float: pixels and the encoder's latents are outside the
+        exactness rule, which covers the priors' probabilities); inference only (autograd would keep every
+        chunk anyway)."""
+        residual = x
+        x = self.dwconv(x)
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # (N*H*W, C): a copy, channels last
+        out = torch.empty_like(rows)
+        for start in range(0, rows.shape[0], CHUNK_POSITIONS):
+            y = self.pwconv2(self.act(self.pwconv1(self.norm(rows[start:start + CHUNK_POSITIONS]))))
+            out[start:start + CHUNK_POSITIONS] = self.gamma * y if self.gamma is not None else y
+        return residual + out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def convnext_stage(dim: int, depth: int, layer_scale_init: float) -> nn.Sequential:

@@ -598,6 +598,11 @@ def _front_start(fronts: list[tuple[int, int]], position: int) -> int:
     return fronts[bisect.bisect_right(fronts, (position, float("inf"))) - 1][0]
 
 
+@functools.lru_cache(maxsize=16)
+def _column_numbers(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.arange(k, dtype=dtype, device=device)
+
+
 def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor, temperature_milli: int = 1000) -> torch.Tensor:
     """Integer logits (P, K) -> integer frequencies (P, K), each >= 1, every row summing to FREQ_TOTAL.
 
@@ -609,13 +614,18 @@ def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor, tempera
     temperature_milli (sampling only; coding always uses 1000) divides the logits by temperature / 1000, in
     integers: distances below the maximum become d * 1000 // temperature_milli."""
     k = logits.shape[1]
-    # max gives the first index of the maximum on ties, as argmax does, in a third of amax + argmax's time.
     # Logits and their distances below the peak are integers below 2^17: exact in float32 as in float64.
-    peak, most_probable = logits.max(1, keepdim=True)
-    distances = peak - logits
+    distances = logits.amax(1, keepdim=True) - logits
+    # The most probable code, the first one on ties (as argmax): the smallest key min(distance, 1) * K + column,
+    # i.e. the first column at distance 0 (keys below 2K: exact in any float type). amin is vectorised where
+    # max(1) with indices is not (about 20 against 83 us for a step's 126 x 512 logits).
+    keys = torch.addcmul(_column_numbers(k, distances.dtype, distances.device), distances.clamp(max=1),
+                         distances.new_tensor(k))
+    most_probable = keys.amin(1, keepdim=True).long()
     if temperature_milli != 1000:  # d * 1000 can pass 2^24
         distances = distances.double().mul_(1000).div_(temperature_milli).floor_()
-    index = distances.clamp_(max=EXP_MAX).int().view(-1)
+    distances.clamp_(max=EXP_MAX)
+    index = distances.int().view(-1)
     weights = exp_table.double().index_select(0, index).view(distances.shape)
     total = weights.sum(1, keepdim=True)
     freq = weights.mul_(FREQ_TOTAL - k).div_(total).floor_().add_(1)

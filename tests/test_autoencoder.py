@@ -60,3 +60,25 @@ def test_level_dropout_uses_absent_vectors(tiny_config):
         preview = model.decode(out.codes[:1])
     # With every sample dropped to the top level, training reconstructs exactly the top-only preview.
     torch.testing.assert_close(out.reconstruction.detach(), preview, rtol=1e-4, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 4096])
+def test_convnext_inference_in_chunks_matches_the_training_forward(monkeypatch, chunk):
+    """Under no_grad a ConvNeXt block runs its MLP a chunk of positions at a time (cache-sized). It computes the
+    same function as the whole-tensor forward that training uses: equal to float rounding (a matmul's blocking
+    may move the last bit), and exactly equal when one chunk holds every position."""
+    from hvqcodec import convnext
+
+    torch.manual_seed(0)
+    block = convnext.ConvNeXtBlock(16, layer_scale_init=0.5)
+    x = torch.randn(2, 16, 9, 13)
+    expected = block(x).detach()  # grad enabled: the plain path
+    monkeypatch.setattr(convnext, "CHUNK_POSITIONS", chunk)
+    with torch.no_grad():
+        chunked = block(x)
+    assert chunked.shape == expected.shape
+    assert torch.allclose(chunked, expected, rtol=0, atol=1e-5)
+    if chunk >= 2 * 9 * 13:
+        assert torch.equal(chunked, expected)
+    assert not torch.allclose(chunked, x, atol=1e-3)  # the block did something

@@ -362,8 +362,10 @@ def test_chunked_level_encoding_gives_the_same_bytes(tiny_codec):
 
 
 @pytest.mark.parametrize("temperature_milli", [1000, 700, 1300])
-def test_logits_to_frequencies_is_integer_arithmetic(temperature_milli):
-    """The float64 path (division included) gives exactly what Python's integers give."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_logits_to_frequencies_is_integer_arithmetic(temperature_milli, dtype):
+    """The float path (division included; logits in float64 for 16-bit tables, float32 for 8-bit ones) gives
+    exactly what Python's integers give, the remainder to the first most probable code."""
     from hvqcodec.intprior import EXP_MAX, FREQ_TOTAL, logits_to_frequencies, lookup_tables
 
     exp_table = lookup_tables()["exp"]
@@ -372,7 +374,9 @@ def test_logits_to_frequencies_is_integer_arithmetic(temperature_milli):
     logits[:10] = torch.randint(-300, 300, (10, 512), generator=generator)  # many codes near the top
     logits[10, :5] = logits[10].max()  # ties for the most probable code
     logits[11] = 7  # all equal
-    freq = logits_to_frequencies(logits.double(), exp_table.double(), temperature_milli)
+    logits[12, -3:] = logits[12].max()  # ties at the end
+    logits[13, 100] = logits[13].max() + 1  # 1 above the rest: a tie once the temperature floors the distances
+    freq = logits_to_frequencies(logits.to(dtype), exp_table.double(), temperature_milli)
     k = logits.shape[1]
     for row, values in zip(freq.tolist(), logits.tolist()):
         top = max(values)
