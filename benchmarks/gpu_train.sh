@@ -30,7 +30,8 @@ else
     PRIOR_ARCH="--channels 64 --causal-blocks 2 --cond-blocks 6 --subpixel-cond --stage-channels 32 --stage-blocks 2"
 fi
 VAL_ARGS=()
-[ -d "$VAL" ] && VAL_ARGS=(--val "$VAL")
+# cid22/validation's 844297 duplicates a training picture (any suffix: packed data is WebP)
+[ -d "$VAL" ] && VAL_ARGS=(--val "$VAL" --exclude '*844297.*')
 mkdir -p "$OUT/models"
 export HVQCODEC_MODELS="$OUT/models"
 # shellcheck disable=SC2086
@@ -43,7 +44,8 @@ hvqcodec train priors --device "$DEVICE" --model "$NAME" --data "$DATA" "${VAL_A
     --code-crops "$CODE_CROPS"
 hvqcodec models export "$OUT/ae/checkpoint.pt" --name "$NAME" --models-dir "$OUT/models" \
     --priors "$OUT/priors/checkpoint.pt" --force --default
-hvqcodec models calibrate "$NAME" --models-dir "$OUT/models" --data "$DATA" --images "$CAL_IMAGES" \
+hvqcodec models calibrate "$NAME" --models-dir "$OUT/models" --data "$DATA" --exclude '*/cid22/validation/*' \
+    --images "$CAL_IMAGES" \
     --crop "$CAL_CROP" --device "$DEVICE"
 if [ "$DEVICE" = cuda ]; then
     python benchmarks/gpu_check.py --model "$NAME" --json "$OUT/gpu_check.json" | tee "$OUT/gpu_check.txt"
