@@ -41,14 +41,13 @@ if ! python3 -c "import constriction" 2>/dev/null; then
         runs/gpu-wheels/*.whl
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# This checkout's hvqcodec, whatever else is installed: a `hvqcodec` command that runs it with this python3.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! command -v hvqcodec >/dev/null || [ "$(python3 -c 'import hvqcodec, os; print(os.path.dirname(hvqcodec.__file__))')" != "$PWD/hvqcodec" ]; then
-    mkdir -p /tmp/hvq-bin
-    printf '#!/bin/sh\nexec python3 -c "import sys; from hvqcodec.cli import main; sys.argv[0] = \\"hvqcodec\\"; main()" "$@"\n' \
-        > /tmp/hvq-bin/hvqcodec
-    chmod +x /tmp/hvq-bin/hvqcodec
-    export PATH="/tmp/hvq-bin:$PATH"
-fi
+mkdir -p /tmp/hvq-bin
+printf '#!/bin/sh\nexec python3 -c "import sys; from hvqcodec.cli import main; sys.argv[0] = \\"hvqcodec\\"; main()" "$@"\n' \
+    > /tmp/hvq-bin/hvqcodec
+chmod +x /tmp/hvq-bin/hvqcodec
+export PATH="/tmp/hvq-bin:$PATH"
 mkdir -p "$OUT"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/train.log"
 status=0

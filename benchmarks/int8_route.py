@@ -18,6 +18,7 @@ import torch
 
 from hvqcodec import intprior
 from hvqcodec.codec import Codec
+from hvqcodec.device import cpu_supports
 from hvqcodec.zoo import default_model, load_bundle
 
 KODAK = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "kodak"
@@ -45,8 +46,7 @@ def main() -> None:
     model = args.model or default_model()
     if not intprior.int8_matmul_works("cpu"):
         raise SystemExit("torch._int_mm is not available in this torch build: nothing to compare")
-    cpu = {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
-           for name in ("avx2", "avx512", "vnni", "amx_tile")}
+    cpu = {name: cpu_supports(name) for name in ("avx2", "avx512", "vnni", "amx_tile")}
     codecs = {"float32": codec_with_route(model, False), "int8": codec_with_route(model, True)}
     paths = sorted(KODAK.glob("*.png"))[:args.images]
     times = {route: {"encode": [], "decode": []} for route in codecs}

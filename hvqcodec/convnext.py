@@ -59,8 +59,8 @@ class ConvNeXtBlock(nn.Module):
 
     def _forward_in_chunks(self, x: torch.Tensor) -> torch.Tensor:
         """The same computation, the per-position MLP run CHUNK_POSITIONS rows at a time: its (positions, 4C)
-        intermediates then stay in cache instead of streaming through memory several times (a Kodak decode's
-        blocks in float32: 0.65 -> 0.45 s on an AVX2 CPU). The same function as `forward` (a matmul's blocking
+        intermediates then stay in cache instead of streaming through memory several times (the autoencoder's
+        decoder on a Kodak image in float32: 0.65 -> 0.45 s on an AVX2 CPU). The same function as `forward` (a matmul's blocking
         over fewer rows may move the last bit of a float: pixels and the encoder's latents are outside the
         exactness rule, which covers the priors' probabilities); inference only (autograd would keep every
         chunk anyway)."""

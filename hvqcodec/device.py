@@ -36,15 +36,19 @@ DECODER_PRECISIONS = ("auto", "float32", "bfloat16")
 PRECISION_VARIABLE = "HVQCODEC_DECODER_PRECISION"
 
 
+def cpu_supports(*features: str) -> bool:
+    """Whether this CPU has any of the named instruction sets, as torch.cpu's private helpers report them
+    (`_is_<feature>_supported`: avx2, avx512, avx512_bf16, vnni, amx_tile); False where a build lacks them."""
+    try:
+        return any(bool(getattr(torch.cpu, f"_is_{feature}_supported")()) for feature in features)
+    except AttributeError:  # private helpers: absent from some builds
+        return False
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether bfloat16 matmuls and convolutions run natively on this CPU (AMX or AVX512-BF16); elsewhere they
     are emulated and slower than float32. (A GPU would have them too; its decoder stays float32 until measured.)"""
-    if device.type != "cpu":
-        return False
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:  # private helpers of torch.cpu: absent from some builds
-        return False
+    return device.type == "cpu" and cpu_supports("amx_tile", "avx512_bf16")
 
 
 def decoder_low_precision(device: torch.device, precision: str | None = None) -> bool:

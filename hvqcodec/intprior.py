@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import cpu_supports
 from .priors import KERNEL, WAVEFRONT_SLOPE, HierarchicalPrior, LevelPrior, StagePrior, causal_mask, level_blocks
 
 ACT_BITS = 10
@@ -75,21 +76,13 @@ def int8_matmul_works(device_type: str) -> bool:
         return False
 
 
-def _int8_instructions() -> bool:
-    """Whether this CPU has int8 dot-product instructions (VNNI or AMX). Without them torch._int_mm falls back
-    to a scalar loop: measured on an AVX2-only AMD EPYC, 25-40x slower than a float32 matmul of the same shape
-    (a Kodak decode took 5.9 s instead of 1.4 s)."""
-    try:
-        return bool(torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # private helpers of torch.cpu: absent from some builds
-        return False
-
-
 @functools.cache
 def int8_matmul_available(device_type: str) -> bool:
-    """Whether products of 8-bit tables go through int8 matmuls: only where they work and are fast. Either
-    route gives the same integers, so this changes speed, never a result."""
-    return int8_matmul_works(device_type) and _int8_instructions()
+    """Whether products of 8-bit tables go through int8 matmuls: only where they work and are fast, i.e. where
+    the CPU has int8 dot-product instructions (VNNI or AMX). Without them torch._int_mm falls back to a scalar
+    loop, 25-40x slower than a float32 matmul of the same shape on an AVX2-only AMD EPYC (a Kodak decode 5.6 s
+    instead of 2.0 s: benchmarks/int8_route.py). Either route gives the same integers: speed, never a result."""
+    return int8_matmul_works(device_type) and cpu_supports("vnni", "amx_tile")
 
 
 # --- export: float prior -> integer tables -------------------------------------------------------------
