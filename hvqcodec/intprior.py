@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import stepkernel
 from .device import cpu_supports
 from .priors import KERNEL, WAVEFRONT_SLOPE, HierarchicalPrior, LevelPrior, StagePrior, causal_mask, level_blocks
 
@@ -383,6 +384,11 @@ class IntLevelPrior(_IntNetwork):
         self.tap_tables = torch.einsum("oct,kc->tko", weight, embedding).reshape(-1, 2 * self.channels).to(
             self.dtype).contiguous()
         self.tap_offsets = torch.arange(len(TAPS), device=self.device) * (self.codebook_size + 1)
+        # The C step function (hvqcodec/_stepkernel.c) where it applies: the same integers, one call a step.
+        self.kernel = None
+        if (self.device.type == "cpu" and self.dtype == torch.float32 and stepkernel.available()
+                and all(layer[3] is not None for layer in self.layers.values())):
+            self.kernel = stepkernel.LevelKernel(self, GATE_HALF, EXP_MAX, luts["tanh"], luts["sigmoid"])
 
     def conditioning(self, upper_codes: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
         """Upper levels' codes -> per gated unit a (h_u * w_u * cond_positions, 2C) projection: one row per cell
@@ -403,13 +409,17 @@ class IntLevelPrior(_IntNetwork):
                 for i in range(1 + self.causal_blocks)]
 
     def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
-                    cond: list[torch.Tensor] | None) -> torch.Tensor:
+                    cond: list[torch.Tensor] | None, threads: int = 1) -> torch.Tensor:
         """The step function: integer frequencies (P, K) for P positions of a LevelState.
 
         neighbours (P, taps) index the flat code canvas at each position's causal neighbours, upper (P,) the
         conditioning grid. Only canvas entries strictly before a position in wavefront order are read, so the
         result is the same whether the rest of the canvas is filled (encoder) or not yet decoded (decoder).
+        threads: how many threads the C step function may use (the torch version uses torch's own).
         """
+        if (self.kernel is not None and self.temperature_milli == 1000
+                and neighbours.shape[0] < stepkernel.MAX_POSITIONS):
+            return self.kernel.frequencies(canvas, neighbours, upper, cond, threads)
         acc = F.embedding_bag(canvas[neighbours] + self.tap_offsets, self.tap_tables, mode="sum")
         bias_and_half, inv_scale = self.masked_scale
         pre = acc.add_(bias_and_half).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
@@ -491,6 +501,9 @@ class LevelState:
                  upper_codes: Sequence[Sequence[torch.Tensor]]) -> None:
         device = prior.device
         self.prior, self.sizes = prior, [tuple(size) for size in sizes]
+        # Threads the C step function may use: torch's count when the state is made (decoding then runs its
+        # small torch operations on one thread, `entropy.one_thread`).
+        self.threads = torch.get_num_threads()
         block = getattr(prior, "block", 0)
         rows, cols, fronts, tiles, blocks, upper = [], [], [], [], [], []
         left, cond_base, height, max_blocks = 0, 0, 0, 1
@@ -548,7 +561,8 @@ class LevelState:
 
     def frequencies(self, start: int, stop: int) -> torch.Tensor:
         """Frequencies of positions start..stop-1 (in decoding order)."""
-        return self.prior.frequencies(self.canvas, self.neighbours[start:stop], self.upper[start:stop], self.cond)
+        return self.prior.frequencies(self.canvas, self.neighbours[start:stop], self.upper[start:stop], self.cond,
+                                      self.threads)
 
     def segments(self, start: int) -> list[tuple[int, int, int]]:
         """(tile, start, stop) of each tile's run of positions within the wavefront beginning at start."""

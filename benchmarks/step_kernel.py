@@ -1,0 +1,101 @@
+"""The level priors' step function in C (hvqcodec/_stepkernel.c) against the torch version, on Kodak files.
+
+Median encode and decode seconds of whole files, both codecs loaded in one process and timed interleaved, with
+the time spent in the three levels' wavefront decoding beside the total. Both give the same integers: the files
+and the decoded pictures are compared byte for byte.
+
+    python benchmarks/step_kernel.py [--model hvq-vr6] [--images 4] [--repeats 3] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import hvqcodec.codec as codec_module
+from hvqcodec import stepkernel
+from hvqcodec.codec import Codec
+from hvqcodec.device import cpu_supports
+from hvqcodec.zoo import default_model, load_bundle
+
+KODAK = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "kodak"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if not stepkernel.available():
+        raise SystemExit("the C step function is not built (or HVQ_STEP_KERNEL=0): nothing to compare")
+    torch.set_num_threads(args.threads)
+    model = args.model or default_model()
+    codecs = {"torch": Codec(load_bundle(model), "cpu"), "C": Codec(load_bundle(model), "cpu")}
+    for level in codecs["torch"].prior.levels:
+        level.kernel = None
+    if any(level.kernel is None for level in codecs["C"].prior.levels):
+        raise SystemExit(f"{model}'s priors do not use the C step function (16-bit tables?)")
+
+    level_seconds = [0.0]
+    decode_level = codec_module.decode_level
+
+    def timed_decode_level(*a, **k):
+        start = time.perf_counter()
+        try:
+            return decode_level(*a, **k)
+        finally:
+            level_seconds[0] += time.perf_counter() - start
+    codec_module.decode_level = timed_decode_level
+
+    paths = sorted(KODAK.glob("*.png"))[:args.images]
+    times = {name: {"encode": [], "decode": [], "levels": []} for name in codecs}
+    for path in paths:
+        for codec in codecs.values():  # warm-up: first calls allocate and build lookup tables
+            codec.decompress(codec.compress(path).data)
+        for _ in range(args.repeats):
+            files, pictures = {}, {}
+            for name, codec in codecs.items():
+                start = time.perf_counter()
+                files[name] = codec.compress(path).data
+                times[name]["encode"].append(time.perf_counter() - start)
+                level_seconds[0] = 0.0
+                start = time.perf_counter()
+                pictures[name] = codec.decompress(files[name])
+                times[name]["decode"].append(time.perf_counter() - start)
+                times[name]["levels"].append(level_seconds[0])
+            if files["C"] != files["torch"]:
+                raise SystemExit(f"{path.name}: the two step functions wrote different files")
+            if not np.array_equal(np.asarray(pictures["C"].image), np.asarray(pictures["torch"].image)):
+                raise SystemExit(f"{path.name}: the two step functions decoded different pictures")
+    medians = {name: {part: statistics.median(values) for part, values in parts.items()}
+               for name, parts in times.items()}
+    ratios = {part: medians["C"][part] / medians["torch"][part] for part in ("encode", "decode", "levels")}
+    print(f"{model}, {len(paths)} Kodak images x {args.repeats}, {args.threads} threads, "
+          f"{platform.processor() or platform.machine()}")
+    for name, parts in medians.items():
+        print(f"  {name:6s} encode {parts['encode']:.3f} s   decode {parts['decode']:.3f} s   "
+              f"(levels' wavefronts {parts['levels']:.3f} s)")
+    print(f"  C / torch: encode x{ratios['encode']:.2f}, decode x{ratios['decode']:.2f}, levels "
+          f"x{ratios['levels']:.2f}; files and pictures identical")
+    if args.json:
+        command = "python benchmarks/step_kernel.py " + " ".join(
+            f"--{k} {v}" for k, v in (("model", model), ("images", args.images), ("repeats", args.repeats),
+                                      ("threads", args.threads)))
+        Path(args.json).write_text(json.dumps({
+            "name": "step-kernel", "description": __doc__.splitlines()[0], "command": command,
+            "results": {"model": model, "images": [p.name for p in paths], "machine": platform.machine(),
+                        "cpu_flags": {name: cpu_supports(name) for name in ("avx2", "avx512", "vnni", "amx_tile")},
+                        "seconds_median": medians, "c_over_torch": ratios, "identical": True}}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

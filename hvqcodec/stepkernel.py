@@ -1,0 +1,114 @@
+"""The optional C step function of the level priors (hvqcodec/_stepkernel.c): the same integers as
+`IntLevelPrior.frequencies`, one call per batch of positions instead of some 90 torch operations.
+
+Used on the CPU for 8-bit tables at temperature 1 (what coding uses); everything else (16-bit tables, CUDA,
+sampling at another temperature, an install without a C compiler) runs the torch version. HVQ_STEP_KERNEL=0
+in the environment turns it off (to compare the two).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+try:
+    from . import _stepkernel
+except ImportError:  # built without a C compiler: the torch version runs
+    _stepkernel = None
+
+if TYPE_CHECKING:
+    from .intprior import IntLevelPrior
+
+
+# Batches of this many positions or more (the encoder's parallel passes, the lockstep steps of a large image's
+# tiles) go to the torch version, whose matrix products are then as fast and whose intermediates are reused
+# from one batch to the next (measured on Kodak: the C function made whole encodes about 1.2x slower).
+MAX_POSITIONS = 512
+# A batch of at least this many positions is split in two halves, one computed on a helper thread (the C
+# function runs without the GIL): about 10 us a position against some 50 us to hand work to a thread.
+SPLIT_POSITIONS = 24
+
+_helper: ThreadPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+
+def _helper_thread() -> ThreadPoolExecutor:
+    global _helper
+    with _helper_lock:
+        if _helper is None:
+            _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hvqcodec-step")
+        return _helper
+
+
+def _forget_helper() -> None:  # a forked child (batch.py's workers) has no thread behind the parent's pool
+    global _helper
+    _helper = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper)
+
+
+def available() -> bool:
+    """Whether the C step function is built and not turned off."""
+    return _stepkernel is not None and os.environ.get("HVQ_STEP_KERNEL", "1") != "0"
+
+
+class LevelKernel:
+    """A level prior's tables as the C step function reads them; holds the tensors whose addresses it uses."""
+
+    def __init__(self, prior: "IntLevelPrior", gate_half: int, exp_max: int, tanh: torch.Tensor,
+                 sigmoid: torch.Tensor) -> None:
+        names = [f"block{i}.{part}" for i in range(prior.causal_blocks) for part in ("in", "out")] + ["head"]
+        self._keep: list[torch.Tensor] = []
+        layers = []
+        for name in names:
+            weight, bias_and_half, inv_scale, input_scale, _ = prior.layers[name]
+            weight, bias_and_half, inv_scale = (self._float32(t) for t in (weight, bias_and_half, inv_scale))
+            layers.append((weight.shape[0], weight.shape[1], weight.data_ptr(), bias_and_half.data_ptr(),
+                           inv_scale.data_ptr(), float(input_scale or 0.0)))
+        bias_and_half, inv_scale = prior.masked_scale
+        tables = [self._float32(t) for t in (prior.tap_tables, bias_and_half, inv_scale, tanh, sigmoid)]
+        exp = self._keep_tensor(prior.exp.double().contiguous())
+        self.causal_blocks = prior.causal_blocks
+        self.codebook_size = prior.codebook_size
+        self.handle = _stepkernel.level(prior.channels, prior.codebook_size, prior.tap_offsets.numel(),
+                                        prior.causal_blocks, exp_max, gate_half,
+                                        *(t.data_ptr() for t in tables), exp.data_ptr(), tuple(layers))
+
+    def _keep_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._keep.append(tensor)
+        return tensor
+
+    def _float32(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._keep_tensor(tensor.detach().to("cpu", torch.float32).contiguous())
+
+    def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
+                    cond: Sequence[torch.Tensor] | None, threads: int = 1) -> torch.Tensor:
+        """Frequencies (P, K) float64 of P positions: the arguments of `IntLevelPrior.frequencies`; with threads
+        > 1, a batch of SPLIT_POSITIONS or more is shared with a helper thread (each position's frequencies are
+        its own: the same integers however the batch is split)."""
+        canvas, neighbours, upper = (t.to(torch.int64).contiguous() for t in (canvas, neighbours, upper))
+        out = torch.empty((neighbours.shape[0], self.codebook_size), dtype=torch.float64)
+        cond_addresses = None
+        if cond is not None:
+            cond = [unit.to(torch.int16).contiguous() for unit in cond]
+            cond_addresses = tuple(unit.data_ptr() for unit in cond)
+        count = out.shape[0]
+        taps, width = neighbours.shape[1], self.codebook_size
+
+        def run(start: int, stop: int) -> None:
+            _stepkernel.frequencies(self.handle, canvas.data_ptr(), neighbours.data_ptr() + 8 * taps * start,
+                                    upper.data_ptr() + 8 * start, cond_addresses, stop - start,
+                                    out.data_ptr() + 8 * width * start)
+        if threads > 1 and count >= SPLIT_POSITIONS:
+            half = count // 2
+            second = _helper_thread().submit(run, half, count)
+            run(0, half)
+            second.result()
+        elif count:
+            run(0, count)
+        return out

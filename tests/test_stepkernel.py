@@ -1,0 +1,99 @@
+"""The C step function of the level priors (hvqcodec/_stepkernel.c) against the torch version: the same
+integers for every position, however the positions are batched or shared between threads."""
+import pytest
+import torch
+
+from hvqcodec import stepkernel
+from hvqcodec.entropy import decode_level, encode_level
+from hvqcodec.intprior import IntPrior, LevelState, export_prior
+from hvqcodec.priors import HierarchicalPrior, PriorConfig
+
+pytestmark = pytest.mark.skipif(not stepkernel.available(), reason="the C step function is not built here")
+
+SIZES = [(6, 10), (12, 20), (24, 40)]  # top, mid, bottom grids of one tile
+
+
+def make_prior(codebook: int, channels: int, causal_blocks: int, weight_scale: float, subpixel: bool,
+               coding_block=0):
+    """Random 8-bit integer priors (the shipped format) and codes to run them on. A large weight_scale drives
+    activations into the clamps and the gate tables' saturated ends."""
+    torch.manual_seed(codebook + channels + causal_blocks)
+    prior = HierarchicalPrior(PriorConfig(codebook_sizes=(codebook,) * 3, channels=channels,
+                                          causal_blocks=causal_blocks, cond_blocks=1, subpixel_cond=subpixel))
+    for parameter in prior.parameters():
+        parameter.data.mul_(weight_scale)
+    calibration = [torch.randint(0, codebook, (2, h, w)) for h, w in SIZES]
+    tables = export_prior(prior, calibration)
+    int_prior = IntPrior(causal_blocks, 1, tables, "cpu", coding_block=coding_block)
+    codes = [torch.randint(0, codebook, size) for size in SIZES]
+    return int_prior, codes
+
+
+def known_state(level_prior, codes, level) -> tuple[LevelState, torch.Tensor]:
+    state = LevelState(level_prior, [tuple(codes[level].shape)], [codes[:level]])
+    symbols = codes[level].flatten()[state.order]
+    state.paint(0, symbols.numel(), symbols)
+    return state, symbols
+
+
+def torch_frequencies(state: LevelState, start: int, stop: int) -> torch.Tensor:
+    kernel, state.prior.kernel = state.prior.kernel, None
+    try:
+        return state.frequencies(start, stop)
+    finally:
+        state.prior.kernel = kernel
+
+
+@pytest.mark.parametrize("codebook,channels,causal_blocks,weight_scale,subpixel", [
+    (16, 8, 1, 1.0, False),     # widths below one block of 32 lanes: the one-at-a-time paths
+    (64, 32, 2, 1.0, True),     # whole blocks of lanes, as the shipped models
+    (80, 48, 2, 1.0, False),    # whole blocks and a remainder
+    (64, 32, 2, 40.0, True),    # saturated: clamps and the gate tables' ends
+])
+def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale, subpixel):
+    int_prior, codes = make_prior(codebook, channels, causal_blocks, weight_scale, subpixel)
+    for level in range(3):
+        level_prior = int_prior.levels[level]
+        assert level_prior.kernel is not None
+        state, _ = known_state(level_prior, codes, level)
+        count = state.order.numel()
+        want = torch_frequencies(state, 0, count)
+        assert bool((want.sum(1) == 1 << 20).all()) and bool((want >= 1).all())
+        batches = [(start, min(start + 100, count)) for start in range(0, count, 100)]
+        # Odd and tiny batches too: the kernel works in pairs of positions.
+        for start, stop in batches + [(0, 1), (3, 6), (5, min(count, 64)), (count - 7, count)]:
+            assert stop - start < stepkernel.MAX_POSITIONS
+            assert torch.equal(state.frequencies(start, stop), want[start:stop])
+        state.threads = 2  # batches of SPLIT_POSITIONS or more shared with a helper thread
+        for start, stop in batches + state.fronts[:5]:
+            assert torch.equal(state.frequencies(start, stop), want[start:stop])
+
+
+def test_decodes_what_the_torch_version_encodes():
+    """A coding-block prior's streams written with the torch step function decode with the C one, wavefront by
+    wavefront, and the other way round: the file does not depend on which one a machine has."""
+    int_prior, codes = make_prior(64, 32, 2, 3.0, True, coding_block=8)
+    for level in range(3):
+        level_prior = int_prior.levels[level]
+        kernel = level_prior.kernel
+        level_prior.kernel = None
+        torch_stream = encode_level(level_prior, codes[level], codes[:level]).data
+        level_prior.kernel = kernel
+        kernel_stream = encode_level(level_prior, codes[level], codes[:level]).data
+        assert kernel_stream == torch_stream
+        (decoded,) = decode_level(level_prior, [torch_stream], [tuple(codes[level].shape)], [codes[:level]])
+        assert torch.equal(decoded, codes[level])
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("HVQ_STEP_KERNEL", "0")
+    int_prior, _ = make_prior(16, 8, 1, 1.0, False)
+    assert all(level.kernel is None for level in int_prior.levels)
+
+
+def test_sixteen_bit_tables_stay_on_torch():
+    """The older 16-bit format (float64 products) has no C version: those priors keep the torch one."""
+    torch.manual_seed(0)
+    prior = HierarchicalPrior(PriorConfig(codebook_sizes=(16, 16, 16), channels=8, causal_blocks=1, cond_blocks=1))
+    int_prior = IntPrior(1, 1, export_prior(prior), "cpu")
+    assert all(level.kernel is None for level in int_prior.levels)
