@@ -5,6 +5,7 @@ the time spent in the three levels' wavefront decoding beside the total. Both gi
 and the decoded pictures are compared byte for byte.
 
     python benchmarks/step_kernel.py [--model hvq-vr6] [--images 4] [--repeats 3] [--json out.json]
+    python benchmarks/step_kernel.py --max-positions 1000000   # the C function for the encoder's batches too
 """
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-positions", type=int, default=stepkernel.MAX_POSITIONS,
+                        help="batches of this many positions or more use the torch version (stepkernel.MAX_POSITIONS)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    stepkernel.MAX_POSITIONS = args.max_positions
     if not stepkernel.available():
         raise SystemExit("the C step function is not built (or HVQ_STEP_KERNEL=0): nothing to compare")
     torch.set_num_threads(args.threads)
@@ -89,10 +93,11 @@ def main() -> None:
     if args.json:
         command = "python benchmarks/step_kernel.py " + " ".join(
             f"--{k} {v}" for k, v in (("model", model), ("images", args.images), ("repeats", args.repeats),
-                                      ("threads", args.threads)))
+                                      ("threads", args.threads), ("max-positions", args.max_positions)))
         Path(args.json).write_text(json.dumps({
             "name": "step-kernel", "description": __doc__.splitlines()[0], "command": command,
             "results": {"model": model, "images": [p.name for p in paths], "machine": platform.machine(),
+                        "max_positions": args.max_positions,
                         "cpu_flags": {name: cpu_supports(name) for name in ("avx2", "avx512", "vnni", "amx_tile")},
                         "seconds_median": medians, "c_over_torch": ratios, "identical": True}}, indent=1) + "\n")
 

@@ -300,7 +300,7 @@ static int address(PyObject *object, const void **target) {
 /* level(channels, codebook_size, taps, causal_blocks, exp_max, gate_half, tap_tables, masked_bias, masked_scale,
  *       tanh_table, sigmoid_table, exp_table, layers) -> capsule; layers: ((inputs, outputs, weight,
  *       bias_and_half, inv_scale, input_scale), ...) for block0.in, block0.out, ..., head. */
-static PyObject *make_level(PyObject *self, PyObject *args) {
+static PyObject *make_level(PyObject *Py_UNUSED(self), PyObject *args) {
     Level level;
     PyObject *addresses[6], *layers;
     memset(&level, 0, sizeof(level));
@@ -344,7 +344,7 @@ static PyObject *make_level(PyObject *self, PyObject *args) {
 
 /* frequencies(level, canvas, neighbours, upper, cond, count, out): out (count, K) float64 frequencies; cond a
  * tuple of causal_blocks + 1 addresses of int16 (rows, 2C) tables, or None. Runs without the GIL. */
-static PyObject *frequencies(PyObject *self, PyObject *args) {
+static PyObject *frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *capsule, *canvas_address, *neighbours_address, *upper_address, *cond_addresses, *out_address;
     Py_ssize_t count;
     if (!PyArg_ParseTuple(args, "OOOOOnO", &capsule, &canvas_address, &neighbours_address, &upper_address,

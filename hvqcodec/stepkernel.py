@@ -108,7 +108,10 @@ class LevelKernel:
             half = count // 2
             second = _helper_thread().submit(run, half, count)
             run(0, half)
-            second.result()
+            if second.cancel():  # the helper has not started (the other core is busy): do it here, not wait
+                run(half, count)
+            else:
+                second.result()
         elif count:
             run(0, count)
         return out
