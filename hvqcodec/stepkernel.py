@@ -73,6 +73,13 @@ class LevelKernel:
         bias_and_half, inv_scale = prior.masked_scale
         tables = [self._float32(t) for t in (prior.tap_tables, bias_and_half, inv_scale, tanh, sigmoid)]
         exp = self._keep_tensor(prior.exp.double().contiguous())
+        # The C code indexes these without bounds checks: their sizes are checked here, once.
+        channels, taps, codebook = prior.channels, prior.tap_offsets.numel(), prior.codebook_size
+        expected = [(taps * (codebook + 1), 2 * channels), (2 * channels,), (2 * channels,), (2 * gate_half + 1,),
+                    (2 * gate_half + 1,)]
+        if [tuple(t.shape) for t in tables] != expected or tuple(exp.shape) != (exp_max + 1,):
+            raise ValueError(f"level prior tables of unexpected sizes for the C step function: "
+                             f"{[tuple(t.shape) for t in tables]}, exp {tuple(exp.shape)}")
         self.causal_blocks = prior.causal_blocks
         self.codebook_size = prior.codebook_size
         self.handle = _stepkernel.level(prior.channels, prior.codebook_size, prior.tap_offsets.numel(),
