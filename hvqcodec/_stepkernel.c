@@ -169,7 +169,7 @@ INLINE void gate(const Level *level, const float *restrict x, const Layer *into,
 
 /* logits_to_frequencies for one row (temperature 1), in float64 as the torch version. Sums of integers are
  * exact in any order, so they run in LANES partial sums (the last, partial block into the first of them). */
-INLINE void frequencies_row(const Level *level, const float *restrict logits, double *restrict freq) {
+INLINE void frequencies_row(const Level *level, const float *restrict logits, double *restrict freq, double scale) {
     const int K = level->codebook_size, whole = K - K % LANES;
     float top = logits[0];
     if (whole) {
@@ -213,6 +213,8 @@ INLINE void frequencies_row(const Level *level, const float *restrict logits, do
     double sum = 0.0;
     for (int j = 0; j < LANES; j++) sum += sums[j];
     freq[most_probable] += (double)FREQ_TOTAL - sum;
+    if (scale != 1.0) /* a power of two (the coder's probabilities: 2^-20): exact */
+        for (int k = 0; k < K; k++) freq[k] *= scale;
 }
 
 /* Adds int16 conditioning (2C) to pre. */
@@ -226,7 +228,8 @@ typedef struct {
 } Work;
 
 HOT static int run_positions(const Level *level, const int64_t *canvas, const int64_t *neighbours,
-                             const int64_t *upper, const int16_t *const *cond, Py_ssize_t count, double *out) {
+                             const int64_t *upper, const int16_t *const *cond, Py_ssize_t count, double *out,
+                             double scale) {
     const int C = level->channels, C2 = 2 * C, K = level->codebook_size, taps = level->taps;
     const Layer *head = &level->layers[2 * level->causal_blocks];
     const int widest = K > C2 ? K : C2;
@@ -279,8 +282,9 @@ HOT static int run_positions(const Level *level, const int64_t *canvas, const in
         }
         for (int g = 0; g < 2; g++) layer_input(head, work[g].h, work[g].x, C);
         product(head, work[0].x, work[1].x, work[0].wide, work[1].wide);
-        frequencies_row(level, work[0].wide, out + (size_t)positions[0] * K);
-        frequencies_row(level, work[1].wide, positions[1] != positions[0] ? out + (size_t)positions[1] * K : spare);
+        frequencies_row(level, work[0].wide, out + (size_t)positions[0] * K, scale);
+        frequencies_row(level, work[1].wide, positions[1] != positions[0] ? out + (size_t)positions[1] * K : spare,
+                        scale);
     }
     free(buffer);
     return 1;
@@ -342,13 +346,15 @@ static PyObject *make_level(PyObject *Py_UNUSED(self), PyObject *args) {
     return capsule;
 }
 
-/* frequencies(level, canvas, neighbours, upper, cond, count, out): out (count, K) float64 frequencies; cond a
- * tuple of causal_blocks + 1 addresses of int16 (rows, 2C) tables, or None. Runs without the GIL. */
+/* frequencies(level, canvas, neighbours, upper, cond, count, out[, scale]): out (count, K) float64 frequencies
+ * (times scale: 2^-20 gives the range coder's probabilities); cond a tuple of causal_blocks + 1 addresses of
+ * int16 (rows, 2C) tables, or None. Runs without the GIL. */
 static PyObject *frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *capsule, *canvas_address, *neighbours_address, *upper_address, *cond_addresses, *out_address;
     Py_ssize_t count;
-    if (!PyArg_ParseTuple(args, "OOOOOnO", &capsule, &canvas_address, &neighbours_address, &upper_address,
-                          &cond_addresses, &count, &out_address))
+    double scale = 1.0;
+    if (!PyArg_ParseTuple(args, "OOOOOnO|d", &capsule, &canvas_address, &neighbours_address, &upper_address,
+                          &cond_addresses, &count, &out_address, &scale))
         return NULL;
     const Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.level");
     if (!level) return NULL;
@@ -369,7 +375,7 @@ static PyObject *frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     int done;
     Py_BEGIN_ALLOW_THREADS
-    done = run_positions(level, canvas, neighbours, upper, cond_tables, count, (double *)out);
+    done = run_positions(level, canvas, neighbours, upper, cond_tables, count, (double *)out, scale);
     Py_END_ALLOW_THREADS
     if (!done) return PyErr_NoMemory();
     Py_RETURN_NONE;

@@ -222,7 +222,7 @@ def decode_level(prior: IntLevelPrior, streams: Sequence[bytes], sizes: Sequence
     serial = state.order.numel() < PARALLEL_STEP_POSITIONS * max(1, len(state.fronts))
     with one_thread() if prior.device.type == "cpu" and serial else contextlib.nullcontext():
         for start, stop in state.fronts:
-            probabilities = _probabilities(state.frequencies(start, stop))
+            probabilities = state.probabilities(start, stop)
             symbols = np.empty(stop - start, dtype=np.int64)
             for tile, a, b in state.segments(start):
                 symbols[a - start:b - start] = decoders[tile].decode(family, probabilities[a - start:b - start])

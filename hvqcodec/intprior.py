@@ -29,6 +29,7 @@ import math
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -409,17 +410,18 @@ class IntLevelPrior(_IntNetwork):
                 for i in range(1 + self.causal_blocks)]
 
     def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
-                    cond: list[torch.Tensor] | None, threads: int = 1) -> torch.Tensor:
+                    cond: list[torch.Tensor] | None, threads: int = 1, scale: float = 1.0) -> torch.Tensor:
         """The step function: integer frequencies (P, K) for P positions of a LevelState.
 
         neighbours (P, taps) index the flat code canvas at each position's causal neighbours, upper (P,) the
         conditioning grid. Only canvas entries strictly before a position in wavefront order are read, so the
         result is the same whether the rest of the canvas is filled (encoder) or not yet decoded (decoder).
-        threads: how many threads the C step function may use (the torch version uses torch's own).
+        threads: how many threads the C step function may use (the torch version uses torch's own); scale: a
+        power of two to multiply the frequencies by (exact), 2^-FREQ_BITS for the range coder's probabilities.
         """
         if (self.kernel is not None and self.temperature_milli == 1000
                 and neighbours.shape[0] < stepkernel.MAX_POSITIONS):
-            return self.kernel.frequencies(canvas, neighbours, upper, cond, threads)
+            return self.kernel.frequencies(canvas, neighbours, upper, cond, threads, scale)
         acc = F.embedding_bag(canvas[neighbours] + self.tap_offsets, self.tap_tables, mode="sum")
         bias_and_half, inv_scale = self.masked_scale
         pre = acc.add_(bias_and_half).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
@@ -431,7 +433,8 @@ class IntLevelPrior(_IntNetwork):
             if cond is not None:
                 pre = pre + cond[i + 1].index_select(0, upper)
             h = (h + self.product(f"block{i}.out", self.gate(pre, f"block{i}.out"))).clamp_(-ACT_MAX, ACT_MAX)
-        return logits_to_frequencies(self.linear("head", h), self.exp, self.temperature_milli)
+        freq = logits_to_frequencies(self.linear("head", h), self.exp, self.temperature_milli)
+        return freq if scale == 1.0 else freq.mul_(scale)
 
 
 class IntStagePrior(_IntNetwork):
@@ -563,6 +566,12 @@ class LevelState:
         """Frequencies of positions start..stop-1 (in decoding order)."""
         return self.prior.frequencies(self.canvas, self.neighbours[start:stop], self.upper[start:stop], self.cond,
                                       self.threads)
+
+    def probabilities(self, start: int, stop: int) -> np.ndarray:
+        """What the range coder takes for positions start..stop-1: their frequencies / FREQ_TOTAL, exact float64
+        (the C step function writes them so directly: no second pass over a step's (P, K) table)."""
+        return self.prior.frequencies(self.canvas, self.neighbours[start:stop], self.upper[start:stop], self.cond,
+                                      self.threads, 1.0 / FREQ_TOTAL).cpu().numpy()
 
     def segments(self, start: int) -> list[tuple[int, int, int]]:
         """(tile, start, stop) of each tile's run of positions within the wavefront beginning at start."""

@@ -94,10 +94,10 @@ class LevelKernel:
         return self._keep_tensor(tensor.detach().to("cpu", torch.float32).contiguous())
 
     def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
-                    cond: Sequence[torch.Tensor] | None, threads: int = 1) -> torch.Tensor:
-        """Frequencies (P, K) float64 of P positions: the arguments of `IntLevelPrior.frequencies`; with threads
-        > 1, a batch of SPLIT_POSITIONS or more is shared with a helper thread (each position's frequencies are
-        its own: the same integers however the batch is split)."""
+                    cond: Sequence[torch.Tensor] | None, threads: int = 1, scale: float = 1.0) -> torch.Tensor:
+        """Frequencies (P, K) float64 of P positions times scale (a power of two): the arguments of
+        `IntLevelPrior.frequencies`; with threads > 1, a batch of SPLIT_POSITIONS or more is shared with a helper
+        thread (each position's frequencies are its own: the same integers however the batch is split)."""
         canvas, neighbours, upper = (t.to(torch.int64).contiguous() for t in (canvas, neighbours, upper))
         out = torch.empty((neighbours.shape[0], self.codebook_size), dtype=torch.float64)
         cond_addresses = None
@@ -110,7 +110,7 @@ class LevelKernel:
         def run(start: int, stop: int) -> None:
             _stepkernel.frequencies(self.handle, canvas.data_ptr(), neighbours.data_ptr() + 8 * taps * start,
                                     upper.data_ptr() + 8 * start, cond_addresses, stop - start,
-                                    out.data_ptr() + 8 * width * start)
+                                    out.data_ptr() + 8 * width * start, scale)
         if threads > 1 and count >= SPLIT_POSITIONS:
             half = count // 2
             second = _helper_thread().submit(run, half, count)

@@ -1,5 +1,6 @@
 """The C step function of the level priors (hvqcodec/_stepkernel.c) against the torch version: the same
 integers for every position, however the positions are batched or shared between threads."""
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +68,12 @@ def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale,
         state.threads = 2  # batches of SPLIT_POSITIONS or more shared with a helper thread
         for start, stop in batches + state.fronts[:5]:
             assert torch.equal(state.frequencies(start, stop), want[start:stop])
+        # What the range coder gets: the frequencies / 2^20, written so by the C function itself.
+        for start, stop in state.fronts[:5] + [(0, 100)]:
+            assert np.array_equal(state.probabilities(start, stop), want[start:stop].numpy() / (1 << 20))
+            kernel, level_prior.kernel = level_prior.kernel, None
+            assert np.array_equal(state.probabilities(start, stop), want[start:stop].numpy() / (1 << 20))
+            level_prior.kernel = kernel
 
 
 def test_decodes_what_the_torch_version_encodes():
