@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 
 # Batches of this many positions or more (the encoder's parallel passes, the lockstep steps of a large image's
-# tiles) go to the torch version, whose matrix products are then as fast and whose intermediates are reused
-# from one batch to the next (measured on Kodak: the C function made whole encodes about 1.2x slower).
+# tiles) go to the torch version: with the C function for them too, Kodak encodes took 1.2x as long
+# (benchmarks/step_kernel.py --max-positions 1000000), its helper thread competing with torch's OpenMP threads,
+# which spin for a while after each parallel operation.
 MAX_POSITIONS = 512
 # A batch of at least this many positions is split in two halves, one computed on a helper thread (the C
 # function runs without the GIL): about 10 us a position against some 50 us to hand work to a thread.
