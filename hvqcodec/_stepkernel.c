@@ -6,8 +6,10 @@
  *
  * Exactness: the same operations on the same values as the torch version (hvqcodec/intprior.py), in float32
  * (products, sums and power-of-two scalings of integers below 2^24: exact in any order, fused or not) and
- * float64 (the frequencies), so the integers are identical; tests/test_stepkernel.py checks it on real and
- * random tables. The module is optional: without it (no C compiler at install) the torch version runs.
+ * float64 (the frequencies), so the integers are identical: tests/test_stepkernel.py compares every position
+ * with the torch version on random and saturated tables, and the shipped models' release files decode through
+ * it to the same pictures (tests/test_shipped.py). The module is optional: without it (no C compiler at
+ * install) the torch version runs.
  *
  * No numpy or torch C API: the Python side passes the addresses of contiguous tensors it keeps alive.
  */

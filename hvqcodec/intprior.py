@@ -562,16 +562,15 @@ class LevelState:
         for a, b in _runs(t * len(self.sizes) + self.tiles):
             self._segments.setdefault(_front_start(self.fronts, a), []).append((tile_of[a], a, b))
 
-    def frequencies(self, start: int, stop: int) -> torch.Tensor:
-        """Frequencies of positions start..stop-1 (in decoding order)."""
+    def frequencies(self, start: int, stop: int, scale: float = 1.0) -> torch.Tensor:
+        """Frequencies of positions start..stop-1 (in decoding order), times scale (`IntLevelPrior.frequencies`)."""
         return self.prior.frequencies(self.canvas, self.neighbours[start:stop], self.upper[start:stop], self.cond,
-                                      self.threads)
+                                      self.threads, scale)
 
     def probabilities(self, start: int, stop: int) -> np.ndarray:
         """What the range coder takes for positions start..stop-1: their frequencies / FREQ_TOTAL, exact float64
         (the C step function writes them so directly: no second pass over a step's (P, K) table)."""
-        return self.prior.frequencies(self.canvas, self.neighbours[start:stop], self.upper[start:stop], self.cond,
-                                      self.threads, 1.0 / FREQ_TOTAL).cpu().numpy()
+        return self.frequencies(start, stop, 1.0 / FREQ_TOTAL).cpu().numpy()
 
     def segments(self, start: int) -> list[tuple[int, int, int]]:
         """(tile, start, stop) of each tile's run of positions within the wavefront beginning at start."""

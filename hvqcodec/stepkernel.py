@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # which spin for a while after each parallel operation.
 MAX_POSITIONS = 512
 # A batch of at least this many positions is split in two halves, one computed on a helper thread (the C
-# function runs without the GIL): about 10 us a position against some 50 us to hand work to a thread.
+# function runs without the GIL); a smaller one (a few tens of microseconds of work) is not worth the hand-off.
 SPLIT_POSITIONS = 24
 
 _helper: ThreadPoolExecutor | None = None
@@ -44,7 +44,7 @@ def _helper_thread() -> ThreadPoolExecutor:
         return _helper
 
 
-def _forget_helper() -> None:  # a forked child (batch.py's workers) has no thread behind the parent's pool
+def _forget_helper() -> None:  # a forked child process has no thread behind its parent's pool
     global _helper
     _helper = None
 
@@ -81,10 +81,8 @@ class LevelKernel:
         if [tuple(t.shape) for t in tables] != expected or tuple(exp.shape) != (exp_max + 1,):
             raise ValueError(f"level prior tables of unexpected sizes for the C step function: "
                              f"{[tuple(t.shape) for t in tables]}, exp {tuple(exp.shape)}")
-        self.causal_blocks = prior.causal_blocks
-        self.codebook_size = prior.codebook_size
-        self.handle = _stepkernel.level(prior.channels, prior.codebook_size, prior.tap_offsets.numel(),
-                                        prior.causal_blocks, exp_max, gate_half,
+        self.codebook_size = codebook
+        self.handle = _stepkernel.level(channels, codebook, taps, prior.causal_blocks, exp_max, gate_half,
                                         *(t.data_ptr() for t in tables), exp.data_ptr(), tuple(layers))
 
     def _keep_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -105,13 +103,12 @@ class LevelKernel:
         if cond is not None:
             cond = [unit.to(torch.int16).contiguous() for unit in cond]
             cond_addresses = tuple(unit.data_ptr() for unit in cond)
-        count = out.shape[0]
-        taps, width = neighbours.shape[1], self.codebook_size
+        count, taps = out.shape[0], neighbours.shape[1]
 
-        def run(start: int, stop: int) -> None:
+        def run(start: int, stop: int) -> None:  # positions start..stop-1 (8-byte elements: int64, float64)
             _stepkernel.frequencies(self.handle, canvas.data_ptr(), neighbours.data_ptr() + 8 * taps * start,
                                     upper.data_ptr() + 8 * start, cond_addresses, stop - start,
-                                    out.data_ptr() + 8 * width * start, scale)
+                                    out.data_ptr() + 8 * self.codebook_size * start, scale)
         if threads > 1 and count >= SPLIT_POSITIONS:
             half = count // 2
             second = _helper_thread().submit(run, half, count)
