@@ -80,6 +80,17 @@ def _short_openmp_spin() -> None:
 OPENMP_SPIN_COUNT = 3000
 
 
+def _step_function() -> str:
+    """Which step function the level priors use on the CPU, found without importing torch (--version stays fast)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("hvqcodec._stepkernel") is None:
+        return "step function: torch (the C one is not built)"
+    return "step function: torch (HVQ_STEP_KERNEL=0)" if os.environ.get("HVQ_STEP_KERNEL", "1") == "0" else \
+        "step function: C"
+
+
 max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(1), default=None, metavar="N",
     help="Refuse images (and files that decode to images) over N pixels (default 100,000,000).")
@@ -88,7 +99,7 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="hvqcodec")
+@click.version_option(package_name="hvqcodec", message=f"%(prog)s %(version)s ({_step_function()})")
 def main() -> None:
     """hvqcodec: a learned image codec (hierarchical VQ-VAE + PixelCNN priors + range coding).
 

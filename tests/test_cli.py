@@ -92,3 +92,21 @@ def test_models_variant_through_cli(tiny_models_dir):
     assert listing.exit_code == 0 and "tiny-b" in listing.output and "variant" in listing.output
     assert_one_line_error(run("models", "variant", "nope", "--name", "x", "--coding-block", "4"), "unknown model 'nope'")
     assert_one_line_error(run("models", "variant", "tiny", "--name", "tiny-b", "--coding-block", "4"), "already exists")
+
+
+def test_version_names_the_step_function():
+    """`--version` says whether the C step function is in use, without importing torch (a fresh process)."""
+    import subprocess
+    import sys
+
+    from hvqcodec import __version__, stepkernel
+
+    script = ("import sys; from click.testing import CliRunner; from hvqcodec.cli import main; "
+              "print(CliRunner().invoke(main, ['--version']).output.strip()); print('torch' in sys.modules)")
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    line, torch_imported = output.splitlines()
+    if stepkernel.available():
+        assert line.endswith(f" {__version__} (step function: C)"), line
+    else:
+        assert f" {__version__} (step function: torch (" in line, line
+    assert torch_imported == "False"
