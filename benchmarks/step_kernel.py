@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -35,7 +36,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-positions", type=int, default=stepkernel.MAX_POSITIONS,
-                        help="batches of this many positions or more use the torch version (stepkernel.MAX_POSITIONS)")
+                        help="batches of this many positions or more use the torch version (default: "
+                             "stepkernel.MAX_POSITIONS, which depends on GOMP_SPINCOUNT)")
     parser.add_argument("--json")
     args = parser.parse_args()
     stepkernel.MAX_POSITIONS = args.max_positions
@@ -91,13 +93,14 @@ def main() -> None:
     print(f"  C / torch: encode x{ratios['encode']:.2f}, decode x{ratios['decode']:.2f}, levels "
           f"x{ratios['levels']:.2f}; files and pictures identical")
     if args.json:
-        command = "python benchmarks/step_kernel.py " + " ".join(
+        spin = os.environ.get("GOMP_SPINCOUNT")  # read by torch's OpenMP runtime when it loads
+        command = ("" if spin is None else f"GOMP_SPINCOUNT={spin} ") + "python benchmarks/step_kernel.py " + " ".join(
             f"--{k} {v}" for k, v in (("model", model), ("images", args.images), ("repeats", args.repeats),
                                       ("threads", args.threads), ("max-positions", args.max_positions)))
         Path(args.json).write_text(json.dumps({
             "name": "step-kernel", "description": __doc__.splitlines()[0], "command": command,
             "results": {"model": model, "images": [p.name for p in paths], "machine": platform.machine(),
-                        "max_positions": args.max_positions,
+                        "max_positions": args.max_positions, "gomp_spincount": spin,
                         "cpu_flags": {name: cpu_supports(name) for name in ("avx2", "avx512", "vnni", "amx_tile")},
                         "seconds_median": medians, "c_over_torch": ratios, "identical": True}}, indent=1) + "\n")
 

@@ -23,11 +23,24 @@ if TYPE_CHECKING:
     from .intprior import IntLevelPrior
 
 
+def _openmp_threads_sleep_soon() -> bool:
+    """Whether torch's OpenMP threads were told to sleep soon after each parallel operation: the command line's
+    GOMP_SPINCOUNT=3000 (cli.OPENMP_SPIN_COUNT) or less, or OMP_WAIT_POLICY=PASSIVE (read when torch loaded,
+    which the command line sets them before)."""
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return True
+    try:
+        return int(os.environ.get("GOMP_SPINCOUNT", "")) <= 3000
+    except ValueError:
+        return False
+
+
 # Batches of this many positions or more (the encoder's parallel passes, the lockstep steps of a large image's
-# tiles) go to the torch version: with the C function for them too, Kodak encodes took 1.2x as long
-# (benchmarks/step_kernel.py --max-positions 1000000), its helper thread competing with torch's OpenMP threads,
-# which spin for a while after each parallel operation.
-MAX_POSITIONS = 512
+# tiles) go to the torch version, unless torch's OpenMP threads sleep soon after their work: while they spin
+# they compete with the helper thread: with the C function for every batch, Kodak encodes took 1.20x as long as
+# with torch under libgomp's default spin, and 0.95x under the command line's GOMP_SPINCOUNT=3000 (0.99x with
+# this limit): benchmarks/step_kernel.py, results/step-kernel-avx2-all-batches.json and -cli-spin*.json.
+MAX_POSITIONS = 1 << 62 if _openmp_threads_sleep_soon() else 512
 # A batch of at least this many positions is split in two halves, one computed on a helper thread (the C
 # function runs without the GIL); a smaller one (a few tens of microseconds of work) is not worth the hand-off.
 SPLIT_POSITIONS = 24

@@ -104,3 +104,15 @@ def test_sixteen_bit_tables_stay_on_torch():
     prior = HierarchicalPrior(PriorConfig(codebook_sizes=(16, 16, 16), channels=8, causal_blocks=1, cond_blocks=1))
     int_prior = IntPrior(1, 1, export_prior(prior), "cpu")
     assert all(level.kernel is None for level in int_prior.levels)
+
+
+@pytest.mark.parametrize("settings,sleep_soon", [
+    ({}, False), ({"GOMP_SPINCOUNT": "3000"}, True), ({"GOMP_SPINCOUNT": "300000"}, False),
+    ({"GOMP_SPINCOUNT": "infinite"}, False), ({"OMP_WAIT_POLICY": "passive"}, True),
+])
+def test_large_batches_go_to_c_only_where_openmp_threads_sleep_soon(monkeypatch, settings, sleep_soon):
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    assert stepkernel._openmp_threads_sleep_soon() is sleep_soon
