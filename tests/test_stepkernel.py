@@ -51,7 +51,7 @@ def torch_frequencies(state: LevelState, start: int, stop: int) -> torch.Tensor:
     (80, 48, 2, 1.0, False),    # whole blocks and a remainder
     (64, 32, 2, 40.0, True),    # saturated: clamps and the gate tables' ends
 ])
-def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale, subpixel):
+def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale, subpixel, monkeypatch):
     int_prior, codes = make_prior(codebook, channels, causal_blocks, weight_scale, subpixel)
     for level in range(3):
         level_prior = int_prior.levels[level]
@@ -68,6 +68,10 @@ def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale,
         state.threads = 2  # batches of SPLIT_POSITIONS or more shared with a helper thread
         for start, stop in batches + state.fronts[:5]:
             assert torch.equal(state.frequencies(start, stop), want[start:stop])
+        # A whole level in one batch, as the encoder's passes where large batches go to C too.
+        monkeypatch.setattr(stepkernel, "MAX_POSITIONS", 1 << 62)
+        assert torch.equal(state.frequencies(0, count), want)
+        monkeypatch.undo()
         # What the range coder gets: the frequencies / 2^20, written so by the C function itself.
         for start, stop in state.fronts[:5] + [(0, 100)]:
             assert np.array_equal(state.probabilities(start, stop), want[start:stop].numpy() / (1 << 20))
