@@ -77,18 +77,17 @@ typedef float vec8_unaligned __attribute__((vector_size(32), aligned(4)));
 #define HAVE_VEC8 1
 #endif
 
-/* sums (LANES) = start (LANES) + sum over rows of rows[r] (LANES): the LANES sums stay in registers. */
-INLINE void add_rows(float *restrict sums, const float *restrict start, const float *const *rows, int count,
-                     size_t offset) {
+/* sums (LANES) = the sum over rows of rows[r][offset:offset + LANES]: the LANES sums stay in registers. */
+INLINE void add_rows(float *restrict sums, const float *const *rows, int count, size_t offset) {
 #ifdef HAVE_VEC8
-    vec8 a0 = LOAD8(start), a1 = LOAD8(start + 8), a2 = LOAD8(start + 16), a3 = LOAD8(start + 24);
+    vec8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     for (int r = 0; r < count; r++) {
         const float *row = rows[r] + offset;
         a0 += LOAD8(row); a1 += LOAD8(row + 8); a2 += LOAD8(row + 16); a3 += LOAD8(row + 24);
     }
     STORE8(sums, a0); STORE8(sums + 8, a1); STORE8(sums + 16, a2); STORE8(sums + 24, a3);
 #else
-    for (int j = 0; j < LANES; j++) sums[j] = start[j];
+    for (int j = 0; j < LANES; j++) sums[j] = 0.0f;
     for (int r = 0; r < count; r++)
         for (int j = 0; j < LANES; j++) sums[j] += rows[r][offset + j];
 #endif
@@ -246,7 +245,6 @@ HOT static int run_positions(const Level *level, const int64_t *canvas, const in
     }
     double *spare = (double *)(buffer + 2 * per_position);
     const float *rows[64];
-    static const float zeros[LANES];
     for (Py_ssize_t first = 0; first < count; first += 2) {
         const Py_ssize_t positions[2] = {first, first + 1 < count ? first + 1 : first};
         for (int g = 0; g < 2; g++) {
@@ -257,7 +255,7 @@ HOT static int run_positions(const Level *level, const int64_t *canvas, const in
                 rows[t] = level->tap_tables + ((size_t)t * (K + 1) + (size_t)canvas[neighbours[p * taps + t]]) * C2;
             for (int o0 = 0; o0 + LANES <= C2; o0 += LANES) {
                 float acc[LANES];
-                add_rows(acc, zeros, rows, taps, (size_t)o0);
+                add_rows(acc, rows, taps, (size_t)o0);
                 for (int j = 0; j < LANES; j++)
                     pre[o0 + j] = clampf(floorf((acc[j] + level->masked_bias[o0 + j]) * level->masked_scale[o0 + j]),
                                          ACT_MAX);

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hvqcodec import stepkernel
-from hvqcodec.entropy import decode_level, encode_level
+from hvqcodec.entropy import _known_state, decode_level, encode_level
 from hvqcodec.intprior import IntPrior, LevelState, export_prior
 from hvqcodec.priors import HierarchicalPrior, PriorConfig
 
@@ -30,13 +30,6 @@ def make_prior(codebook: int, channels: int, causal_blocks: int, weight_scale: f
     return int_prior, codes
 
 
-def known_state(level_prior, codes, level) -> tuple[LevelState, torch.Tensor]:
-    state = LevelState(level_prior, [tuple(codes[level].shape)], [codes[:level]])
-    symbols = codes[level].flatten()[state.order]
-    state.paint(0, symbols.numel(), symbols)
-    return state, symbols
-
-
 def torch_frequencies(state: LevelState, start: int, stop: int) -> torch.Tensor:
     kernel, state.prior.kernel = state.prior.kernel, None
     try:
@@ -56,7 +49,7 @@ def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale,
     for level in range(3):
         level_prior = int_prior.levels[level]
         assert level_prior.kernel is not None
-        state, _ = known_state(level_prior, codes, level)
+        state, _ = _known_state(level_prior, codes[level], codes[:level])
         count = state.order.numel()
         want = torch_frequencies(state, 0, count)
         assert bool((want.sum(1) == 1 << 20).all()) and bool((want >= 1).all())
