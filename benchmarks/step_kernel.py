@@ -35,9 +35,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-positions", type=int, default=stepkernel.MAX_POSITIONS,
+    parser.add_argument("--max-positions", type=int, default=stepkernel.max_positions(),
                         help="batches of this many positions or more use the torch version (default: "
-                             "stepkernel.MAX_POSITIONS, which depends on GOMP_SPINCOUNT)")
+                             "stepkernel.max_positions(), which depends on GOMP_SPINCOUNT)")
     parser.add_argument("--json")
     args = parser.parse_args()
     stepkernel.MAX_POSITIONS = args.max_positions

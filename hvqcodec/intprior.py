@@ -420,7 +420,7 @@ class IntLevelPrior(_IntNetwork):
         power of two to multiply the frequencies by (exact), 2^-FREQ_BITS for the range coder's probabilities.
         """
         if (self.kernel is not None and self.temperature_milli == 1000
-                and neighbours.shape[0] < stepkernel.MAX_POSITIONS):
+                and neighbours.shape[0] < stepkernel.max_positions()):
             return self.kernel.frequencies(canvas, neighbours, upper, cond, threads, scale)
         acc = F.embedding_bag(canvas[neighbours] + self.tap_offsets, self.tap_tables, mode="sum")
         bias_and_half, inv_scale = self.masked_scale

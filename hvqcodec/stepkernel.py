@@ -12,14 +12,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Sequence
 
-import torch
-
 try:
     from . import _stepkernel
 except ImportError:  # built without a C compiler: the torch version runs
     _stepkernel = None
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where tensors are made: `hvqcodec --version` asks `available()` without it
+    import torch
+
     from .intprior import IntLevelPrior
 
 
@@ -40,7 +40,18 @@ def _openmp_threads_sleep_soon() -> bool:
 # they compete with the helper thread: with the C function for every batch, Kodak encodes took 1.20x as long as
 # with torch under libgomp's default spin, and 0.95x under the command line's GOMP_SPINCOUNT=3000 (0.99x with
 # this limit): benchmarks/step_kernel.py, results/step-kernel-avx2-all-batches.json and -cli-spin*.json.
-MAX_POSITIONS = 1 << 62 if _openmp_threads_sleep_soon() else 512
+LARGE_BATCH = 512
+# The limit in force: decided from the environment on first use (`max_positions`), when torch has loaded with
+# the settings its OpenMP runtime read; set it to override (benchmarks, tests).
+MAX_POSITIONS: int | None = None
+
+
+def max_positions() -> int:
+    """Batches of at least this many positions use the torch version (see LARGE_BATCH)."""
+    global MAX_POSITIONS
+    if MAX_POSITIONS is None:
+        MAX_POSITIONS = 1 << 62 if _openmp_threads_sleep_soon() else LARGE_BATCH
+    return MAX_POSITIONS
 # A batch of at least this many positions is split in two halves, one computed on a helper thread (the C
 # function runs without the GIL); a smaller one (a few tens of microseconds of work) is not worth the hand-off.
 SPLIT_POSITIONS = 24
@@ -66,9 +77,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_helper)
 
 
+def built() -> bool:
+    """Whether the C step function was built at install (a C compiler was found)."""
+    return _stepkernel is not None
+
+
 def available() -> bool:
-    """Whether the C step function is built and not turned off."""
-    return _stepkernel is not None and os.environ.get("HVQ_STEP_KERNEL", "1") != "0"
+    """Whether the C step function is built and not turned off (HVQ_STEP_KERNEL=0)."""
+    return built() and os.environ.get("HVQ_STEP_KERNEL", "1") != "0"
 
 
 class LevelKernel:
@@ -103,6 +119,8 @@ class LevelKernel:
         return tensor
 
     def _float32(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return self._keep_tensor(tensor.detach().to("cpu", torch.float32).contiguous())
 
     def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
@@ -110,6 +128,8 @@ class LevelKernel:
         """Frequencies (P, K) float64 of P positions times scale (a power of two): the arguments of
         `IntLevelPrior.frequencies`; with threads > 1, a batch of SPLIT_POSITIONS or more is shared with a helper
         thread (each position's frequencies are its own: the same integers however the batch is split)."""
+        import torch
+
         canvas, neighbours, upper = (t.to(torch.int64).contiguous() for t in (canvas, neighbours, upper))
         out = torch.empty((neighbours.shape[0], self.codebook_size), dtype=torch.float64)
         cond_addresses = None

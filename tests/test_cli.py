@@ -110,3 +110,20 @@ def test_version_names_the_step_function():
     else:
         assert f" {__version__} (step function: torch (" in line, line
     assert torch_imported == "False"
+
+
+@pytest.mark.parametrize("args,status", [(["--version"], 0), (["info", "missing.hvq"], 1)])
+def test_console_script_keeps_the_exit_status_and_freezes_before_exit(tmp_path, args, status):
+    """The console script (`cli.run`) exits as the command group does, having frozen the garbage collector so
+    that the interpreter does not collect every object of torch's import on its way out."""
+    import subprocess
+    import sys
+
+    script = ("import gc, sys; from hvqcodec.cli import run\n"
+              f"sys.argv = ['hvqcodec'] + {args!r}\n"
+              "try:\n    run()\n"
+              "except SystemExit as exit:\n    print('status', exit.code or 0, gc.get_freeze_count() > 0)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.stdout.splitlines()[-1] == f"status {status} True", done.stdout + done.stderr
+    if status:
+        assert done.stderr.strip().startswith("Error: ") and "Traceback" not in done.stderr

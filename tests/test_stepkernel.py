@@ -56,7 +56,7 @@ def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale,
         batches = [(start, min(start + 100, count)) for start in range(0, count, 100)]
         # Odd and tiny batches too: the kernel works in pairs of positions.
         for start, stop in batches + [(0, 1), (3, 6), (5, min(count, 64)), (count - 7, count)]:
-            assert stop - start < stepkernel.MAX_POSITIONS
+            assert stop - start < stepkernel.max_positions()
             assert torch.equal(state.frequencies(start, stop), want[start:stop])
         state.threads = 2  # batches of SPLIT_POSITIONS or more shared with a helper thread
         for start, stop in batches + state.fronts[:5]:
@@ -113,3 +113,6 @@ def test_large_batches_go_to_c_only_where_openmp_threads_sleep_soon(monkeypatch,
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     assert stepkernel._openmp_threads_sleep_soon() is sleep_soon
+    # Decided on first use, not at import (the command line sets GOMP_SPINCOUNT after importing stepkernel).
+    monkeypatch.setattr(stepkernel, "MAX_POSITIONS", None)
+    assert stepkernel.max_positions() == (1 << 62 if sleep_soon else stepkernel.LARGE_BATCH)

@@ -1,0 +1,62 @@
+"""Wall-clock time of the command line: `hvqcodec compress` and `decompress` of one Kodak image, each in a fresh
+process as a user runs them, beside `python -c "import torch"` (what every codec command pays first).
+
+Two ways to run the same commands, interleaved so that both see the same machine: the console script
+(`hvqcodec.cli:run`, which freezes the garbage collector before the interpreter shuts down) and the bare click
+group (`hvqcodec.cli:main`, as hvqcodec 0.11 ran). Medians of --repeats runs each.
+
+    python benchmarks/cli_time.py [--image ../shared/datasets/kodak/kodim01.png] [--repeats 5] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRIES = {"console script (run)": "from hvqcodec.cli import run; run()",
+           "click group (main)": "from hvqcodec.cli import main; main()"}
+
+
+def wall(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default=str(ROOT.parent / "shared" / "datasets" / "kodak" / "kodim01.png"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        packed, unpacked = str(Path(tmp) / "image.hvq"), str(Path(tmp) / "image.png")
+        python = [sys.executable, "-c"]
+        wall(python + [ENTRIES["console script (run)"], "compress", args.image, "-o", packed])  # warm the disk cache
+        for _ in range(args.repeats):
+            times.setdefault("import torch", []).append(wall(python + ["import torch"]))
+            for entry, code in ENTRIES.items():
+                times.setdefault(f"compress, {entry}", []).append(
+                    wall(python + [code, "compress", args.image, "-o", packed, "--force"]))
+                times.setdefault(f"decompress, {entry}", []).append(
+                    wall(python + [code, "decompress", packed, "-o", unpacked, "--force"]))
+    results = []
+    for name, values in times.items():
+        results.append({"what": name, "seconds_median": statistics.median(values), "seconds": values})
+        print(f"{name:38s} {statistics.median(values):.2f} s  (runs: {', '.join(f'{v:.2f}' for v in values)})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "name": "cli-time", "description": __doc__.split("\n\n")[0],
+            "command": f"python benchmarks/cli_time.py --image {args.image} --repeats {args.repeats}",
+            "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
