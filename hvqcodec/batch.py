@@ -21,7 +21,7 @@ def _start(model: str | None, device: str) -> None:
     _codec = load_codec(model, device)
 
 
-def _compress(task: tuple[str, int | None, float | None, int, int],
+def _compress(task: tuple[str | bytes, int | None, float | None, int, int],
               progress: Progress | None = None) -> tuple[bytes, float, list[str], int | None]:
     source, quality, target_bpp, max_pixels, effort = task
     if target_bpp is not None:
@@ -33,13 +33,13 @@ def _compress(task: tuple[str, int | None, float | None, int, int],
     return result.data, result.bpp, list(result.warnings), None
 
 
-def compress_many(sources: Sequence[str], model: str | None, device: str, quality: int | None,
+def compress_many(sources: Sequence[str | bytes], model: str | None, device: str, quality: int | None,
                   target_bpp: float | None, max_pixels: int, jobs: int, effort: int = 0,
                   progress: Progress | None = None) -> Iterator[tuple[bytes, float, list[str], Any]]:
     """Results in the order of `sources`, computed by `jobs` worker processes (in this process when 1, where
-    `progress(done, total)` follows each file's tiles)."""
+    `progress(done, total)` follows each file's tiles). A source is a path or an image file's bytes."""
     global _codec
-    tasks = [(str(s), quality, target_bpp, max_pixels, effort) for s in sources]
+    tasks = [(s if isinstance(s, bytes) else str(s), quality, target_bpp, max_pixels, effort) for s in sources]
     if jobs <= 1:
         from .codec import load_codec
 

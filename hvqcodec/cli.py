@@ -117,8 +117,20 @@ def main() -> None:
     """
 
 
-def _output_paths(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[Path]:
-    """Where each input's result goes: beside it with `suffix`, or -o (a file for one input, else a folder)."""
+# As an input, standard input; as -o, standard output (the default output of standard input), as in cjpeg or
+# cwebp: `hvqcodec compress - < photo.png > photo.hvq`, `hvqcodec decompress photo.hvq -o - | display`.
+STANDARD_STREAM = "-"
+
+
+def _output_paths(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[Path | None]:
+    """Where each input's result goes: beside it with `suffix`, or -o (a file for one input, else a folder);
+    None for standard output."""
+    if STANDARD_STREAM in inputs and len(inputs) > 1:
+        raise click.BadParameter("'-' (standard input) must be the only input")
+    if output == STANDARD_STREAM or (output is None and inputs == (STANDARD_STREAM,)):
+        if len(inputs) > 1:
+            raise click.BadParameter("standard output takes the result of one input only", param_hint="-o")
+        return [None]
     if output is None:
         return [Path(p).with_suffix(suffix) for p in inputs]
     target = Path(output)
@@ -129,8 +141,13 @@ def _output_paths(inputs: tuple[str, ...], output: str | None, suffix: str) -> l
     return [target / Path(p).with_suffix(suffix).name for p in inputs]
 
 
-def _check_outputs(paths: list[Path], force: bool) -> None:
+def _check_outputs(paths: list[Path | None], force: bool) -> None:
     for path in paths:
+        if path is None:
+            if sys.stdout.isatty():
+                raise click.ClickException("refusing to write binary data to a terminal: redirect standard output "
+                                           "or give -o FILE")
+            continue
         if path.exists() and not force:
             raise click.ClickException(f"{path} exists (use --force to overwrite)")
         if not path.parent.is_dir():
@@ -159,8 +176,9 @@ def _file_progress(sources: list, targets: list, verb: str):
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(), help="Output file (one input) or folder (several).")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", type=click.Path(allow_dash=True),
+              help="Output file (one input) or folder (several); '-' for standard output.")
 @click.option("--model", default=None, help="Model name (default: the shipped default; see `hvqcodec models list`).")
 @click.option("-q", "--quality", type=click.IntRange(1, 100), default=None,
               help="1-100: higher gives a larger file and a better picture (default 75).")
@@ -187,6 +205,7 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
       hvqcodec compress photo.png -q 100 --effort 5    # slower encode, better picture, same size
       hvqcodec compress *.png -o compressed/       # into a folder
       hvqcodec compress photo.jpg -o out.hvq --force
+      hvqcodec compress - < photo.png > photo.hvq  # standard input to standard output
     """
     _short_openmp_spin()
     import os
@@ -206,21 +225,28 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
     if jobs == 0:
         jobs = min(os.cpu_count() or 1, len(images)) if len(images) >= 4 and resolved == "cpu" else 1
     load_codec(model, resolved)  # a bad model name fails here, once, before any worker starts
-    with _file_progress(images, targets, "compressing") as (parts, pairs):
-        results = compress_many(images, model, resolved, quality, target_bpp, limit, jobs, effort, parts)
+    sources = [_read(STANDARD_STREAM) if image == STANDARD_STREAM else image for image in images]
+    names = [_shown(image) for image in images]
+    with _file_progress(names, targets, "compressing") as (parts, pairs):
+        results = compress_many(sources, model, resolved, quality, target_bpp, limit, jobs, effort, parts)
         for source, target in pairs:
             data, bpp, notes, used = next(results)
             if target_bpp is not None and bpp > target_bpp:
                 console.print(f"[yellow]warning[/]: {source}: even quality {used} takes {bpp:.4f} bpp")
             for note in notes:
                 console.print(f"[yellow]warning[/]: {source}: {note}")
-            atomic_write_bytes(target, data)
-            console.print(f"{source} -> {target}: {len(data):,} bytes, {bpp:.4f} bpp")
+            if target is None:
+                _write_stdout(data)
+            else:
+                atomic_write_bytes(target, data)
+            console.print(f"{source} -> {_shown(target)}: {len(data):,} bytes, {bpp:.4f} bpp")
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(), help="Output image (one input) or folder (several); the suffix picks the format (default .png).")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", type=click.Path(allow_dash=True),
+              help="Output image (one input) or folder (several); the suffix picks the format (default .png); "
+                   "'-' for PNG on standard output.")
 @click.option("--levels", type=click.IntRange(1, 11), help="Decode only the first N streams: 1 top, 2 top + mid (quick, coarse previews), 3 all levels, 4+ adds refinement stages.")
 @max_pixels_option
 @device_option
@@ -236,6 +262,7 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
       hvqcodec decompress photo.hvq                # -> photo.png
       hvqcodec decompress photo.hvq -o photo.webp  # lossless WebP
       hvqcodec decompress photo.hvq --levels 2 -o preview.png
+      hvqcodec decompress photo.hvq -o - > photo.png   # PNG on standard output ('-' reads standard input)
     """
     _short_openmp_spin()
     from . import container
@@ -243,19 +270,24 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
     limit = max_pixels or container.DEFAULT_MAX_PIXELS
     targets = _output_paths(files, output, ".png")
     _check_outputs(targets, force)
+    stdin = _read(STANDARD_STREAM) if STANDARD_STREAM in files else None
     for source in files:  # every header checked before torch is even imported: a bomb costs nothing
-        container.check_limits(_read_header(source), container.TILE_SIZE, limit)
+        header = container.read_header(stdin) if source == STANDARD_STREAM else _read_header(source)
+        container.check_limits(header, container.TILE_SIZE, limit)
     from .codec import codec_for
-    from .imageio import save_image
+    from .imageio import encode_image, save_image
 
-    with _file_progress(files, targets, "decompressing") as (parts, pairs):
-        for source, target in pairs:
-            data = _read(source)
+    with _file_progress([_shown(f) for f in files], targets, "decompressing") as (parts, pairs):
+        for source, (name, target) in zip(files, pairs):
+            data = stdin if source == STANDARD_STREAM else _read(source)
             decoded = codec_for(data, device).decompress(data, levels, limit, progress=parts)
             for note in decoded.warnings:
-                console.print(f"[yellow]warning[/]: {source}: {note}")
-            save_image(decoded.image, target, force=force)
-            console.print(f"{source} -> {target} ({decoded.image.width}x{decoded.image.height} "
+                console.print(f"[yellow]warning[/]: {name}: {note}")
+            if target is None:
+                _write_stdout(encode_image(decoded.image, "PNG"))
+            else:
+                save_image(decoded.image, target, force=force)
+            console.print(f"{name} -> {_shown(target)} ({decoded.image.width}x{decoded.image.height} "
                           f"{decoded.image.mode}, {decoded.levels} levels)")
 
 
@@ -275,7 +307,19 @@ def _read_header(path: str):
         return container.read_header(_read(path))
 
 
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _shown(path: str | Path | None, stream: str = "<stdout>") -> str:
+    """How messages name an input or output: standard streams as <stdin> / <stdout>."""
+    return stream if path is None else "<stdin>" if str(path) == STANDARD_STREAM else str(path)
+
+
 def _read(path: str, limit: int = -1) -> bytes:
+    if path == STANDARD_STREAM:
+        return sys.stdin.buffer.read()
     try:
         with open(path, "rb") as handle:
             return handle.read(limit)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import HvqError
 
@@ -88,10 +88,14 @@ def _open(source: str | Path | bytes | Image.Image | np.ndarray) -> tuple[str, b
             data = path.read_bytes()
         except OSError as exc:
             raise ImageError(f"{name}: cannot read image ({exc.strerror or _one_line(exc)})") from None
+    if not data:
+        raise ImageError(f"{name}: cannot read image (empty)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # turned into "too large" below
             return name, data, Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:  # its message names the in-memory buffer, which says nothing to a user
+        raise ImageError(f"{name}: cannot read image (not a format Pillow reads)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: image too large (more than {MAX_PIXELS} pixels)") from None
     except _DECODE_ERRORS as exc:
@@ -259,6 +263,17 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
 _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}
 
 
+def encode_image(image: Image.Image, fmt: str = "PNG", name: str = "<stdout>") -> bytes:
+    """`image` in a file format PIL writes (PNG, JPEG, WEBP, ...) as bytes; ImageError (naming `name`) for a
+    mode the format cannot hold."""
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, fmt, **_SAVE_OPTIONS.get(fmt, {}))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ImageError(f"{name}: cannot write a {image.mode} image as {fmt} ({_one_line(exc)})") from None
+    return buffer.getvalue()
+
+
 def save_image(image: Image.Image, path: str | Path, force: bool = False) -> None:
     """Write `image` to `path` in the format its suffix names (.png, .jpg, .webp, .tiff, ...).
 
@@ -278,12 +293,8 @@ def save_image(image: Image.Image, path: str | Path, force: bool = False) -> Non
         raise ImageError(f"{path}: is a directory")
     if path.exists() and not force:
         raise ImageError(f"{path} exists (use --force to overwrite)")
-    buffer = io.BytesIO()
+    data = encode_image(image, fmt, str(path))
     try:
-        image.save(buffer, fmt, **_SAVE_OPTIONS.get(fmt, {}))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ImageError(f"{path}: cannot write a {image.mode} image as {fmt} ({_one_line(exc)})") from None
-    try:
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise ImageError(f"{path}: cannot write ({exc.strerror or _one_line(exc)})") from None

@@ -1,4 +1,6 @@
 """compress / decompress / info through the CLI, with a tiny random model as the default."""
+import io
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -175,3 +177,47 @@ def test_codec_commands_shorten_openmp_spinning_unless_told(photo, hvq_file, tmp
             assert settings == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None}
         else:
             assert settings == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "0"}
+
+
+def test_standard_input_and_output(photo, hvq_file, tmp_path):
+    """'-' reads standard input; standard output is the default for it and `-o -` asks for it: the same bytes
+    as a file, and a PNG of the same pixels; messages stay on standard error."""
+    result = CliRunner().invoke(main, ["compress", "-"], input=photo.read_bytes())
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == hvq_file.read_bytes()
+    assert "<stdin> -> <stdout>" in result.stderr
+    result = CliRunner().invoke(main, ["decompress", "-", "-o", "-"], input=hvq_file.read_bytes())
+    assert result.exit_code == 0, result.output
+    assert run("decompress", hvq_file, "-o", tmp_path / "file.png").exit_code == 0
+    piped = Image.open(io.BytesIO(result.stdout_bytes))
+    assert piped.format == "PNG" and np.array_equal(np.asarray(piped), np.asarray(Image.open(tmp_path / "file.png")))
+    result = CliRunner().invoke(main, ["decompress", str(hvq_file), "-o", "-"])  # a file to standard output
+    assert result.exit_code == 0 and result.stdout_bytes == piped_bytes(piped)
+    result = CliRunner().invoke(main, ["compress", "-", "-o", str(tmp_path / "from-stdin.hvq")], input=photo.read_bytes())
+    assert result.exit_code == 0 and (tmp_path / "from-stdin.hvq").read_bytes() == hvq_file.read_bytes()
+
+
+def piped_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_standard_streams_misuse_gives_one_line_errors(photo, hvq_file, monkeypatch):
+    assert_one_line_error(run("compress", "-", photo), "'-' (standard input) must be the only input")
+    assert_one_line_error(run("decompress", hvq_file, hvq_file, "-o", "-"), "standard output takes the result of one")
+    result = CliRunner().invoke(main, ["decompress", "-"], input=b"not an hvq file at all")
+    assert_one_line_error(result, "")
+    assert result.stdout_bytes == b""
+    # Binary data is never written to a terminal (checked before any work).
+    import click
+
+    import hvqcodec.cli as cli
+
+    class Terminal:
+        @staticmethod
+        def isatty() -> bool:
+            return True
+    monkeypatch.setattr(cli.sys, "stdout", Terminal())
+    with pytest.raises(click.ClickException, match="refusing to write binary data to a terminal"):
+        cli._check_outputs([None], force=True)

@@ -338,13 +338,16 @@ def assert_one_line(exc_info, start):
 def test_unreadable_inputs(tmp_path):
     with pytest.raises(ImageError) as info:
         load_image(b"not an image")
-    assert_one_line(info, "image data: cannot read image (")
+    assert_one_line(info, "image data: cannot read image (not a format Pillow reads)")
+    with pytest.raises(ImageError) as info:
+        load_image(b"")
+    assert_one_line(info, "image data: cannot read image (empty)")
 
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"\x00" * 100)
     with pytest.raises(ImageError) as info:
         load_image(garbage)
-    assert_one_line(info, f"{garbage}: cannot read image (")
+    assert_one_line(info, f"{garbage}: cannot read image (not a format Pillow reads)")
 
     truncated = tmp_path / "truncated.png"
     Image.fromarray(random_u8(64, 64, 3)).save(truncated)
