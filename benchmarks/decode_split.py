@@ -3,11 +3,15 @@ decoding, and the autoencoder's decoder (medians of a few decodes of one file, i
 
     python benchmarks/decode_split.py                                   # default model, kodim01, quality 75
     python benchmarks/decode_split.py --model hvq-vr --threads 1 --quality 100
+    python benchmarks/decode_split.py --large --threads 2 --repeats 1     # codec.py's 4000x3000 photo
 """
 import argparse
 import collections
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,7 +25,15 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--large", action="store_true", help="the 4000x3000 photo of benchmarks/codec.py")
     args = parser.parse_args()
+    if args.large:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from codec import make_large_image
+
+        scratch = tempfile.TemporaryDirectory()  # removed when main returns
+        args.image = str(Path(scratch.name) / "large.png")
+        print(make_large_image(Path(args.image)))
     torch.set_num_threads(args.threads)
     spent: dict[str, float] = collections.defaultdict(float)
 

@@ -59,6 +59,9 @@ class AutoencoderConfig:
     # ConvNeXt blocks at /2 in the decoder (the last stage before the pixels). Blocks beyond the first start as
     # the identity (layer scale), so a deeper decoder can be warm-started from a shallower model exactly.
     half_depth: int = 1
+    # A residual filter on the decoded picture at full resolution: (channels, layers) of 3x3 convolutions
+    # (`postfilter.PostFilter`); empty for none. It comes after the decoder, so the codes do not depend on it.
+    post_filter: Sequence[int] = ()
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
@@ -192,6 +195,11 @@ class HierarchicalVQVAE(nn.Module):
             self.detail = nn.Sequential(nn.Conv2d(w1, 3 * 16, kernel_size=1), nn.PixelShuffle(4))
             nn.init.zeros_(self.detail[0].weight)
             nn.init.zeros_(self.detail[0].bias)
+        self.post_filter = None
+        if config.post_filter:
+            from .postfilter import PostFilter
+
+            self.post_filter = PostFilter(*config.post_filter)
 
     # --- decoder-only training ---------------------------------------------------------------------------
     def encoder_side(self) -> list[nn.Module]:
@@ -389,7 +397,8 @@ class HierarchicalVQVAE(nn.Module):
         rgb = self.to_rgb(half)
         if self.detail is not None:
             rgb = rgb + self.detail(x)
-        return (rgb + 1) / 2
+        rgb = (rgb + 1) / 2
+        return rgb if self.post_filter is None else self.post_filter(rgb)
 
     def decode(self, codes: Sequence[torch.Tensor], low_precision: bool = False) -> torch.Tensor:
         """A prefix of the code grids [top, mid, bottom, refinement stages...] -> RGB (N, 3, 16h, 16w), about [0, 1].

@@ -695,6 +695,63 @@ def train_priors_command(model, resume, code_crops, channels, causal_blocks, con
     _end_distributed_worker()
 
 
+@train.command("post-filter")
+@click.option("--model", help="Shipped model whose pictures to filter (default: the default model).")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Training images.")
+@click.option("--val", type=click.Path(exists=True, file_okay=False),
+              help="Held-out images: left out of training, PSNR with and without the filter reported at the end.")
+@click.option("--exclude", multiple=True, help="Glob pattern of images to leave out (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoint.pt, train_log.jsonl.")
+@click.option("--channels", type=click.IntRange(1), default=32, show_default=True, help="Filter width.")
+@click.option("--layers", type=click.IntRange(2), default=3, show_default=True, help="3x3 convolutions.")
+@click.option("--qualities", default="1,9,26,51,75,92,100", show_default=True,
+              help="Qualities whose reconstructions it learns from (comma-separated).")
+@click.option("--crops", type=click.IntRange(1), default=200, show_default=True, help="Training crops, one per image.")
+@click.option("--crop", type=click.IntRange(64), default=192, show_default=True, help="Crop size in pixels.")
+@click.option("--steps", type=click.IntRange(1), default=100_000, show_default=True)
+@click.option("--time-budget", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Minutes of training after the crops are decoded (0: all steps); the learning rate follows it.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def train_post_filter_command(model, data, val, exclude, out, channels, layers, qualities, crops, crop, steps,
+                              time_budget, lr, seed) -> None:
+    """Train a full-resolution post-filter for a shipped model's pictures (its codes and decoder fixed).
+
+    Random crops of the training images are coded and decoded once at several qualities; a small residual
+    filter then learns to bring those pictures closer to the originals. Add it to the model as a new model
+    with `hvqcodec models add-filter OUT/checkpoint.pt --to MODEL --name NEW`, then calibrate NEW.
+
+    \b
+    Examples:
+      hvqcodec train post-filter --model hvq-vr6 --data ../shared/datasets/train \\
+          --val ../shared/datasets/train/cid22/validation --exclude '*844297.png' --out runs/pf --time-budget 30
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .postfilter import PostFilterOptions, train_post_filter
+
+    try:
+        quality_list = tuple(int(q) for q in qualities.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{qualities!r} is not a list of comma-separated qualities") from None
+    if not quality_list or not all(1 <= q <= 100 for q in quality_list):
+        raise click.BadParameter("qualities are 1-100", param_hint="--qualities")
+    options = PostFilterOptions(data=data, out=out, model=model, val=val, exclude=exclude, channels=channels,
+                                layers=layers, qualities=quality_list, crops=crops, crop=crop, steps=steps,
+                                time_budget=time_budget, lr=lr, seed=seed,
+                                command=" ".join(["hvqcodec"] + [shlex.quote(a) for a in sys.argv[1:]]))
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("post-filter", total=1.0)
+        checkpoint = train_post_filter(options, lambda text, done: progress.update(task, description=text,
+                                                                                   completed=done))
+    for row in checkpoint["validation"]:
+        console.print(f"quality {row['quality']:>3}: {row['psnr_without']:.3f} -> {row['psnr_with']:.3f} dB "
+                      f"({row['psnr_with'] - row['psnr_without']:+.3f})")
+    console.print(f"done: {checkpoint['steps']} steps, checkpoint in {Path(out) / 'checkpoint.pt'}")
+
+
 def _end_distributed_worker() -> None:
     """A torchrun worker whose training is done (checkpoint written atomically, process group destroyed) exits
     here, skipping the interpreter's teardown: there gloo's leftover threads now and then abort a finished
@@ -796,6 +853,38 @@ def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> No
         stage += f" bottom lambda {entry['bottom_lambda']:<6}" if "bottom_lambda" in entry else ""
         console.print(f"quality {entry['quality']:>3}: {entry['streams']} streams, lambda {entry['lambda']:<6}{stage} "
                       f"{entry['calibration_bpp']:.4f} bpp {entry['calibration_psnr']:.2f} dB")
+
+
+@models.command("add-filter")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--to", "base", required=True, help="The model the filter was trained for.")
+@click.option("--name", required=True, help="Name of the new model.")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Models folder (default: the shipped models/).")
+@click.option("--force", is_flag=True, help="Replace an existing model of the same name.")
+@click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
+@user_errors
+def models_add_filter(checkpoint, base, name, models_dir, force, make_default) -> None:
+    """Make a new model from a model and a post-filter trained for it (`hvqcodec train post-filter`).
+
+    The new model has the old one's codes, priors and coding settings and its own weights file and hash; its
+    pictures pass through the filter. Calibrate its ladder next (`hvqcodec models calibrate NAME ...`).
+
+    \b
+    Examples:
+      hvqcodec models add-filter runs/pf/checkpoint.pt --to hvq-vr6 --name hvq-vr7 --default
+    """
+    from .manifest import read_manifest, write_manifest
+    from .zoo import add_post_filter
+    from .zoo import models_dir as default_models_dir
+
+    folder = Path(models_dir) if models_dir else default_models_dir()
+    entry = add_post_filter(base, name, Path(checkpoint), folder, force)
+    if make_default:
+        manifest = read_manifest(folder)
+        manifest["default"] = name
+        write_manifest(manifest, folder)
+    console.print(f"{name}: {entry['file']} ({entry['parameters']:,} parameters), {base} plus a post-filter"
+                  f"{' (default)' if make_default else ''}")
 
 
 @models.command("export")

@@ -133,15 +133,7 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
                        "training_steps": priors_checkpoint.get("step"),
                        "validation": priors_checkpoint["history"][-1] if priors_checkpoint.get("history") else {},
                        "table_bits": table_bits}
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp_path = folder / f".{name}.export.pt"
-    data_bytes = atomic_torch_save(payload, tmp_path)
-    digest = hashlib.sha256(data_bytes).hexdigest()
-    filename = f"{name}-{digest[:12]}.pt"
-    tmp_path.replace(folder / filename)
-    old = manifest["models"].get(name)
-    if old and old.get("file") != filename and not _file_users(manifest, old["file"], besides=name):
-        (folder / old["file"]).unlink(missing_ok=True)
+    filename, digest = _write_weights(payload, name, folder, manifest)
     options = checkpoint.get("options", {})
     entry = {
         "file": filename,
@@ -158,6 +150,67 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
     }
     manifest["models"][name] = entry
     manifest.setdefault("default", name)
+    write_manifest(manifest, folder)
+    return entry
+
+
+def _write_weights(payload: dict[str, Any], name: str, folder: Path, manifest: dict[str, Any]) -> tuple[str, str]:
+    """Write a weights payload as folder/NAME-HASH.pt (atomically); an older file of the same model that no
+    other model uses is removed. Returns the file name and its sha256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_path = folder / f".{name}.export.pt"
+    digest = hashlib.sha256(atomic_torch_save(payload, tmp_path)).hexdigest()
+    filename = f"{name}-{digest[:12]}.pt"
+    tmp_path.replace(folder / filename)
+    old = manifest["models"].get(name)
+    if old and old.get("file") != filename and not _file_users(manifest, old["file"], besides=name):
+        (folder / old["file"]).unlink(missing_ok=True)
+    return filename, digest
+
+
+def add_post_filter(base: str, name: str, filter_path: Path, folder: Path | None = None,
+                    force: bool = False) -> dict[str, Any]:
+    """A new model: `base`'s weights and priors (a variant's coding settings included) plus a trained
+    post-filter (`hvqcodec train post-filter` for that very model). The codes, priors and streams are base's;
+    the pictures are filtered. Its own weights file and hash; calibrate its ladder afterwards."""
+    from .postfilter import load_post_filter
+
+    folder = folder or models_dir()
+    manifest = _manifest_for_new_entry(name, folder, force)
+    models = manifest["models"]
+    if base not in models:
+        raise _unknown_model(base, models)
+    source = models[base]
+    try:
+        checkpoint, post_filter = load_post_filter(filter_path)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    if checkpoint.get("model_sha256") != source["sha256"]:
+        raise ModelError(f"{filter_path}: trained for model {checkpoint.get('model')!r}, not {base!r} "
+                         f"(train it with --model {base})")
+    payload = read_weights(folder / source["file"])
+    if sha256_file(folder / source["file"]) != source.get("file_sha256", source["sha256"]):
+        raise ModelError(f"{source['file']}: weights hash mismatch; the file is corrupt or was replaced")
+    config = AutoencoderConfig.from_dict(payload["config"])
+    if config.post_filter:
+        raise ModelError(f"model {base!r} has a post-filter already")
+    config.post_filter = (checkpoint["config"]["channels"], checkpoint["config"]["layers"])
+    payload.update(name=name, config=config.to_dict(), state_dict={
+        **payload["state_dict"], **half_state({f"post_filter.{k}": v for k, v in post_filter.state_dict().items()})})
+    if "coding" in source:  # a variant: its coding settings become the new file's own
+        payload["prior_config"] = {**payload["prior_config"], **_check_coding(source["coding"], f"model {base}")}
+    filename, digest = _write_weights(payload, name, folder, manifest)
+    options = checkpoint.get("options", {})
+    entry = {key: value for key, value in source.items()
+             if key not in ("ladder", "ladder_calibration", "metrics", "variant_of", "coding", "file_sha256")}
+    entry.update({
+        "file": filename, "sha256": digest, "config": config.to_dict(),
+        "priors": dict(source["priors"], config=payload["prior_config"]) if source.get("priors") else None,
+        "parameters": sum(p.numel() for p in HierarchicalVQVAE(config).parameters()),
+        "post_filter": {"base_model": base, "training_steps": checkpoint.get("steps"),
+                        "training_command": options.get("command", ""), "validation": checkpoint.get("validation")},
+        "metrics": {}})
+    models[name] = entry
     write_manifest(manifest, folder)
     return entry
 
@@ -258,6 +311,19 @@ class ModelBundle:
     ladder: list[dict] | None = None  # quality -> operating point, from the manifest
 
 
+def read_weights(path: Path) -> dict[str, Any]:
+    """The payload of an exported weights file (config, fp16 state dict, prior tables), checked to be one."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many exception types for corrupt files
+        raise ModelError(f"{path.name}: unreadable weights ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
+        raise ModelError(f"{path.name}: not an hvqcodec weights file")
+    if payload.get("version") not in READABLE_WEIGHTS_VERSIONS:
+        raise ModelError(f"{path.name}: weights format version {payload.get('version')} is not supported")
+    return payload
+
+
 def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBundle:
     """Rebuild a model bundle from an exported weight file, checking its hash when one is expected."""
     if not path.is_file():
@@ -267,14 +333,7 @@ def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBun
         if actual != expected_sha256:
             raise ModelError(f"{path.name}: weights hash mismatch (expected {expected_sha256[:12]}, "
                              f"found {actual[:12]}); the file is corrupt or was replaced")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many exception types for corrupt files
-        raise ModelError(f"{path.name}: unreadable weights ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise ModelError(f"{path.name}: not an hvqcodec weights file")
-    if payload.get("version") not in READABLE_WEIGHTS_VERSIONS:
-        raise ModelError(f"{path.name}: weights format version {payload.get('version')} is not supported")
+    payload = read_weights(path)
     model = HierarchicalVQVAE(AutoencoderConfig.from_dict(payload["config"]))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
     model.load_state_dict(state)
