@@ -150,6 +150,8 @@ def train_post_filter(options: PostFilterOptions, status: Callable[[str, float],
     rng.shuffle(paths)
     say = status or (lambda text, fraction: None)
     crops = random_crops(paths[:options.crops], options.crop, rng)
+    if not crops:
+        raise HvqError(f"{options.data}: no training image is at least {options.crop} pixels on each side (--crop)")
     val_crops = []
     if options.val:
         val_paths = find_images(options.val, options.exclude)

@@ -10,7 +10,7 @@ from hvqcodec import container
 from hvqcodec import zoo
 from hvqcodec.autoencoder import AutoencoderConfig, HierarchicalVQVAE
 from hvqcodec.cli import main
-from hvqcodec.errors import ModelError
+from hvqcodec.errors import HvqError, ModelError
 from hvqcodec.postfilter import PostFilter, PostFilterOptions, load_post_filter, train_post_filter
 
 from conftest import TINY_CONFIG, synthetic_image
@@ -68,6 +68,12 @@ def test_training_lowers_the_error_on_held_out_pictures(tiny_models_dir, photos,
     assert (tmp_path / "pf" / "train_log.jsonl").exists()
     with pytest.raises(ValueError, match="not a checkpoint"):
         load_post_filter(tiny_models_dir / zoo.read_manifest(tiny_models_dir)["models"]["tiny"]["file"])
+
+
+def test_images_smaller_than_the_crop_are_refused(tiny_models_dir, photos, tmp_path):
+    options = PostFilterOptions(data=str(photos["train"]), out=str(tmp_path / "pf"), model="tiny", crop=128)
+    with pytest.raises(HvqError, match="no training image is at least 128 pixels"):
+        train_post_filter(options)
 
 
 def test_a_model_plus_its_filter(tiny_models_dir, photos, tmp_path):
