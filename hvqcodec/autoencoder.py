@@ -15,6 +15,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .convnext import ConvNeXtBlock, Downsample, LayerNorm2d, Upsample, convnext_stage
+from .postfilter import PostFilter
 from .quantiser import EMAQuantiser
 
 from .names import LEVEL_NAMES, LEVEL_STRIDES, stream_names  # noqa: F401 (re-exported)
@@ -197,8 +198,6 @@ class HierarchicalVQVAE(nn.Module):
             nn.init.zeros_(self.detail[0].bias)
         self.post_filter = None
         if config.post_filter:
-            from .postfilter import PostFilter
-
             self.post_filter = PostFilter(*config.post_filter)
 
     # --- decoder-only training ---------------------------------------------------------------------------

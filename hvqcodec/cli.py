@@ -312,9 +312,9 @@ def _write_stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def _shown(path: str | Path | None, stream: str = "<stdout>") -> str:
+def _shown(path: str | Path | None) -> str:
     """How messages name an input or output: standard streams as <stdin> / <stdout>."""
-    return stream if path is None else "<stdin>" if str(path) == STANDARD_STREAM else str(path)
+    return "<stdout>" if path is None else "<stdin>" if str(path) == STANDARD_STREAM else str(path)
 
 
 def _read(path: str, limit: int = -1) -> bytes:

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .metrics import psnr
+
 POST_FILTER_FORMAT = "hvqcodec-post-filter"
 
 
@@ -91,27 +93,16 @@ def random_crops(paths: Sequence[Path], size: int, rng: random.Random, max_side:
 @torch.no_grad()
 def reconstructions(codec, crops: Sequence[np.ndarray], qualities: Sequence[int],
                     progress: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoder's outputs before any post-filter, clamped to [0, 1] ((N * Q, 3, S, S) float16, crop-major),
-    and the crops ((N, 3, S, S) uint8)."""
-    model = codec.autoencoder
-    saved, model.post_filter = model.post_filter, None  # what a filter sees: the decoder's own output
-    try:
-        recon = []
-        for rgb in crops:
-            for quality in qualities:
-                codes = codec.encode_codes(rgb, codec.operating_point(quality))
-                recon.append(model.decode([c[None] for c in codes])[0].clamp(0, 1).half())
-                if progress is not None:
-                    progress()
-    finally:
-        model.post_filter = saved
+    """The decoder's outputs (of a model without a post-filter: what a filter sees), clamped to [0, 1]
+    ((N * Q, 3, S, S) float16, crop-major), and the crops ((N, 3, S, S) uint8)."""
+    recon = []
+    for rgb in crops:
+        for quality in qualities:
+            codes = codec.encode_codes(rgb, codec.operating_point(quality))
+            recon.append(codec.autoencoder.decode([c[None] for c in codes])[0].clamp(0, 1).half())
+            if progress is not None:
+                progress()
     return torch.stack(recon), torch.stack([torch.from_numpy(rgb).permute(2, 0, 1) for rgb in crops])
-
-
-def psnr_u8(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR of two uint8-valued tensors (any float or integer dtype)."""
-    mse = (a.float() - b.float()).pow(2).mean().item()
-    return 10 * math.log10(255 ** 2 / max(mse, 1e-12))
 
 
 @torch.no_grad()
@@ -123,8 +114,8 @@ def evaluate(post_filter: PostFilter, recon: torch.Tensor, originals: torch.Tens
         picked = recon[index::len(qualities)].float()
         before = picked.mul(255).round()
         after = torch.cat([post_filter(x[None]) for x in picked]).clamp(0, 1).mul(255).round()
-        rows.append({"quality": quality, "psnr_without": psnr_u8(before, originals),
-                     "psnr_with": psnr_u8(after, originals)})
+        rows.append({"quality": quality, "psnr_without": psnr(before, originals, 255),
+                     "psnr_with": psnr(after, originals, 255)})
     return rows
 
 

@@ -52,6 +52,8 @@ def max_positions() -> int:
     if MAX_POSITIONS is None:
         MAX_POSITIONS = 1 << 62 if _openmp_threads_sleep_soon() else LARGE_BATCH
     return MAX_POSITIONS
+
+
 # A batch of at least this many positions is split in two halves, one computed on a helper thread (the C
 # function runs without the GIL); a smaller one (a few tens of microseconds of work) is not worth the hand-off.
 SPLIT_POSITIONS = 24

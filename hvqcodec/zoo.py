@@ -188,9 +188,7 @@ def add_post_filter(base: str, name: str, filter_path: Path, folder: Path | None
     if checkpoint.get("model_sha256") != source["sha256"]:
         raise ModelError(f"{filter_path}: trained for model {checkpoint.get('model')!r}, not {base!r} "
                          f"(train it with --model {base})")
-    payload = read_weights(folder / source["file"])
-    if sha256_file(folder / source["file"]) != source.get("file_sha256", source["sha256"]):
-        raise ModelError(f"{source['file']}: weights hash mismatch; the file is corrupt or was replaced")
+    payload = read_weights(folder / source["file"], source.get("file_sha256", source["sha256"]))
     config = AutoencoderConfig.from_dict(payload["config"])
     if config.post_filter:
         raise ModelError(f"model {base!r} has a post-filter already")
@@ -311,8 +309,16 @@ class ModelBundle:
     ladder: list[dict] | None = None  # quality -> operating point, from the manifest
 
 
-def read_weights(path: Path) -> dict[str, Any]:
-    """The payload of an exported weights file (config, fp16 state dict, prior tables), checked to be one."""
+def read_weights(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """The payload of an exported weights file (config, fp16 state dict, prior tables), checked to be one and,
+    when a hash is expected, to have it."""
+    if not path.is_file():
+        raise ModelError(f"{path}: model weights not found")
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise ModelError(f"{path.name}: weights hash mismatch (expected {expected_sha256[:12]}, "
+                             f"found {actual[:12]}); the file is corrupt or was replaced")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many exception types for corrupt files
@@ -326,14 +332,7 @@ def read_weights(path: Path) -> dict[str, Any]:
 
 def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBundle:
     """Rebuild a model bundle from an exported weight file, checking its hash when one is expected."""
-    if not path.is_file():
-        raise ModelError(f"{path}: model weights not found")
-    if expected_sha256 is not None:
-        actual = sha256_file(path)
-        if actual != expected_sha256:
-            raise ModelError(f"{path.name}: weights hash mismatch (expected {expected_sha256[:12]}, "
-                             f"found {actual[:12]}); the file is corrupt or was replaced")
-    payload = read_weights(path)
+    payload = read_weights(path, expected_sha256)
     model = HierarchicalVQVAE(AutoencoderConfig.from_dict(payload["config"]))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
     model.load_state_dict(state)
