@@ -29,9 +29,14 @@ def user_errors(func: Callable) -> Callable:
     return wrapper
 
 
-def int_list(count: int) -> click.ParamType:
+def int_list(count: int | None, maximum: int | None = None) -> click.ParamType:
+    """Comma-separated positive integers: `count` of them (any number, at least one, for None), each at most
+    `maximum` when given."""
+    what = f"{count if count else 'a list of'} comma-separated integers"
+    bound = f" from 1 to {maximum}" if maximum else " (positive)"
+
     class IntList(click.ParamType):
-        name = f"{count} comma-separated integers"
+        name = what
 
         def convert(self, value, param, ctx):
             if isinstance(value, (tuple, list)):
@@ -39,9 +44,9 @@ def int_list(count: int) -> click.ParamType:
             try:
                 numbers = tuple(int(v) for v in str(value).split(","))
             except ValueError:
-                self.fail(f"{value!r} is not {count} comma-separated integers", param, ctx)
-            if len(numbers) != count or min(numbers) <= 0:
-                self.fail(f"{value!r}: expected {count} positive comma-separated integers", param, ctx)
+                self.fail(f"{value!r} is not {what}", param, ctx)
+            if (count and len(numbers) != count) or min(numbers) <= 0 or (maximum and max(numbers) > maximum):
+                self.fail(f"{value!r}: expected {what}{bound}", param, ctx)
             return numbers
     return IntList()
 
@@ -319,7 +324,7 @@ def _shown(path: str | Path | None) -> str:
 
 def _read(path: str, limit: int = -1) -> bytes:
     if path == STANDARD_STREAM:
-        return sys.stdin.buffer.read()
+        return sys.stdin.buffer.read(limit)
     try:
         with open(path, "rb") as handle:
             return handle.read(limit)
@@ -348,7 +353,7 @@ def info(files) -> None:
         parsed = container.unpack(data)
         header = parsed.header
         pixels = header.width * header.height
-        out.print(f"[bold]{path}[/]: hvq format {header.version}, model {header.model_name} "
+        out.print(f"[bold]{_shown(path)}[/]: hvq format {header.version}, model {header.model_name} "
                   f"({header.model_hash}), {header.width}x{header.height} {header.mode}, "
                   f"{header.num_tiles} tile(s), {header.levels} stream(s)"
                   + (f" ([yellow]truncated[/]: {parsed.truncated_levels} stream(s) missing)" if parsed.truncated_levels else ""))
@@ -581,6 +586,9 @@ def _train_options(options_type: type, shared: dict, **extra):
 @click.option("--detail-head", is_flag=True, help="Add a linear path from the /4 decoder features to the pixels.")
 @click.option("--half-depth", type=click.IntRange(1, 16), default=1, show_default=True,
               help="ConvNeXt blocks at /2 in the decoder (extra ones start as the identity).")
+@click.option("--post-filter", type=int_list(2), default=None, metavar="CHANNELS,LAYERS",
+              help="A full-resolution residual filter after the decoder (hvqcodec/postfilter.py), e.g. 32,3; with "
+                   "--init-from a model that has one, its weights are copied and train with the decoder.")
 @click.option("--init-from", metavar="MODEL|CHECKPOINT",
               help="Start from a shipped model's weights, or a checkpoint.pt's (same-shaped tensors).")
 @click.option("--decoder-only", is_flag=True,
@@ -593,7 +601,8 @@ def _train_options(options_type: type, shared: dict, **extra):
 @user_errors
 def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, codebook_sizes, code_dim,
                               refine_stages, refine_groups, refine_codebook_size, refine_lambdas, bottom_lambdas,
-                              detail_head, half_depth, init_from, decoder_only, encoder_only, **shared) -> None:
+                              detail_head, half_depth, post_filter, init_from, decoder_only, encoder_only,
+                              **shared) -> None:
     """Train the 3-level hierarchical VQ-VAE.
 
     Images are decoded once and cached in memory; each step draws random crops (random 0.5-1x downscale,
@@ -625,7 +634,7 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
                                codebook_sizes=codebook_sizes, code_dim=code_dim, refine_stages=refine_stages,
                                refine_groups=refine_groups, refine_codebook_size=refine_codebook_size,
                                refine_lambdas=refine_lambdas, bottom_lambdas=bottom_lambdas, detail_head=detail_head,
-                               half_depth=half_depth)
+                               half_depth=half_depth, post_filter=post_filter or ())
     initial = _initial_weights(init_from, "autoencoder") if init_from and not resume else None
     train_autoencoder(options, config, resume=resume, console=console, init_from=initial)
     console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
@@ -704,7 +713,7 @@ def train_priors_command(model, resume, code_crops, channels, causal_blocks, con
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoint.pt, train_log.jsonl.")
 @click.option("--channels", type=click.IntRange(1), default=32, show_default=True, help="Filter width.")
 @click.option("--layers", type=click.IntRange(2), default=3, show_default=True, help="3x3 convolutions.")
-@click.option("--qualities", default="1,9,26,51,75,92,100", show_default=True,
+@click.option("--qualities", type=int_list(None, maximum=100), default="1,9,26,51,75,92,100", show_default=True,
               help="Qualities whose reconstructions it learns from (comma-separated).")
 @click.option("--crops", type=click.IntRange(1), default=200, show_default=True, help="Training crops, one per image.")
 @click.option("--crop", type=click.IntRange(64), default=192, show_default=True, help="Crop size in pixels.")
@@ -731,14 +740,8 @@ def train_post_filter_command(model, data, val, exclude, out, channels, layers, 
 
     from .postfilter import PostFilterOptions, train_post_filter
 
-    try:
-        quality_list = tuple(int(q) for q in qualities.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{qualities!r} is not a list of comma-separated qualities") from None
-    if not quality_list or not all(1 <= q <= 100 for q in quality_list):
-        raise click.BadParameter("qualities are 1-100", param_hint="--qualities")
     options = PostFilterOptions(data=data, out=out, model=model, val=val, exclude=exclude, channels=channels,
-                                layers=layers, qualities=quality_list, crops=crops, crop=crop, steps=steps,
+                                layers=layers, qualities=qualities, crops=crops, crop=crop, steps=steps,
                                 time_budget=time_budget, lr=lr, seed=seed,
                                 command=" ".join(["hvqcodec"] + [shlex.quote(a) for a in sys.argv[1:]]))
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
@@ -893,6 +896,9 @@ def models_add_filter(checkpoint, base, name, models_dir, force, make_default) -
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Target folder (default: the shipped models/).")
 @click.option("--data", default="", help="Description of the training data, for the manifest.")
 @click.option("--priors", type=click.Path(dir_okay=False), help="Priors checkpoint to ship with it (needed to compress).")
+@click.option("--priors-from", metavar="MODEL",
+              help="Instead of --priors: take a shipped model's priors and coding settings as they are (for a "
+                   "decoder trained with --decoder-only --init-from MODEL: the same codes and streams).")
 @click.option("--force", is_flag=True, help="Replace an existing model of the same name.")
 @click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
 @click.option("--table-bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
@@ -902,7 +908,7 @@ def models_add_filter(checkpoint, base, name, models_dir, force, make_default) -
 @click.option("--coding-block", callback=_coding_block, metavar="N|RxC|T,M,B",
               help=CODING_BLOCK_HELP + " Default: the priors' own (training is the same either way).")
 @user_errors
-def models_export(checkpoint, name, models_dir, data, priors, force, make_default, table_bits,
+def models_export(checkpoint, name, models_dir, data, priors, priors_from, force, make_default, table_bits,
                   calibration_codes, coding_block) -> None:
     """Export a training checkpoint as fp16 weights plus a manifest entry.
 
@@ -912,18 +918,21 @@ def models_export(checkpoint, name, models_dir, data, priors, force, make_defaul
           --data "../shared/datasets/train minus cid22/validation" --force
       hvqcodec models export runs/ae/checkpoint.pt --name my-blocks --priors runs/priors/checkpoint.pt \\
           --coding-block 0,32,64
+      hvqcodec models export runs/dec/checkpoint.pt --name hvq-vr8 --priors-from hvq-vr7
     """
     from .train import load_checkpoint
     from .zoo import export_model
     from .zoo import models_dir as default_models_dir
 
     folder = Path(models_dir) if models_dir else default_models_dir()
+    if priors and priors_from:
+        raise click.BadParameter("give --priors or --priors-from, not both", param_hint="--priors-from")
     codes = None
     if priors and table_bits == "8":
         codes = _calibration_codes(Path(calibration_codes) if calibration_codes else Path(priors).parent / "codes.pt")
     entry = export_model(load_checkpoint(checkpoint), name, folder, data=data, force=force,
                          priors_checkpoint=load_checkpoint(priors, "priors") if priors else None,
-                         calibration_codes=codes, coding_block=coding_block)
+                         calibration_codes=codes, coding_block=coding_block, priors_from=priors_from)
     if make_default:
         _make_default(folder, name)
     tables = f", {entry['priors']['table_bits']}-bit prior tables" if entry.get("priors") else ""

@@ -105,21 +105,30 @@ def export_model(checkpoint: dict[str, Any], name: str, folder: Path, data: str 
                  metrics: dict[str, Any] | None = None, force: bool = False,
                  priors_checkpoint: dict[str, Any] | None = None,
                  calibration_codes: Sequence[torch.Tensor] | None = None,
-                 coding_block: int | Sequence | None = None) -> dict[str, Any]:
+                 coding_block: int | Sequence | None = None, priors_from: str | None = None) -> dict[str, Any]:
     """Write a checkpoint's autoencoder as fp16 weights (plus, optionally, the integer tables of trained priors)
     into folder as one file and record it in the manifest; returns the entry. With calibration codes (code
     grids of training crops, as `train priors` keeps in codes.pt) the priors get 8-bit tables, computed in
     float32, unless a layer is too wide for float32-exact sums; otherwise (and without codes) 16-bit tables
     computed in float64 (the format of models up to hvq-vr3). The manifest records which (`table_bits`).
     coding_block (PriorConfig.coding_block) replaces the priors' own: it changes how files are coded, not the
-    trained weights."""
+    trained weights. priors_from (instead of a priors checkpoint) names a shipped model whose integer priors
+    and coding settings are taken as they are: the checkpoint must give every image that model's codes (a
+    decoder trained with `--decoder-only` from it), so its files' streams are the same."""
     manifest = _manifest_for_new_entry(name, folder, force)
     config = AutoencoderConfig.from_dict(checkpoint["config"])
     # Half precision halves the download; float buffers (codebooks, EMA statistics) are stored as fp16 too.
     state = half_state(checkpoint["model"])
     payload = {"format": WEIGHTS_FORMAT, "version": 1, "name": name, "config": config.to_dict(), "state_dict": state}
     prior_entry = None
-    if priors_checkpoint is not None:
+    if priors_from is not None:
+        if priors_checkpoint is not None:
+            raise ModelError("give either a priors checkpoint or a model to take the priors from, not both")
+        prior_entry = _take_priors(priors_from, config, state, folder, payload)
+        if coding_block is not None:
+            level_blocks(coding_block)  # ValueError for a malformed one
+            payload["prior_config"]["coding_block"] = prior_entry["config"]["coding_block"] = coding_block
+    elif priors_checkpoint is not None:
         payload["prior_config"], payload["prior_tables"] = _integer_priors(priors_checkpoint, config, state,
                                                                            calibration_codes)
         if coding_block is not None:
@@ -211,6 +220,29 @@ def add_post_filter(base: str, name: str, filter_path: Path, folder: Path | None
     models[name] = entry
     write_manifest(manifest, folder)
     return entry
+
+
+def _take_priors(base: str, config: AutoencoderConfig, half: dict[str, torch.Tensor], folder: Path,
+                 payload: dict[str, Any]) -> dict[str, Any]:
+    """Put shipped model `base`'s integer priors (a variant's coding settings folded in) into payload, after
+    checking that the autoencoder (config, fp16 state) chooses the same codes; returns the manifest's priors
+    entry."""
+    models = read_manifest(folder)["models"]
+    if base not in models:
+        raise _unknown_model(base, models)
+    source = models[base]
+    if not source.get("priors"):
+        raise ModelError(f"model {base!r} has no priors to take")
+    model = HierarchicalVQVAE(config)
+    model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in half.items()})
+    if codes_fingerprint(model) != codes_fingerprint(load_model(base, folder)):
+        raise ModelError(f"this autoencoder chooses other codes than {base!r}, so {base}'s priors do not fit it "
+                         f"(train its decoder alone: --decoder-only --init-from {base})")
+    base_payload = read_weights(folder / source["file"], source.get("file_sha256", source["sha256"]))
+    coding = _check_coding(source["coding"], f"model {base}") if "coding" in source else {}
+    payload.update(version=base_payload["version"], prior_tables=base_payload["prior_tables"],
+                   prior_config={**base_payload["prior_config"], **coding})
+    return dict(source["priors"], config=payload["prior_config"], taken_from=base)
 
 
 def _integer_priors(priors_checkpoint: dict[str, Any], config: AutoencoderConfig, half: dict[str, torch.Tensor],

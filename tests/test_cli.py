@@ -48,7 +48,11 @@ def test_train_rejects_bad_crop_and_widths(image_folder, tmp_path):
     result = run("train", "autoencoder", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--crop", "40")
     assert result.exit_code == 2 and "multiple of 16" in result.output
     result = run("train", "autoencoder", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--widths", "8,8")
-    assert result.exit_code == 2 and "3 positive comma-separated integers" in result.output
+    assert result.exit_code == 2 and "expected 3 comma-separated integers (positive)" in result.output
+    for qualities in ("50,101", "x", "0"):
+        result = run("train", "post-filter", "--data", str(image_folder), "--out", str(tmp_path / "r"),
+                     "--qualities", qualities)
+        assert result.exit_code == 2 and "a list of comma-separated integers" in result.output, result.output
     base = ("train", "autoencoder", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--refine-stages", "2")
     result = run(*base, "--refine-lambdas", "0.01")
     assert result.exit_code == 2 and "one value per refinement stage (2)" in result.output

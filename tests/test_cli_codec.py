@@ -195,6 +195,11 @@ def test_standard_input_and_output(photo, hvq_file, tmp_path):
     assert result.exit_code == 0 and result.stdout_bytes == piped_bytes(piped)
     result = CliRunner().invoke(main, ["compress", "-", "-o", str(tmp_path / "from-stdin.hvq")], input=photo.read_bytes())
     assert result.exit_code == 0 and (tmp_path / "from-stdin.hvq").read_bytes() == hvq_file.read_bytes()
+    piped_info = CliRunner().invoke(main, ["info", "-"], input=hvq_file.read_bytes())
+    file_info = CliRunner().invoke(main, ["info", str(hvq_file)])
+    assert piped_info.exit_code == 0 and file_info.exit_code == 0
+    assert piped_info.stdout.split()[0] == "<stdin>:"
+    assert piped_info.stdout.split()[1:] == file_info.stdout.split()[1:]
 
 
 def piped_bytes(image):

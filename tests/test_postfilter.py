@@ -104,3 +104,40 @@ def test_a_model_plus_its_filter(tiny_models_dir, photos, tmp_path):
         zoo.add_post_filter("tiny-pf", "tiny-pf2", tmp_path / "pf" / "checkpoint.pt", tiny_models_dir)
     with pytest.raises(ModelError, match="already exists"):
         zoo.add_post_filter("tiny", "tiny-pf", tmp_path / "pf" / "checkpoint.pt", tiny_models_dir)
+
+
+def test_a_decoder_trained_alone_ships_with_its_base_models_priors(tiny_models_dir, image_folder, tmp_path):
+    """`train autoencoder --decoder-only --post-filter` from a shipped model, then `models export --priors-from`
+    it: the new model writes the base's streams (its integer priors and codes) and decodes them to other pixels;
+    an autoencoder whose codes differ is refused."""
+    runner = CliRunner()
+    run = tmp_path / "dec"
+    result = runner.invoke(main, ["train", "autoencoder", "--data", str(image_folder), "--out", str(run),
+                                  "--init-from", "tiny", "--decoder-only", "--widths", "8,8,8",
+                                  "--encoder-depths", "1,1,1", "--decoder-depths", "1,1,1", "--code-dim", "4",
+                                  "--codebook-sizes", "16,16,16", "--post-filter", "4,3", "--steps", "3",
+                                  "--crop", "32", "--batch-size", "2", "--warmup", "0", "--lr", "0.05"])
+    assert result.exit_code == 0, result.output
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert tuple(checkpoint["config"]["post_filter"]) == (4, 3)
+    result = runner.invoke(main, ["models", "export", str(run / "checkpoint.pt"), "--name", "tiny-dec",
+                                  "--priors-from", "tiny"])
+    assert result.exit_code == 0, result.output
+    codec_module.load_codec.cache_clear()
+    base, new = codec_module.load_codec("tiny"), codec_module.load_codec("tiny-dec")
+    assert new.sha256 != base.sha256 and new.autoencoder.post_filter is not None
+    entry = zoo.read_manifest(tiny_models_dir)["models"]["tiny-dec"]
+    assert entry["kind"] == "codec" and entry["priors"]["taken_from"] == "tiny"
+    rgb = synthetic_image(7, 64, 80)
+    base_file, new_file = base.compress(rgb), new.compress(rgb)
+    assert container.unpack(base_file.data).streams == container.unpack(new_file.data).streams
+    base_pixels = np.asarray(base.decompress(base_file.data).image)
+    new_pixels = np.asarray(new.decompress(new_file.data).image)
+    assert new_pixels.shape == base_pixels.shape and not np.array_equal(new_pixels, base_pixels)
+
+    checkpoint["model"]["stem.0.weight"] = checkpoint["model"]["stem.0.weight"] + 0.5  # other codes
+    with pytest.raises(ModelError, match="chooses other codes than 'tiny'"):
+        zoo.export_model(checkpoint, "tiny-enc", tiny_models_dir, priors_from="tiny")
+    result = runner.invoke(main, ["models", "export", str(run / "checkpoint.pt"), "--name", "x", "--priors-from",
+                                  "tiny", "--priors", str(run / "checkpoint.pt")])
+    assert result.exit_code != 0 and "not both" in result.output
