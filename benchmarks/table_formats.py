@@ -25,7 +25,7 @@ from hvqcodec.entropy import level_frequencies, stage_frequencies
 from hvqcodec.intprior import FREQ_TOTAL, IntPrior, export_prior
 from hvqcodec.priors import HierarchicalPrior, PriorConfig
 
-CALIBRATION_CROPS = 64  # as hvqcodec.cli.CALIBRATION_CROPS
+CALIBRATION_CROPS = 64  # as hvqcodec.cli.zoo.CALIBRATION_CROPS
 
 
 def integer_bits(config: PriorConfig, tables: dict, codes: list[torch.Tensor],

@@ -92,9 +92,22 @@ def test_malformed_inputs_give_one_line_errors(hvq_file, tmp_path):
     for name, (data, message) in _malformed(hvq_file).items():
         path = tmp_path / f"{name.replace(' ', '_')}.hvq"
         path.write_bytes(data)
+        assert_one_line_error(run("decompress", path), f"{path}: ")
         assert_one_line_error(run("decompress", path), message)
         assert not path.with_suffix(".png").exists(), name
+        if name in ("empty", "random", "magic", "future", "truncated header"):  # info reads the header only
+            assert_one_line_error(run("info", path), f"{path}: {message}")
     assert_one_line_error(run("decompress", tmp_path / "missing.hvq"), "no such file")
+    # The inputs are read before the outputs are checked: an image given by mistake is named as such, untouched.
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(picture)
+    before = picture.read_bytes()
+    for extra in ([], ["--force"]):
+        assert_one_line_error(run("decompress", picture, *extra), f"{picture}: not an hvq file")
+        assert picture.read_bytes() == before
+    # Of several files, the error names the bad one (after the good one was decoded).
+    assert_one_line_error(run("decompress", hvq_file, tmp_path / "flipped.hvq", "-o", tmp_path, "--force"),
+                          f"{tmp_path / 'flipped.hvq'}: checksum mismatch")
 
 
 def test_truncated_file_gives_preview_with_warning(hvq_file, tmp_path):
@@ -217,12 +230,12 @@ def test_standard_streams_misuse_gives_one_line_errors(photo, hvq_file, monkeypa
     # Binary data is never written to a terminal (checked before any work).
     import click
 
-    import hvqcodec.cli as cli
+    from hvqcodec.cli import common
 
     class Terminal:
         @staticmethod
         def isatty() -> bool:
             return True
-    monkeypatch.setattr(cli.sys, "stdout", Terminal())
+    monkeypatch.setattr(common.sys, "stdout", Terminal())
     with pytest.raises(click.ClickException, match="refusing to write binary data to a terminal"):
-        cli._check_outputs([None], force=True)
+        common._check_outputs([None], force=True)

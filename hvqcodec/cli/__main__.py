@@ -1,0 +1,4 @@
+"""`python -m hvqcodec.cli`: the console script."""
+from . import run
+
+run()
