@@ -369,13 +369,28 @@ def codec_for(data: bytes, device: str = "auto") -> Codec:
 
 
 def compress(image: str | Path | bytes | Image.Image | np.ndarray, model: str | None = None, device: str = "auto",
-             quality: int | None = None, max_pixels: int = container.DEFAULT_MAX_PIXELS, effort: int = 0) -> bytes:
+             quality: int | None = None, max_pixels: int = container.DEFAULT_MAX_PIXELS, effort: int = 0,
+             bpp: float | None = None) -> bytes:
     """Compress an image (path, encoded bytes, PIL image or uint8 array (H, W[, 3 or 4])) into the bytes of a .hvq file.
 
     quality: 1-100, higher gives a larger file and a better picture (default DEFAULT_QUALITY).
+    bpp: instead of quality, a size: the highest quality whose file takes at most this many bits per pixel
+    (`hvqcodec compress --bpp`); the smallest file, with a warning, when none does.
     effort: 0-MAX_EFFORT encoder refinement steps (0: off; about 10 buys 0.2-0.4 dB at high qualities for a
     several times slower encode; the file format and decoding are unchanged)."""
-    result = load_codec(model, device).compress(image, quality, max_pixels=max_pixels, effort=effort)
+    codec = load_codec(model, device)
+    if bpp is None:
+        result = codec.compress(image, quality, max_pixels=max_pixels, effort=effort)
+    else:
+        if quality is not None:
+            raise ValueError("give either quality or bpp, not both")
+        if not bpp > 0:
+            raise ValueError(f"bpp must be above 0, not {bpp}")
+        from .ladder import compress_to_bpp
+
+        result, used = compress_to_bpp(codec, image, bpp, max_pixels, effort)
+        if result.bpp > bpp:
+            warnings.warn(f"even quality {used} takes {result.bpp:.4f} bpp", stacklevel=2)
     for note in result.warnings:
         warnings.warn(note, stacklevel=2)
     return result.data

@@ -160,8 +160,16 @@ def test_calibrated_ladder_is_monotone_and_bpp_search_fits(ladder_codec):
     result, quality = compress_to_bpp(ladder_codec, source, target)
     assert result.bpp <= target
     assert all(bpp > target for q, bpp in sizes.items() if q > quality)
+    assert result.data == ladder_codec.compress(source, quality).data
     tiny, quality = compress_to_bpp(ladder_codec, source, 1e-6)  # nothing fits: the smallest point
     assert quality == 1
+    # The Python API's bpp= is the same search (the cached codec, so the same calibrated ladder).
+    assert hvqcodec.compress(source, model="tiny-ladder", device="cpu", bpp=target) == result.data
+    with pytest.warns(UserWarning, match="even quality 1 takes"):
+        assert hvqcodec.compress(source, model="tiny-ladder", device="cpu", bpp=1e-6) == tiny.data
+    for bad in ({"bpp": 0.0}, {"bpp": 0.5, "quality": 50}):
+        with pytest.raises(ValueError, match="bpp"):
+            hvqcodec.compress(source, model="tiny-ladder", device="cpu", **bad)
 
 
 def test_bench_gives_one_point_per_ladder_entry(ladder_codec):
