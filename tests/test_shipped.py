@@ -108,7 +108,7 @@ def test_files_of_hvqcodec_0_2_still_decode():
 
 @pytest.mark.parametrize("release,model", [("0.4", "hvq-vr"), ("0.6", "hvq-vr2"), ("0.7", "hvq-vr3"), ("0.8", "hvq-vr4"),
                                            ("0.9", "hvq-vr5"), ("0.11", "hvq-vr6"),
-                                           ("0.12", "hvq-vr7")])
+                                           ("0.12", "hvq-vr7"), ("0.13", "hvq-vr8")])
 def test_files_of_earlier_releases_still_decode_and_encode_the_same(release, model):
     """A file written by an earlier release's default model (quality 75) decodes to the same pixels, and encoding
     the same source with that model still gives exactly its bytes (the exact probability path is unchanged)."""
