@@ -3,7 +3,7 @@ torch thread (the prior's wavefront steps are small: processes scale where threa
 from __future__ import annotations
 
 import multiprocessing
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 if TYPE_CHECKING:
     from .codec import Progress
@@ -22,20 +22,20 @@ def _start(model: str | None, device: str) -> None:
 
 
 def _compress(task: tuple[str | bytes, int | None, float | None, int, int],
-              progress: Progress | None = None) -> tuple[bytes, float, list[str], int | None]:
+              progress: Progress | None = None) -> tuple[bytes, float, list[str]]:
     source, quality, target_bpp, max_pixels, effort = task
     if target_bpp is not None:
         from .ladder import compress_to_bpp
 
-        result, used = compress_to_bpp(_codec, source, target_bpp, max_pixels, effort)
-        return result.data, result.bpp, list(result.warnings), used
-    result = _codec.compress(source, quality, max_pixels=max_pixels, effort=effort, progress=progress)
-    return result.data, result.bpp, list(result.warnings), None
+        result, _ = compress_to_bpp(_codec, source, target_bpp, max_pixels, effort)
+    else:
+        result = _codec.compress(source, quality, max_pixels=max_pixels, effort=effort, progress=progress)
+    return result.data, result.bpp, list(result.warnings)
 
 
 def compress_many(sources: Sequence[str | bytes], model: str | None, device: str, quality: int | None,
                   target_bpp: float | None, max_pixels: int, jobs: int, effort: int = 0,
-                  progress: Progress | None = None) -> Iterator[tuple[bytes, float, list[str], Any]]:
+                  progress: Progress | None = None) -> Iterator[tuple[bytes, float, list[str]]]:
     """Results in the order of `sources`, computed by `jobs` worker processes (in this process when 1, where
     `progress(done, total)` follows each file's tiles). A source is a path or an image file's bytes."""
     global _codec

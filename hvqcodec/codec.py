@@ -378,19 +378,17 @@ def compress(image: str | Path | bytes | Image.Image | np.ndarray, model: str | 
     (`hvqcodec compress --bpp`); the smallest file, with a warning, when none does.
     effort: 0-MAX_EFFORT encoder refinement steps (0: off; about 10 buys 0.2-0.4 dB at high qualities for a
     several times slower encode; the file format and decoding are unchanged)."""
+    if bpp is not None and quality is not None:
+        raise ValueError("give either quality or bpp, not both")
+    if bpp is not None and not bpp > 0:
+        raise ValueError(f"bpp must be above 0, not {bpp}")
     codec = load_codec(model, device)
     if bpp is None:
         result = codec.compress(image, quality, max_pixels=max_pixels, effort=effort)
     else:
-        if quality is not None:
-            raise ValueError("give either quality or bpp, not both")
-        if not bpp > 0:
-            raise ValueError(f"bpp must be above 0, not {bpp}")
         from .ladder import compress_to_bpp
 
-        result, used = compress_to_bpp(codec, image, bpp, max_pixels, effort)
-        if result.bpp > bpp:
-            warnings.warn(f"even quality {used} takes {result.bpp:.4f} bpp", stacklevel=2)
+        result, _ = compress_to_bpp(codec, image, bpp, max_pixels, effort)
     for note in result.warnings:
         warnings.warn(note, stacklevel=2)
     return result.data

@@ -106,8 +106,8 @@ def _not_above(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> bool:
 def compress_to_bpp(codec: Codec, source, target_bpp: float,
                     max_pixels: int | None = None, effort: int = 0) -> tuple[CompressedImage, int]:
     """The highest ladder quality whose file fits target_bpp (binary search over the ladder's entries; the
-    smallest entry when none fits), each try at the given encoder effort. Returns the compressed image and
-    the quality used."""
+    smallest entry, with a note in its warnings, when none fits), each try at the given encoder effort. Returns
+    the compressed image and the quality used."""
     from .imageio import load_image
 
     from .container import DEFAULT_MAX_PIXELS
@@ -125,5 +125,7 @@ def compress_to_bpp(codec: Codec, source, target_bpp: float,
         else:
             high = middle - 1
     if best is None:
-        return codec.compress(loaded, qualities[0], max_pixels=limit, effort=effort), qualities[0]
+        smallest = codec.compress(loaded, qualities[0], max_pixels=limit, effort=effort)
+        smallest.warnings.append(f"even quality {qualities[0]} takes {smallest.bpp:.4f} bpp")
+        return smallest, qualities[0]
     return best

@@ -142,7 +142,7 @@ def test_integer_stage_prior_matches_float_prior_after_training():
         assert abs(bits / float_bits[stage] - 1) < 0.01, (stage, bits, float_bits[stage])
 
 
-def test_calibrated_ladder_is_monotone_and_bpp_search_fits(ladder_codec):
+def test_calibrated_ladder_is_monotone_and_bpp_search_fits(ladder_codec, tmp_path):
     from hvqcodec.ladder import build_ladder, candidate_points, compress_to_bpp, measure_points
 
     images = [photo(s, 48, 64) for s in range(2)]
@@ -170,6 +170,17 @@ def test_calibrated_ladder_is_monotone_and_bpp_search_fits(ladder_codec):
     for bad in ({"bpp": 0.0}, {"bpp": 0.5, "quality": 50}):
         with pytest.raises(ValueError, match="bpp"):
             hvqcodec.compress(source, model="tiny-ladder", device="cpu", **bad)
+    # The command line passes the same note on.
+    from click.testing import CliRunner
+
+    from hvqcodec.cli import main
+
+    path = tmp_path / "source.png"
+    source.save(path)
+    result = CliRunner().invoke(main, ["compress", str(path), "--model", "tiny-ladder", "--device", "cpu",
+                                       "--bpp", "0.000001"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {path}: even quality 1 takes" in " ".join(result.output.split())
 
 
 def test_bench_gives_one_point_per_ladder_entry(ladder_codec):

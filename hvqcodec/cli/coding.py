@@ -66,9 +66,7 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
     with _file_progress(names, targets, "compressing") as (parts, pairs):
         results = compress_many(sources, model, resolved, quality, target_bpp, limit, jobs, effort, parts)
         for source, target in pairs:
-            data, bpp, notes, used = next(results)
-            if target_bpp is not None and bpp > target_bpp:
-                console.print(f"[yellow]warning[/]: {source}: even quality {used} takes {bpp:.4f} bpp")
+            data, bpp, notes = next(results)
             for note in notes:
                 console.print(f"[yellow]warning[/]: {source}: {note}")
             if target is None:
