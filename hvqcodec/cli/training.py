@@ -59,6 +59,14 @@ def _initial_weights(source: str, kind: str) -> dict:
     return load_model(source).state_dict()
 
 
+def _train(train_function: Callable, kind: str, options, config, resume: bool, init_from: str | None) -> None:
+    """Run a training command's loop (warm-started from --init-from unless resuming) and end its process."""
+    initial = _initial_weights(init_from, kind) if init_from and not resume else None
+    train_function(options, config, resume=resume, console=console, init_from=initial)
+    console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
+    _end_distributed_worker()
+
+
 _SHARED_TRAINING = ("data", "val", "out", "exclude", "steps", "batch_size", "crop", "lr", "warmup", "seed", "device",
                     "val_every", "checkpoint_every", "time_budget")
 
@@ -145,10 +153,7 @@ def train_autoencoder_command(resume, widths, encoder_depths, decoder_depths, co
                                refine_groups=refine_groups, refine_codebook_size=refine_codebook_size,
                                refine_lambdas=refine_lambdas, bottom_lambdas=bottom_lambdas, detail_head=detail_head,
                                half_depth=half_depth, post_filter=post_filter or ())
-    initial = _initial_weights(init_from, "autoencoder") if init_from and not resume else None
-    train_autoencoder(options, config, resume=resume, console=console, init_from=initial)
-    console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
-    _end_distributed_worker()
+    _train(train_autoencoder, "autoencoder", options, config, resume, init_from)
 
 
 @train.command("priors")
@@ -191,10 +196,7 @@ def train_priors_command(model, resume, code_crops, channels, causal_blocks, con
     config = PriorConfig(channels=channels, causal_blocks=causal_blocks, cond_blocks=cond_blocks,
                          stage_channels=stage_channels, stage_blocks=stage_blocks, coding_block=coding_block,
                          subpixel_cond=subpixel_cond)
-    initial = _initial_weights(init_from, "priors") if init_from and not resume else None
-    train_priors(options, config, resume=resume, console=console, init_from=initial)
-    console.print(f"done: checkpoint in {Path(options.out) / 'checkpoint.pt'}")
-    _end_distributed_worker()
+    _train(train_priors, "priors", options, config, resume, init_from)
 
 
 @train.command("post-filter")
