@@ -276,13 +276,14 @@ def measure_hvq(codec: Any, rgb: np.ndarray, effort: int = 0) -> list[dict[str, 
         data = codec.compress(Image.fromarray(rgb), point=largest, effort=effort).data
         encode_seconds = time.perf_counter() - start
         for entry in (entries[i] for i in members):
+            streams = entry["streams"] + bool(entry.get("residual_step"))  # the residual stream comes last
             start = time.perf_counter()
-            decoded = codec.decompress(data, levels=entry["streams"]).image
+            decoded = codec.decompress(data, levels=streams).image
             decode_seconds = time.perf_counter() - start
             label = f"q {entry['quality']}" if entry["quality"] is not None else f"levels {entry['streams']}"
-            point = _point(label, preview_bytes(data, entry["streams"]), rgb, np.asarray(decoded.convert("RGB")),
+            point = _point(label, preview_bytes(data, streams), rgb, np.asarray(decoded.convert("RGB")),
                            encode_seconds, decode_seconds)
-            points.append({"levels": entry["streams"], "quality": entry["quality"], **point})
+            points.append({"levels": streams, "quality": entry["quality"], **point})
     return sorted(points, key=lambda p: (p["quality"] or 0, p["levels"]))
 
 

@@ -29,6 +29,7 @@ from .intprior import FREQ_TOTAL
 from .imageio import ImageError, LoadedImage, decode_alpha, encode_alpha, load_image, to_pil
 from .intprior import IntPrior
 from .refine import refine_bottom_latent
+from .residual import MAX_STEP as MAX_RESIDUAL_STEP, decode_residual, encode_residual
 from .device import decoder_low_precision, resolve_device
 from .zoo import ModelBundle, default_model, load_bundle
 
@@ -45,11 +46,13 @@ class OperatingPoint:
     bottom codes under the bottom prior, `stage_lam` for the refinement stages (None: the same as lam), added to
     the rate weight each stage was trained with, and `bottom_lam` for the bottom codes under the bottom
     codebook's usage: the rule a variable-rate model (config bottom_lambdas) was trained with, whose priors
-    know the coarse codes it picks."""
+    know the coarse codes it picks. `residual_step` > 0 adds the residual layer (residual.py) with that
+    quantiser step after the streams of codes."""
     streams: int
     lam: float = 0.0
     stage_lam: float | None = None
     bottom_lam: float = 0.0
+    residual_step: int = 0
 
     @property
     def stage_weight(self) -> float:
@@ -60,7 +63,7 @@ class OperatingPoint:
         """A ladder entry of the manifest ({"streams", "lambda", optional "stage_lambda"}) as a point."""
         stage_lam = entry.get("stage_lambda")
         return cls(int(entry["streams"]), float(entry["lambda"]), None if stage_lam is None else float(stage_lam),
-                   float(entry.get("bottom_lambda", 0.0)))
+                   float(entry.get("bottom_lambda", 0.0)), int(entry.get("residual_step", 0)))
 
     def to_entry(self) -> dict:
         entry = {"streams": self.streams, "lambda": self.lam}
@@ -68,16 +71,21 @@ class OperatingPoint:
             entry["stage_lambda"] = self.stage_lam
         if self.bottom_lam:
             entry["bottom_lambda"] = self.bottom_lam
+        if self.residual_step:
+            entry["residual_step"] = self.residual_step
         return entry
 
 
 def shared_files(points: list[OperatingPoint]) -> list[tuple[OperatingPoint, list[int]]]:
     """Points that differ only in their stream count are served by one file: streams are coded coarse to fine,
-    so the file of a point with fewer streams is a prefix of the larger one (`container.prefix_size`). Returns,
+    so the file of a point with fewer streams is a prefix of the larger one (`container.prefix_size`); not so
+    for points with a residual layer. Returns,
     per file, the point to compress (the one with most streams) and the indices of the points it serves."""
     groups: dict[tuple, list[int]] = {}
     for index, point in enumerate(points):
-        groups.setdefault((point.lam, point.stage_lam, point.bottom_lam), []).append(index)
+        # A residual stream is coded on top of all the file's codes: its file serves that point alone.
+        alone = (point.residual_step, point.streams) if point.residual_step else ()
+        groups.setdefault((point.lam, point.stage_lam, point.bottom_lam) + alone, []).append(index)
     return [(points[max(members, key=lambda i: points[i].streams)], members) for members in groups.values()]
 
 
@@ -228,23 +236,23 @@ class Codec:
         return torch.stack(chosen), frequencies
 
     def reconstruct(self, tile_codes: list[list[torch.Tensor]], width: int, height: int,
-                    tile_size: int, progress: Progress | None = None) -> np.ndarray:
+                    tile_size: int, progress: Progress | None = None, float32: bool = False) -> np.ndarray:
         """Each tile's code grids (a prefix of the streams, as decoded or as `compress` returns them) -> the
         (H, W, 3) uint8 picture: what decompress gives, without range decoding. progress(done, total) is called
-        as each tile is done."""
+        as each tile is done. float32: never the bfloat16 decoder (the picture under a residual layer)."""
         rgb = np.zeros((height, width, 3), dtype=np.uint8)
         for done, ((top, left, h, w), codes) in enumerate(
                 zip(container.tile_grid(width, height, tile_size), tile_codes), 1):
-            rgb[top:top + h, left:left + w] = self.decode_codes(codes, h, w)
+            rgb[top:top + h, left:left + w] = self.decode_codes(codes, h, w, float32)
             if progress is not None:
                 progress(done, len(tile_codes))
         return rgb
 
     @torch.no_grad()
-    def decode_codes(self, codes: list[torch.Tensor], height: int, width: int) -> np.ndarray:
-        """Code grids (a prefix of the streams) -> (H, W, 3) uint8."""
+    def decode_codes(self, codes: list[torch.Tensor], height: int, width: int, float32: bool = False) -> np.ndarray:
+        """Code grids (a prefix of the streams) -> (H, W, 3) uint8 (float32: never the bfloat16 decoder)."""
         image = self.autoencoder.decode([c[None].to(self.device) for c in codes],
-                                        self.low_precision_decoder)[0, :, :height, :width]
+                                        self.low_precision_decoder and not float32)[0, :, :height, :width]
         return image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
     def compress(self, source, quality: int | None = None, point: OperatingPoint | None = None,
@@ -261,6 +269,8 @@ class Codec:
         point = point or self.operating_point(quality)
         if not 1 <= point.streams <= self.num_streams:
             raise ValueError(f"{point.streams} streams: this model has 1..{self.num_streams}")
+        if not 0 <= point.residual_step <= MAX_RESIDUAL_STEP:
+            raise ValueError(f"residual step {point.residual_step} is not in 0..{MAX_RESIDUAL_STEP}")
         loaded = source if isinstance(source, LoadedImage) else load_image(source)
         height, width = loaded.rgb.shape[:2]
         if width * height > max_pixels:
@@ -284,9 +294,21 @@ class Codec:
                 bits[index] += encoded.cross_entropy_bits
             if progress is not None:
                 progress(len(tile_codes), len(tiles))
+        if point.residual_step:
+            # What the decoder will show without the residual: the same codes through the same decoder, in
+            # float32 on both sides (a bfloat16 decoder's picture differs by a level or two, which the residual
+            # would then carry into the top qualities' pictures).
+            picture = self.reconstruct(tile_codes, width, height, tile_size, float32=True)
+            streams.append([])
+            bits.append(0.0)
+            for top, left, h, w in tiles:
+                encoded = encode_residual(loaded.rgb[top:top + h, left:left + w],
+                                          picture[top:top + h, left:left + w], point.residual_step)
+                streams[-1].append(encoded.data)
+                bits[-1] += encoded.bits
         alpha = encode_alpha(loaded.alpha) if loaded.alpha is not None else b""
         data = container.pack(self.name, self.sha256[:container.HASH_CHARS], width, height, loaded.mode, tile_size,
-                              streams, alpha)
+                              streams, alpha, residual=point.residual_step > 0)
         header_bytes = len(data) - sum(len(s) for level in streams for s in level) - len(alpha)
         return CompressedImage(data, width, height, [sum(len(s) for s in level) for level in streams], bits,
                                header_bytes, list(loaded.warnings), tile_codes, tile_size)
@@ -311,12 +333,13 @@ class Codec:
         elif parsed.truncated:
             notes.append("file is truncated after its last level: decoded without checksum verification")
         use = min(levels or header.levels, header.levels)
+        code_streams = min(use, header.code_streams)
         tiles = container.tile_grid(header.width, header.height, header.tile_size)
         all_codes: list[list[torch.Tensor]] = [[] for _ in tiles]  # [tile][level]
-        if use > self.num_streams:
-            raise container.ContainerError(f"corrupt hvq file ({use} streams, but model {self.name} codes at "
-                                           f"most {self.num_streams})")
-        for level in range(use):
+        if header.code_streams > self.num_streams:
+            raise container.ContainerError(f"corrupt hvq file ({header.code_streams} streams of codes, but model "
+                                           f"{self.name} codes at most {self.num_streams})")
+        for level in range(code_streams):
             try:
                 if level < 3:
                     sizes = [grid_sizes(h, w)[level] for _, _, h, w in tiles]
@@ -332,8 +355,16 @@ class Codec:
                 codes.append(grid)
             if progress is not None:
                 progress(level + 1, use + len(tiles))
+        with_residual = use > code_streams
         rgb = self.reconstruct(all_codes, header.width, header.height, header.tile_size,
-                               None if progress is None else lambda done, _: progress(use + done, use + len(tiles)))
+                               None if progress is None else lambda done, _: progress(use + done, use + len(tiles)),
+                               float32=with_residual)
+        if with_residual:  # the residual layer on top of the picture, tile by tile
+            for (top, left, h, w), stream in zip(tiles, parsed.streams[code_streams]):
+                try:
+                    rgb[top:top + h, left:left + w] = decode_residual(stream, rgb[top:top + h, left:left + w])
+                except Exception as exc:  # damaged data: the range decoder's failures, whatever their type
+                    raise container.ContainerError(f"corrupt hvq residual stream ({_one_line(exc)})") from None
         alpha = None
         mode = header.mode
         if mode in container.ALPHA_MODES:

@@ -1,15 +1,17 @@
-"""The .hvq container (format version 2; version 1 files are read too): header, coarse-to-fine streams, checksums.
+"""The .hvq container (format version 3; versions 1 and 2 are read too): header, coarse-to-fine streams, checksums.
 
 Byte layout, integers little-endian, "varint" = unsigned LEB128 (minimal encoding, at most 9 bytes):
 
     magic          4 bytes  b"\\x89HVQ"
-    version        u8       2 (1: at most 3 streams, written by hvqcodec 0.1)
+    version        u8       3 when the file has a residual stream, else 2 (1: at most 3 streams, hvqcodec 0.1)
     model name     u8 length (1..64) + UTF-8 bytes
     model hash     8 bytes  first 8 bytes of the weights' sha256 (exposed as 16 hex chars)
     width, height  varint each, 1..2**24
     mode           u8       0 = RGB, 1 = L, 2 = RGBA, 3 = LA (the mode to restore on decode)
     tile size      varint   pixels; 0 = one tile covers the whole image; tiles in raster order
-    streams        u8       1..11: top, mid, bottom level, then the bottom's refinement stages, coarse first
+    streams        u8       1..11: top, mid, bottom level, then the bottom's refinement stages, coarse first,
+                            then (version 3) the residual stream
+    residual       u8       version 3 only: 1 = the last stream is the pixel residual layer (residual.py)
     stream lengths varint per (level, tile): all tiles of level 0, then level 1, ...
     alpha length   varint   0 when there is no alpha
     header CRC32   u32      of every header byte before it, magic included
@@ -29,11 +31,12 @@ from dataclasses import dataclass, replace
 from hvqcodec.errors import HvqError
 
 MAGIC = b"\x89HVQ"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+RESIDUAL_VERSION = 3  # the version that can hold a residual stream; files without one are still written as 2
 MODES = ("RGB", "L", "RGBA", "LA")
 ALPHA_MODES = ("RGBA", "LA")
 MAX_LEVELS = 11  # streams: 3 levels + up to 8 refinement stages (version 1: 3)
-_MAX_LEVELS_BY_VERSION = {1: 3, 2: MAX_LEVELS}
+_MAX_LEVELS_BY_VERSION = {1: 3, 2: MAX_LEVELS, 3: MAX_LEVELS}
 MAX_DIMENSION = 2 ** 24
 MAX_NAME_BYTES = 64
 HASH_BYTES = 8
@@ -66,7 +69,13 @@ class Header:
     levels: int
     stream_lengths: tuple[tuple[int, ...], ...]
     alpha_length: int
-    version: int = FORMAT_VERSION  # the file's format version
+    version: int = 2  # the file's format version
+    residual: bool = False  # the last stream is the residual layer (version 3)
+
+    @property
+    def code_streams(self) -> int:
+        """Streams of codes (levels and refinement stages), the residual stream not counted."""
+        return self.levels - self.residual
 
     @property
     def tiles_x(self) -> int:
@@ -103,8 +112,9 @@ class Container:
 
 
 def pack(model_name: str, model_hash: str, width: int, height: int, mode: str, tile_size: int,
-         streams: Sequence[Sequence[bytes]], alpha: bytes = b"") -> bytes:
-    """Serialise streams ([level][tile], top level first) and an optional alpha stream into .hvq bytes.
+         streams: Sequence[Sequence[bytes]], alpha: bytes = b"", residual: bool = False) -> bytes:
+    """Serialise streams ([level][tile], top level first) and an optional alpha stream into .hvq bytes;
+    `residual`: the last of the streams is the residual layer (a version 3 file; otherwise version 2).
 
     Raises ValueError for invalid arguments (these are programming errors, not bad user input).
     """
@@ -130,8 +140,11 @@ def pack(model_name: str, model_hash: str, width: int, height: int, mode: str, t
             raise ValueError(f"level {level} has {len(level_streams)} tile streams, expected {tiles}")
         if not all(isinstance(s, (bytes, bytearray, memoryview)) for s in level_streams):
             raise ValueError(f"level {level} streams must be bytes")
+    if residual and len(streams) < 2:
+        raise ValueError("a residual stream needs at least one stream of codes before it")
     header = Header(model_name, hash_prefix, width, height, mode, tile_size, len(streams),
-                    tuple(tuple(len(s) for s in level) for level in streams), len(alpha))
+                    tuple(tuple(len(s) for s in level) for level in streams), len(alpha),
+                    RESIDUAL_VERSION if residual else 2, bool(residual))
     data = _encode_header(header) + b"".join(bytes(s) for level in streams for s in level) + bytes(alpha)
     return data + _CRC.pack(zlib.crc32(data))
 
@@ -173,7 +186,8 @@ def unpack(data: bytes, allow_truncated: bool = True) -> Container:
         raise ContainerError(short + "; the top level is incomplete)")
     has_alpha = levels == header.levels and body_end <= len(data)
     kept = replace(header, levels=levels, stream_lengths=header.stream_lengths[:levels],
-                   alpha_length=header.alpha_length if has_alpha else 0)
+                   alpha_length=header.alpha_length if has_alpha else 0,
+                   residual=header.residual and levels == header.levels)
     alpha = data[body_end - header.alpha_length:body_end] if has_alpha else b""
     return Container(kept, _split(data, body_start, kept.stream_lengths), alpha,
                      truncated_levels=header.levels - levels, truncated=True)
@@ -250,6 +264,8 @@ def _encode_header(header: Header) -> bytes:
     parts = [MAGIC, bytes([header.version, len(name)]), name, bytes.fromhex(header.model_hash),
              _varint(header.width), _varint(header.height), bytes([MODES.index(header.mode)]),
              _varint(header.tile_size), bytes([header.levels])]
+    if header.version >= RESIDUAL_VERSION:
+        parts.append(bytes([int(header.residual)]))
     parts += [_varint(n) for level in header.stream_lengths for n in level]
     head = b"".join(parts) + _varint(header.alpha_length)
     return head + _CRC.pack(zlib.crc32(head))
@@ -308,6 +324,12 @@ def _parse_header(data: bytes) -> tuple[Header, int]:
     tile_size, levels = reader.varint("tile size"), reader.u8()
     if _MAX_LEVELS_BY_VERSION[version] < levels <= MAX_LEVELS:
         raise ContainerError(f"corrupt hvq header ({levels} streams in a version {version} file)")
+    residual = False
+    if version >= RESIDUAL_VERSION:
+        residual_byte = reader.u8()
+        if residual_byte > 1 or (residual_byte and levels < 2):
+            raise ContainerError(f"corrupt hvq header (residual flag {residual_byte} with {levels} streams)")
+        residual = bool(residual_byte)
     # Checked before reading the lengths so that a damaged count gives a clear message, not a huge loop.
     problem = _field_problem(name, width, height, MODES[mode_byte], tile_size, levels, alpha_length=None)
     if problem:
@@ -325,7 +347,7 @@ def _parse_header(data: bytes) -> tuple[Header, int]:
     if problem:
         raise ContainerError(f"corrupt hvq header ({problem})")
     return Header(name, model_hash, width, height, MODES[mode_byte], tile_size, levels, lengths,
-                  alpha_length, version), reader.pos
+                  alpha_length, version, residual), reader.pos
 
 
 def _split(data: bytes, offset: int, lengths: tuple[tuple[int, ...], ...]) -> list[list[bytes]]:

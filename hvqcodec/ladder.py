@@ -7,6 +7,7 @@ neighbours beats), and spreads them over quality 1-100 by rank. Higher quality t
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -20,15 +21,22 @@ STAGE_LAMBDAS = (0.0, 0.001, 0.003, 0.01)  # added to each refinement stage's tr
 # Above this bottom weight, points with stages are not tried: a stage refines the bottom, so spending its bits on
 # top of coarse bottom codes does not pay (measured on hvq-ladder: 4 streams at 0.1 lose to 3 at 0).
 MAX_BOTTOM_LAMBDA_WITH_STAGES = 0.01
+RESIDUAL_QUALITY = 76  # the lowest quality that codes the residual layer, when the ladder has it
+# The residual layer's quantiser steps (residual.py), each tried on a few bases: 3 streams (and a variable-rate
+# model's coarser bottoms) and 4. More streams under a residual lose: on hvq-vr8's calibration crops 5 and 6
+# streams + residual were 0.1-0.4 bpp larger than 3 + residual at the same PSNR, at every step from 6 to 64.
+RESIDUAL_STEPS = (6, 8, 11, 16, 20, 24, 28, 32, 40, 48, 56, 64, 72, 80, 96)
 
 
 def candidate_points(num_streams: int, lambdas: Sequence[float] = LAMBDAS,
                      stage_lambdas: Sequence[float] = STAGE_LAMBDAS,
-                     bottom_lambdas: Sequence[float] = ()) -> list[OperatingPoint]:
+                     bottom_lambdas: Sequence[float] = (),
+                     residual_steps: Sequence[int] = ()) -> list[OperatingPoint]:
     """Previews (1 and 2 streams) as they are; 3 streams with every bottom lambda; with refinement stages,
     every pair of bottom (up to MAX_BOTTOM_LAMBDA_WITH_STAGES) and stage weights. A variable-rate model's
     trained bottom weights (bottom_lambdas) add the same points with each of them as the codebook-usage weight
-    (and no prior weight on top)."""
+    (and no prior weight on top). Each of residual_steps adds the residual layer on top of 3 streams (nearest
+    codes, and each trained bottom weight) and of 4 streams (nearest codes)."""
     points = [OperatingPoint(1), OperatingPoint(2)]
     points += [OperatingPoint(3, lam) for lam in lambdas]
     points += [OperatingPoint(s, lam, stage_lam) for s in range(4, num_streams + 1) for lam in lambdas
@@ -37,6 +45,9 @@ def candidate_points(num_streams: int, lambdas: Sequence[float] = LAMBDAS,
         points.append(OperatingPoint(3, 0.0, None, bottom_lam))
         points += [OperatingPoint(s, 0.0, stage_lam, bottom_lam) for s in range(4, num_streams + 1)
                    for stage_lam in stage_lambdas]
+    bases = [OperatingPoint(3)] + [OperatingPoint(3, bottom_lam=b) for b in sorted(set(bottom_lambdas)) if b > 0]
+    bases += [OperatingPoint(4, 0.0, 0.0)] if num_streams >= 4 else []
+    points += [replace(base, residual_step=step) for step in residual_steps for base in bases]
     return points
 
 
@@ -47,7 +58,8 @@ def measure_points(codec: Codec, images: Sequence[np.ndarray], points: Sequence[
     Points that differ only in their stream count share one compression (`shared_files`; a prefix's header
     varints may differ from a file made alone by a byte or two). Pictures come from the coded grids: the
     decoder reads exactly these codes back (tested), so range decoding them again would only cost time."""
-    from .container import prefix_size, read_header
+    from .container import prefix_size, read_header, tile_grid, unpack
+    from .residual import decode_residual
 
     bpps: list[list[float]] = [[] for _ in points]
     psnrs: list[list[float]] = [[] for _ in points]
@@ -59,8 +71,15 @@ def measure_points(codec: Codec, images: Sequence[np.ndarray], points: Sequence[
             for index in members:
                 streams = points[index].streams
                 picture = codec.reconstruct([codes[:streams] for codes in result.codes], width, height,
-                                            result.tile_size)
-                bpps[index].append(8 * prefix_size(header, streams) / (height * width))
+                                            result.tile_size, float32=bool(largest.residual_step))
+                if largest.residual_step:  # a residual file serves itself only (its streams are all needed)
+                    residual_streams = unpack(result.data).streams[-1]
+                    for (top, left, h, w), stream in zip(tile_grid(width, height, result.tile_size),
+                                                         residual_streams):
+                        tile = picture[top:top + h, left:left + w]
+                        picture[top:top + h, left:left + w] = decode_residual(stream, tile)
+                size = len(result.data) if largest.residual_step else prefix_size(header, streams)
+                bpps[index].append(8 * size / (height * width))
                 psnrs[index].append(psnr_uint8(picture, rgb))
                 if on_step is not None:
                     on_step()
@@ -75,7 +94,9 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
 
 def build_ladder(measured: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The previews (1 and 2 streams) and the concave hull of the full-resolution points (rising bpp, rising
-    PSNR, falling dB per extra bit), spread over quality 1-100.
+    PSNR, falling dB per extra bit), spread over quality 1-100; when the hull has residual points, the points
+    before the first of them take qualities 1..RESIDUAL_QUALITY - 1 and the rest RESIDUAL_QUALITY..100, so
+    the default quality stays a point of codes alone (fast) and the residual layer is the top quarter.
 
     A point under the hull is dropped even when nothing cheaper beats it: between its neighbours on the hull
     it buys less quality per bit than going on to the next one does (such a point was quality 54 of
@@ -91,11 +112,20 @@ def build_ladder(measured: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             hull.pop()
         hull.append(point)
     front = previews + hull
-    count = len(front)
-    return [{"quality": 1 + round(99 * i / max(1, count - 1)),
-             **{k: p[k] for k in ("streams", "lambda", "stage_lambda", "bottom_lambda") if k in p},
+    split = next((i for i, p in enumerate(front) if p.get("residual_step")), len(front))
+    if split in (0, len(front)):
+        qualities = _spread(1, 100, len(front))
+    else:
+        qualities = _spread(1, RESIDUAL_QUALITY - 1, split) + _spread(RESIDUAL_QUALITY, 100, len(front) - split)
+    return [{"quality": quality,
+             **{k: p[k] for k in ("streams", "lambda", "stage_lambda", "bottom_lambda", "residual_step") if k in p},
              "calibration_bpp": round(p["bpp"], 5), "calibration_psnr": round(p["psnr"], 3)}
-            for i, p in enumerate(front)]
+            for quality, p in zip(qualities, front)]
+
+
+def _spread(low: int, high: int, count: int) -> list[int]:
+    """count qualities from low to high, evenly (one: low)."""
+    return [low + round((high - low) * i / max(1, count - 1)) for i in range(count)]
 
 
 def _not_above(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> bool:

@@ -306,7 +306,7 @@ def _check_coding(coding: Any, where: str) -> dict[str, Any]:
 def make_variant(base: str, name: str, coding: dict[str, Any], folder: Path | None = None,
                  force: bool = False) -> dict[str, Any]:
     """Record `name` in the manifest as `base`'s weights coded with other settings (VARIANT_SETTINGS, e.g. a
-    coding block): no new weights file, its own hash (`variant_sha256`), its own ladder (calibrate it). Files
+    coding block; none given: base's own, so that only the ladder differs): no new weights file, its own hash (`variant_sha256`), its own ladder (calibrate it). Files
     name the variant, so they decode only with the same settings; the base model keeps decoding its own."""
     folder = folder or models_dir()
     manifest = _manifest_for_new_entry(name, folder, force)
@@ -318,7 +318,7 @@ def make_variant(base: str, name: str, coding: dict[str, Any], folder: Path | No
     source = models[base]
     if not source.get("priors"):
         raise ModelError(f"model {base!r} has no priors: nothing to code differently")
-    coding = _check_coding(dict(coding), f"variant {name}")
+    coding = _check_coding(dict(coding or source.get("coding", {})), f"variant {name}")
     file_sha256 = source.get("file_sha256", source["sha256"])
     priors = dict(source["priors"], config={**source["priors"]["config"], **coding})
     entry = {key: value for key, value in source.items()

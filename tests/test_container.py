@@ -99,8 +99,44 @@ def test_random_bytes_and_wrong_magic():
 
 def test_future_version():
     data, _, _ = tiled_file()
-    assert error_message(data[:4] + b"\x03" + data[5:]) == \
-        "unsupported hvq format version 3 (this hvqcodec reads version 2); upgrade hvqcodec"
+    assert error_message(data[:4] + b"\x04" + data[5:]) == \
+        "unsupported hvq format version 4 (this hvqcodec reads version 3); upgrade hvqcodec"
+
+
+def test_residual_stream_makes_a_version_3_file_and_goes_first_when_cut():
+    """Files without a residual stream stay version 2, byte for byte; with one, version 3 carries the flag, and
+    a file cut inside the residual stream keeps its streams of codes, the flag cleared."""
+    data, streams, alpha = tiled_file()
+    assert read_header(data).version == 2 and not read_header(data).residual
+    with_residual = pack("hvq-small", HASH, 100, 70, "RGBA", 40, streams + [[b"r" * 9] * 6], alpha, residual=True)
+    header = read_header(with_residual)
+    assert (header.version, header.residual, header.levels, header.code_streams) == (3, True, 4, 3)
+    assert len(with_residual) == len(data) + 1 + 6 * (9 + 1)  # the flag byte, then six lengths and streams
+    assert unpack(with_residual).streams[-1] == [b"r" * 9] * 6
+    end_of_codes = header.header_size + sum(sum(lengths) for lengths in header.stream_lengths[:3])
+    cut = unpack(with_residual[:end_of_codes + 5], allow_truncated=True)
+    assert (cut.header.levels, cut.header.residual, cut.truncated_levels) == (3, False, 1)
+    assert cut.streams == streams
+    # A residual needs streams of codes before it.
+    with pytest.raises(ValueError, match="residual stream needs"):
+        pack("hvq-small", HASH, 100, 70, "RGB", 40, [[b"r"] * 6], residual=True)
+
+
+def test_residual_flag_is_checked():
+    streams = [[b"a"], [b"b"]]
+    good = pack("m", HASH, 8, 8, "RGB", 0, streams, residual=True)
+    head = good[:-(4 + 2 + 4)]  # header up to its CRC: the flag byte comes right after the stream count
+    flag_at = head.index(bytes([2, 1]), 4 + 1 + 1 + 1 + 8) + 1
+
+    def with_flag(value: int) -> bytes:
+        body = bytearray(good[:flag_at] + bytes([value]) + good[flag_at + 1:])
+        crc_at = len(head)
+        body[crc_at:crc_at + 4] = struct.pack("<I", zlib.crc32(bytes(body[:crc_at])))
+        return bytes(body[:-4]) + struct.pack("<I", zlib.crc32(bytes(body[:-4])))
+
+    assert unpack(with_flag(1)).header.residual
+    assert not unpack(with_flag(0)).header.residual
+    assert error_message(with_flag(2)) == "corrupt hvq header (residual flag 2 with 2 streams)"
 
 
 def test_version_1_files_are_read_but_hold_at_most_3_streams():

@@ -45,6 +45,9 @@ def seed_files(codec) -> list[bytes]:
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
     files.append(codec.compress(Image.fromarray(rgba, "RGBA"), 90).data)
     files.append(codec.compress(Image.fromarray(rgb[..., 0], "L"), 50).data)
+    from hvqcodec.codec import OperatingPoint  # a residual layer on top (format version 3)
+
+    files.append(codec.compress(Image.fromarray(rgb), point=OperatingPoint(4, residual_step=6)).data)
     return files
 
 
@@ -79,7 +82,9 @@ def mutate(rng: random.Random, files: list[bytes]) -> bytes:
         level = rng.randrange(len(lengths))
         lengths[level][0] = max(0, lengths[level][0] + rng.choice([-8, -4, -1, 1, 4, 8, 1000]))
         streams = rng.randint(1, header.levels)
-        return rewrite(bytes(data), levels=streams, stream_lengths=tuple(map(tuple, lengths[:streams])))
+        residual = rng.choice([header.residual, not header.residual]) if header.version >= 3 else False
+        return rewrite(bytes(data), levels=streams, stream_lengths=tuple(map(tuple, lengths[:streams])),
+                       residual=residual and streams >= 2)
     mode = rng.choice(container.MODES)  # mode and model name
     name = rng.choice([header.model_name, "hvq-small", "x" * 64, "tiny"])
     return rewrite(bytes(data), mode=mode, model_name=name,

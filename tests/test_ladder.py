@@ -143,13 +143,22 @@ def test_integer_stage_prior_matches_float_prior_after_training():
 
 
 def test_calibrated_ladder_is_monotone_and_bpp_search_fits(ladder_codec, tmp_path):
-    from hvqcodec.ladder import build_ladder, candidate_points, compress_to_bpp, measure_points
+    from hvqcodec.ladder import build_ladder, candidate_points, compress_to_bpp, measure_points, psnr_uint8
 
     images = [photo(s, 48, 64) for s in range(2)]
-    measured = measure_points(ladder_codec, images, candidate_points(5, (0.0, 0.01), stage_lambdas=(0.0,)))
-    assert len(measured) == 2 + 3 * 2
+    points = candidate_points(5, (0.0, 0.01), stage_lambdas=(0.0,), residual_steps=(12,))
+    measured = measure_points(ladder_codec, images, points)
+    assert len(measured) == 2 + 3 * 2 + 2  # the residual on 3 and 4 streams
+    # A residual point's figures are its whole file's and its decoded picture's.
+    for point, entry in zip(points, measured):
+        if point.residual_step:
+            files = [ladder_codec.compress(Image.fromarray(rgb), point=point).data for rgb in images]
+            assert entry["bpp"] == pytest.approx(np.mean([8 * len(f) / (48 * 64) for f in files]))
+            assert entry["psnr"] == pytest.approx(np.mean([psnr_uint8(np.asarray(
+                ladder_codec.decompress(f).image), rgb) for f, rgb in zip(files, images)]))
     ladder = build_ladder(measured)
     assert ladder[0]["quality"] == 1 and ladder[-1]["quality"] == 100
+    assert ladder[-1]["residual_step"] == 12  # a random tiny decoder: the residual is the best top
     bpps = [e["calibration_bpp"] for e in ladder]
     psnrs = [e["calibration_psnr"] for e in ladder]
     assert bpps == sorted(bpps) and psnrs == sorted(psnrs)
@@ -194,6 +203,15 @@ def test_bench_gives_one_point_per_ladder_entry(ladder_codec):
     for point, entry in zip(points, TINY_LADDER):
         alone = ladder_codec.compress(rgb, point=OperatingPoint(entry["streams"], entry["lambda"]))
         assert 0 <= point["bpp"] * 64 * 96 / 8 - len(alone.data) <= 2 * (5 - entry["streams"])
+    # A residual entry: its whole file and the picture with the residual added, on top of the same streams.
+    ladder_codec.ladder = TINY_LADDER + [{"quality": 95, "streams": 4, "lambda": 0.0, "stage_lambda": 0.0,
+                                          "residual_step": 16}]
+    top = measure_hvq(ladder_codec, photo(5, 64, 96))[-1]
+    alone = ladder_codec.compress(rgb, point=OperatingPoint(4, 0.0, 0.0, 0.0, 16))
+    assert (top["quality"], top["levels"], top["bpp"]) == (95, 5, 8 * len(alone.data) / (64 * 96))
+    decoded = np.asarray(ladder_codec.decompress(alone.data).image)
+    assert top["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / np.mean((decoded - photo(5, 64, 96).astype(float)) ** 2)))
+    assert top["psnr"] > points[-1]["psnr"]
 
 
 def test_bench_with_effort_compresses_every_entry_as_compress_does(ladder_codec):
@@ -439,3 +457,25 @@ def test_effort_refines_the_latent_and_files_stay_plain(ladder_codec):
         ladder_codec.compress(Image.fromarray(rgb), point=OperatingPoint(2)).data  # no bottom level: nothing to refine
     with pytest.raises(ValueError, match="effort"):
         ladder_codec.compress(Image.fromarray(rgb), effort=-1)
+
+
+def test_residual_points_take_the_top_quarter_of_qualities():
+    """The codes-alone points before the first residual point spread over 1-75, the rest over 76-100; a code
+    point the hull keeps above a residual one stays in its bpp order."""
+    from hvqcodec.ladder import RESIDUAL_QUALITY, build_ladder
+
+    measured = [
+        {"streams": 1, "lambda": 0.0, "bpp": 0.03, "psnr": 20.0},
+        {"streams": 2, "lambda": 0.0, "bpp": 0.10, "psnr": 21.0},
+        {"streams": 3, "lambda": 0.0, "bpp": 0.40, "psnr": 27.0},
+        {"streams": 4, "lambda": 0.0, "bpp": 0.60, "psnr": 28.5},
+        {"streams": 3, "lambda": 0.0, "residual_step": 40, "bpp": 0.80, "psnr": 29.8},
+        {"streams": 6, "lambda": 0.0, "bpp": 1.00, "psnr": 30.0},  # under the hull of the residual points
+        {"streams": 3, "lambda": 0.0, "residual_step": 20, "bpp": 1.20, "psnr": 32.0},
+        {"streams": 3, "lambda": 0.0, "residual_step": 10, "bpp": 2.00, "psnr": 36.0},
+    ]
+    ladder = build_ladder(measured)
+    assert [e["calibration_bpp"] for e in ladder] == [0.03, 0.1, 0.4, 0.6, 0.8, 1.2, 2.0]
+    assert [e["quality"] for e in ladder] == [1, 26, 50, 75, RESIDUAL_QUALITY, 88, 100]
+    assert [e.get("residual_step") for e in ladder] == [None] * 4 + [40, 20, 10]
+    assert quality_point(ladder, 75).residual_step == 0 and quality_point(ladder, 76).residual_step == 40

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hvqcodec.codec import load_codec
+from hvqcodec.codec import OperatingPoint, load_codec
 from hvqcodec.metrics import psnr
 from hvqcodec.zoo import available_models, default_model, load_bundle
 
@@ -51,15 +51,30 @@ def _psnr(image: Image.Image, rgb: np.ndarray) -> float:
 def test_shipped_codec_round_trip():
     codec = load_codec(None, "cpu")
     rgb = photo()
-    compressed = codec.compress(Image.fromarray(rgb), 100)  # every stream
+    every_stream = OperatingPoint(codec.num_streams)
+    compressed = codec.compress(Image.fromarray(rgb), point=every_stream)
     decoded = codec.decompress(compressed.data)
-    codes = codec.encode_codes(rgb, codec.operating_point(100))
+    codes = codec.encode_codes(rgb, every_stream)
     assert len(codes) == codec.num_streams
     assert all(torch.equal(a, b) for a, b in zip(decoded.codes[0], codes))
     raw = codec.autoencoder.config.raw_index_bpp()
     assert compressed.bpp < raw  # the priors must beat fixed-width indices
     quality = [_psnr(codec.decompress(compressed.data, n).image, rgb) for n in range(1, codec.num_streams + 1)]
     assert quality == sorted(quality) and quality[2] > 22
+
+
+def test_shipped_top_qualities_add_the_residual_layer():
+    """The default model's qualities from 76 up carry a residual stream (format version 3) and reach far above
+    what its codes alone do; quality 75 (the default) is codes alone, a version 2 file."""
+    from hvqcodec import container
+
+    codec = load_codec(None, "cpu")
+    rgb = photo()
+    default = codec.compress(Image.fromarray(rgb))
+    top = codec.compress(Image.fromarray(rgb), 100)
+    assert not container.read_header(default.data).residual
+    assert container.read_header(top.data).residual and container.read_header(top.data).version == 3
+    assert _psnr(codec.decompress(top.data).image, rgb) > _psnr(codec.decompress(default.data).image, rgb) + 8
 
 
 def test_shipped_quality_ladder_is_monotone():
@@ -121,6 +136,21 @@ def test_files_of_earlier_releases_still_decode_and_encode_the_same(release, mod
     image = np.asarray(hvqcodec.decompress(data, device="cpu"))
     assert np.array_equal(image, np.asarray(Image.open(DATA / f"release-{release}-{model}-decoded.png")))
     assert hvqcodec.compress(DATA / "v1-source.png", model=model, device="cpu", quality=75) == data
+
+
+def test_residual_files_of_hvqcodec_0_15_still_decode_and_encode_the_same():
+    """A file with a residual stream (format version 3), written by hvqcodec 0.15 with hvq-vr10 at quality 86,
+    decodes to the same pixels and its source re-encodes to the same bytes: the residual layer's tables and
+    coding order are part of the format."""
+    import hvqcodec
+    from hvqcodec import container
+
+    data = (DATA / "release-0.15-hvq-vr10-q86.hvq").read_bytes()
+    header = container.read_header(data)
+    assert (header.version, header.model_name, header.levels, header.residual) == (3, "hvq-vr10", 4, True)
+    image = np.asarray(hvqcodec.decompress(data, device="cpu"))
+    assert np.array_equal(image, np.asarray(Image.open(DATA / "release-0.15-hvq-vr10-q86-decoded.png")))
+    assert hvqcodec.compress(DATA / "v1-source.png", model="hvq-vr10", device="cpu", quality=86) == data
 
 
 def test_bfloat16_decoder_gives_the_same_codes_and_nearly_the_same_pixels():

@@ -17,7 +17,8 @@ from .common import (
               help="Output file (one input) or folder (several); '-' for standard output.")
 @click.option("--model", default=None, help="Model name (default: the shipped default; see `hvqcodec models list`).")
 @click.option("-q", "--quality", type=click.IntRange(1, 100), default=None,
-              help="1-100: higher gives a larger file and a better picture (default 75).")
+              help="1-100: higher gives a larger file and a better picture (default 75; from 76 up the "
+                   "default model adds a residual layer for high fidelity).")
 @click.option("--bpp", "target_bpp", type=click.FloatRange(0, min_open=True), default=None,
               help="Aim for this many bits per pixel: the highest quality whose file fits.")
 @click.option("--effort", type=click.IntRange(0, 100), default=0, show_default=True,
@@ -81,7 +82,7 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
 @click.option("-o", "--output", type=click.Path(allow_dash=True),
               help="Output image (one input) or folder (several); the suffix picks the format (default .png); "
                    "'-' for PNG on standard output.")
-@click.option("--levels", type=click.IntRange(1, 11), help="Decode only the first N streams: 1 top, 2 top + mid (quick, coarse previews), 3 all levels, 4+ adds refinement stages.")
+@click.option("--levels", type=click.IntRange(1, 11), help="Decode only the first N streams: 1 top, 2 top + mid (quick, coarse previews), 3 all levels, 4+ adds refinement stages, then the residual layer (`hvqcodec info` lists a file's streams).")
 @max_pixels_option
 @device_option
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
@@ -152,7 +153,8 @@ def info(files) -> None:
                   f"({header.model_hash}), {header.width}x{header.height} {header.mode}, "
                   f"{header.num_tiles} tile(s), {header.levels} stream(s)"
                   + (f" ([yellow]truncated[/]: {parsed.truncated_levels} stream(s) missing)" if parsed.truncated_levels else ""))
-        for name, lengths in zip(stream_names(container.MAX_LEVELS - 3), header.stream_lengths):
+        names = stream_names(header.code_streams - 3)[:header.code_streams] + ("residual",) * header.residual
+        for name, lengths in zip(names, header.stream_lengths):
             out.print(f"  {name:>6}: {sum(lengths):>9,} bytes  {8 * sum(lengths) / pixels:.4f} bpp")
         if header.alpha_length:
             out.print(f"   alpha: {header.alpha_length:>9,} bytes  {8 * header.alpha_length / pixels:.4f} bpp")

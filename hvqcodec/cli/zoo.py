@@ -53,10 +53,12 @@ def models_list() -> None:
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out image paths matching GLOB (repeatable).")
 @click.option("--images", "count", type=click.IntRange(1), default=12, show_default=True, help="Images to measure on.")
 @click.option("--crop", type=click.IntRange(16), default=512, show_default=True, help="Center crop of each image, in pixels.")
+@click.option("--residual/--no-residual", default=True, show_default=True,
+              help="Also try the residual layer (quality above what the codes alone reach).")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Models folder (default: the shipped models/).")
 @device_option
 @user_errors
-def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> None:
+def models_calibrate(name, data, exclude, count, crop, residual, models_dir, device) -> None:
     """Calibrate a model's quality ladder (quality 1-100 -> streams and lambda) on training images.
 
     Every candidate operating point is measured (bpp and PSNR, whole files); the points no cheaper point beats
@@ -72,7 +74,7 @@ def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> No
 
     from ..codec import Codec
     from ..data import center_crops, find_images, load_rgb
-    from ..ladder import build_ladder, candidate_points, measure_points
+    from ..ladder import RESIDUAL_STEPS, build_ladder, candidate_points, measure_points
     from ..zoo import load_bundle, read_manifest, write_manifest, models_dir as default_dir
     from ..device import resolve_device
 
@@ -82,7 +84,8 @@ def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> No
     paths = random.Random(0).sample(paths, min(count, len(paths)))
     crops = center_crops([load_rgb(p) for p in paths], crop)
     images = [(c.permute(1, 2, 0) * 255).round().byte().numpy() for c in crops]
-    points = candidate_points(codec.num_streams, bottom_lambdas=codec.autoencoder.config.bottom_lambdas)
+    points = candidate_points(codec.num_streams, bottom_lambdas=codec.autoencoder.config.bottom_lambdas,
+                              residual_steps=RESIDUAL_STEPS if residual else ())
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("measuring operating points", total=len(points) * len(images))
         measured = measure_points(codec, images, points, lambda: progress.advance(task))
@@ -96,6 +99,7 @@ def models_calibrate(name, data, exclude, count, crop, models_dir, device) -> No
     for entry in ladder:
         stage = f" stage lambda {entry['stage_lambda']:<6}" if "stage_lambda" in entry else ""
         stage += f" bottom lambda {entry['bottom_lambda']:<6}" if "bottom_lambda" in entry else ""
+        stage += f" residual step {entry['residual_step']:<3}" if "residual_step" in entry else ""
         console.print(f"quality {entry['quality']:>3}: {entry['streams']} streams, lambda {entry['lambda']:<6}{stage} "
                       f"{entry['calibration_bpp']:.4f} bpp {entry['calibration_psnr']:.2f} dB")
 
@@ -185,30 +189,37 @@ def models_export(checkpoint, name, models_dir, data, priors, priors_from, force
 @models.command("variant")
 @click.argument("base")
 @click.option("--name", required=True, help="The variant's name, e.g. hvq-vr5.")
-@click.option("--coding-block", required=True, callback=_coding_block, metavar="N|RxC|T,M,B", help=CODING_BLOCK_HELP)
+@click.option("--coding-block", callback=_coding_block, metavar="N|RxC|T,M,B",
+              help=CODING_BLOCK_HELP + " Default: BASE's own (the variant then differs only in its ladder).")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Models folder (default: the shipped models/).")
 @click.option("--force", is_flag=True, help="Replace an existing model of the same name.")
 @click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
 @user_errors
 def models_variant(base, name, coding_block, models_dir, force, make_default) -> None:
-    """Add a model that codes with BASE's weights in another way (no new weights file).
+    """Add a model that codes with BASE's weights in another way (no new weights file): other coding blocks,
+    or only another quality ladder.
 
     The variant has its own name and hash in .hvq headers, so its files decode only with its settings, and
-    BASE keeps decoding its own files. Calibrate its quality ladder afterwards.
+    BASE keeps decoding its own files (and its qualities keep giving the same files). Calibrate its quality
+    ladder afterwards.
 
     \b
     Examples:
       hvqcodec models variant hvq-vr4 --name hvq-vr5 --coding-block 0,32,64 --default
       hvqcodec models calibrate hvq-vr5 --data ../shared/datasets/train --exclude '*/cid22/validation/*'
+      hvqcodec models variant hvq-vr8 --name hvq-vr10
     """
     from ..zoo import make_variant
     from ..zoo import models_dir as default_models_dir
 
     folder = Path(models_dir) if models_dir else default_models_dir()
-    entry = make_variant(base, name, {"coding_block": coding_block}, folder, force=force)
+    entry = make_variant(base, name, {} if coding_block is None else {"coding_block": coding_block}, folder,
+                         force=force)
     if make_default:
         _make_default(folder, name)
-    console.print(f"added {name}: {base}'s weights ({entry['file']}), coding block {coding_block}, "
+    blocks = entry["coding"].get("coding_block")
+    console.print(f"added {name}: {base}'s weights ({entry['file']}), "
+                  + (f"coding block {blocks}, " if blocks is not None else "") +
                   f"sha256 {entry['sha256'][:12]}; calibrate it with `hvqcodec models calibrate {name} --data ...`")
 
 
