@@ -275,8 +275,8 @@ def measure_hvq(codec: Any, rgb: np.ndarray, effort: int = 0) -> list[dict[str, 
         start = time.perf_counter()
         data = codec.compress(Image.fromarray(rgb), point=largest, effort=effort).data
         encode_seconds = time.perf_counter() - start
-        for entry in (entries[i] for i in members):
-            streams = entry["streams"] + bool(entry.get("residual_step"))  # the residual stream comes last
+        for index in members:
+            entry, streams = entries[index], operating_points[index].file_streams
             start = time.perf_counter()
             decoded = codec.decompress(data, levels=streams).image
             decode_seconds = time.perf_counter() - start

@@ -29,7 +29,7 @@ from .intprior import FREQ_TOTAL
 from .imageio import ImageError, LoadedImage, decode_alpha, encode_alpha, load_image, to_pil
 from .intprior import IntPrior
 from .refine import refine_bottom_latent
-from .residual import MAX_STEP as MAX_RESIDUAL_STEP, decode_residual, encode_residual
+from .residual import MAX_STEP as MAX_RESIDUAL_STEP, add_residual_tiles, encode_residual
 from .device import decoder_low_precision, resolve_device
 from .zoo import ModelBundle, default_model, load_bundle
 
@@ -53,6 +53,11 @@ class OperatingPoint:
     stage_lam: float | None = None
     bottom_lam: float = 0.0
     residual_step: int = 0
+
+    @property
+    def file_streams(self) -> int:
+        """Streams in this point's file: the streams of codes, then the residual's when it has one."""
+        return self.streams + bool(self.residual_step)
 
     @property
     def stage_weight(self) -> float:
@@ -360,11 +365,10 @@ class Codec:
                                None if progress is None else lambda done, _: progress(use + done, use + len(tiles)),
                                float32=with_residual)
         if with_residual:  # the residual layer on top of the picture, tile by tile
-            for (top, left, h, w), stream in zip(tiles, parsed.streams[code_streams]):
-                try:
-                    rgb[top:top + h, left:left + w] = decode_residual(stream, rgb[top:top + h, left:left + w])
-                except Exception as exc:  # damaged data: the range decoder's failures, whatever their type
-                    raise container.ContainerError(f"corrupt hvq residual stream ({_one_line(exc)})") from None
+            try:
+                add_residual_tiles(rgb, parsed.streams[code_streams], header.tile_size)
+            except Exception as exc:  # damaged data: the range decoder's failures, whatever their type
+                raise container.ContainerError(f"corrupt hvq residual stream ({_one_line(exc)})") from None
         alpha = None
         mode = header.mode
         if mode in container.ALPHA_MODES:

@@ -58,8 +58,8 @@ def measure_points(codec: Codec, images: Sequence[np.ndarray], points: Sequence[
     Points that differ only in their stream count share one compression (`shared_files`; a prefix's header
     varints may differ from a file made alone by a byte or two). Pictures come from the coded grids: the
     decoder reads exactly these codes back (tested), so range decoding them again would only cost time."""
-    from .container import prefix_size, read_header, tile_grid, unpack
-    from .residual import decode_residual
+    from .container import prefix_size, read_header, unpack
+    from .residual import add_residual_tiles
 
     bpps: list[list[float]] = [[] for _ in points]
     psnrs: list[list[float]] = [[] for _ in points]
@@ -73,11 +73,7 @@ def measure_points(codec: Codec, images: Sequence[np.ndarray], points: Sequence[
                 picture = codec.reconstruct([codes[:streams] for codes in result.codes], width, height,
                                             result.tile_size, float32=bool(largest.residual_step))
                 if largest.residual_step:  # a residual file serves itself only (its streams are all needed)
-                    residual_streams = unpack(result.data).streams[-1]
-                    for (top, left, h, w), stream in zip(tile_grid(width, height, result.tile_size),
-                                                         residual_streams):
-                        tile = picture[top:top + h, left:left + w]
-                        picture[top:top + h, left:left + w] = decode_residual(stream, tile)
+                    add_residual_tiles(picture, unpack(result.data).streams[-1], result.tile_size)
                 size = len(result.data) if largest.residual_step else prefix_size(header, streams)
                 bpps[index].append(8 * size / (height * width))
                 psnrs[index].append(psnr_uint8(picture, rgb))

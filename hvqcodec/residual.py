@@ -177,6 +177,30 @@ def _pass_coefficients(channel: int, band: int, rows: int, cols: int) -> tuple[n
             np.tile(i, rows * cols), np.tile(j, rows * cols))
 
 
+def _pass_classes(quantised: np.ndarray, channel: int, band: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """A pass's coefficient indices and each one's activity class (its block's), from the magnitudes decoded
+    so far (`_activity_class`): the same for the encoder and the decoder."""
+    rows, cols = quantised.shape[1:3]
+    where = _pass_coefficients(channel, band, rows, cols)
+    per_block = len(where[0]) // (rows * cols)
+    return where, np.repeat(_activity_class(quantised, channel, band).ravel(), per_block)
+
+
+def _groups(scales: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, stop, scale) of each run of equal scales in a pass's coding order (one coder call each)."""
+    bounds = np.flatnonzero(np.diff(scales)) + 1
+    return [(start, stop, int(scales[start])) for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(scales)])]
+
+
+def add_residual_tiles(picture: np.ndarray, streams: list[bytes], tile_size: int) -> None:
+    """Decode each tile's residual stream (tiles in container order) onto the (H, W, 3) picture, in place."""
+    from .container import tile_grid
+
+    height, width = picture.shape[:2]
+    for (top, left, h, w), stream in zip(tile_grid(width, height, tile_size), streams):
+        picture[top:top + h, left:left + w] = decode_residual(stream, picture[top:top + h, left:left + w])
+
+
 def quantise(image: np.ndarray, picture: np.ndarray, step: int) -> np.ndarray:
     """image - picture ((h, w, 3) uint8 each) -> signed quantised coefficients (CHANNELS, rows, cols, 8, 8)."""
     if not 1 <= step <= MAX_STEP:
@@ -202,18 +226,15 @@ def encode_residual(image: np.ndarray, picture: np.ndarray, step: int) -> Encode
     add_residual(picture, quantise(image, picture, step), step)."""
     signed = quantise(image, picture, step)
     quantised, signs = np.abs(signed), signed < 0
-    rows, cols = quantised.shape[1:3]
     encoder = constriction.stream.queue.RangeEncoder()
     header = bytearray([step])
     for channel in range(CHANNELS):
         for band in range(BANDS):
-            where = _pass_coefficients(channel, band, rows, cols)
+            where, classes = _pass_classes(quantised, channel, band)
             magnitudes = quantised[where]
             if not magnitudes.any():
                 header += bytes([EMPTY, 0])
                 continue
-            per_block = len(magnitudes) // (rows * cols)
-            classes = np.repeat(_activity_class(quantised, channel, band).ravel(), per_block)
             symbols = np.minimum(magnitudes, ESCAPE)
             offset, slope = _choose(classes, symbols)
             header += bytes([offset, slope])
@@ -226,9 +247,8 @@ def _encode_pass(encoder, magnitudes: np.ndarray, signs: np.ndarray, scales: np.
     order = _order(scales)
     magnitudes, scales = magnitudes[order], scales[order]
     symbols = np.minimum(magnitudes, ESCAPE).astype(np.int32)
-    bounds = np.flatnonzero(np.diff(scales)) + 1
-    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(scales)]):
-        encoder.encode(symbols[start:stop], _models()[scales[start]])
+    for start, stop, scale in _groups(scales):
+        encoder.encode(symbols[start:stop], _models()[scale])
     excess = magnitudes[symbols == ESCAPE] - ESCAPE + 1  # >= 1
     if excess.size:
         lengths = (np.frexp(excess.astype(np.float64))[1] - 1).astype(np.int64)  # floor(log2), exact
@@ -264,16 +284,12 @@ def decode_residual(data: bytes, picture: np.ndarray) -> np.ndarray:
             continue
         if offset >= SCALES or slope > MAX_SLOPE:
             raise ResidualError(f"residual stream has a bad pass header ({offset}, {slope})")
-        where = _pass_coefficients(channel, band, rows, cols)
-        per_block = len(where[0]) // (rows * cols)
-        classes = np.repeat(_activity_class(quantised, channel, band).ravel(), per_block)
+        where, classes = _pass_classes(quantised, channel, band)
         scales = _scale_index(classes, offset, slope)
         order = _order(scales)
-        scales = scales[order]
         symbols = np.empty(len(scales), dtype=np.int64)
-        bounds = np.flatnonzero(np.diff(scales)) + 1
-        for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(scales)]):
-            symbols[start:stop] = decoder.decode(_models()[scales[start]], stop - start)
+        for start, stop, scale in _groups(scales[order]):
+            symbols[start:stop] = decoder.decode(_models()[scale], stop - start)
         magnitudes = symbols.copy()
         escaped = np.flatnonzero(symbols == ESCAPE)
         if escaped.size:
