@@ -167,14 +167,14 @@ def main() -> int:
     file_bits = sum(8 * r["bytes"] for r in per_image)
     level_bits = sum(8 * sum(r["level_bytes"]) for r in per_image)
     xent_bits = sum(sum(r["cross_entropy_bits"]) for r in per_image)
-    names = codec.autoencoder.config.stream_names
     point = codec.operating_point(args.quality)
+    names = codec.autoencoder.config.stream_names[:point.streams] + (("residual",) if point.residual_step else ())
     results = {
         "images": len(per_image),
         "quality": args.quality, "operating_point": point.to_entry(),
         "bpp": mean("bpp"), "psnr": mean("psnr"), "ms_ssim": mean("ms_ssim"),
         "bpp_per_level": {n: sum(8 * r["level_bytes"][i] for r in per_image) / pixels
-                          for i, n in enumerate(names[:point.streams])},
+                          for i, n in enumerate(names)},
         "raw_index_bpp": codec.autoencoder.config.raw_index_bpp(),
         "file_bits_over_cross_entropy": level_bits / xent_bits,
         "total_file_bits_over_cross_entropy": file_bits / xent_bits,

@@ -283,7 +283,8 @@ def measure_hvq(codec: Any, rgb: np.ndarray, effort: int = 0) -> list[dict[str, 
             label = f"q {entry['quality']}" if entry["quality"] is not None else f"levels {entry['streams']}"
             point = _point(label, preview_bytes(data, streams), rgb, np.asarray(decoded.convert("RGB")),
                            encode_seconds, decode_seconds)
-            points.append({"levels": streams, "quality": entry["quality"], **point})
+            points.append({"levels": streams, "quality": entry["quality"], **point,
+                           **({"residual": True} if operating_points[index].residual_step else {})})
     return sorted(points, key=lambda p: (p["quality"] or 0, p["levels"]))
 
 
@@ -347,7 +348,7 @@ def mean_points(per_image: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per setting, the means over images of bpp, PSNR, MS-SSIM and the timings."""
     means = []
     for settings in zip(*per_image):
-        point = {k: v for k, v in settings[0].items() if k in ("setting", "levels", "quality")}
+        point = {k: v for k, v in settings[0].items() if k in ("setting", "levels", "quality", "residual")}
         for key in ("bpp", "psnr", "ms_ssim", "encode_seconds", "decode_seconds"):
             point[key] = _mean([p[key] for p in settings])
         means.append(point)

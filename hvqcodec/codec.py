@@ -47,12 +47,14 @@ class OperatingPoint:
     the rate weight each stage was trained with, and `bottom_lam` for the bottom codes under the bottom
     codebook's usage: the rule a variable-rate model (config bottom_lambdas) was trained with, whose priors
     know the coarse codes it picks. `residual_step` > 0 adds the residual layer (residual.py) with that
-    quantiser step after the streams of codes."""
+    quantiser step and `residual_tilt` (brightness and colour slope of the step over frequency bands) after the
+    streams of codes."""
     streams: int
     lam: float = 0.0
     stage_lam: float | None = None
     bottom_lam: float = 0.0
     residual_step: int = 0
+    residual_tilt: tuple[int, int] = (0, 0)
 
     @property
     def file_streams(self) -> int:
@@ -68,7 +70,8 @@ class OperatingPoint:
         """A ladder entry of the manifest ({"streams", "lambda", optional "stage_lambda"}) as a point."""
         stage_lam = entry.get("stage_lambda")
         return cls(int(entry["streams"]), float(entry["lambda"]), None if stage_lam is None else float(stage_lam),
-                   float(entry.get("bottom_lambda", 0.0)), int(entry.get("residual_step", 0)))
+                   float(entry.get("bottom_lambda", 0.0)), int(entry.get("residual_step", 0)),
+                   tuple(int(slope) for slope in entry.get("residual_tilt", (0, 0))))
 
     def to_entry(self) -> dict:
         entry = {"streams": self.streams, "lambda": self.lam}
@@ -78,6 +81,8 @@ class OperatingPoint:
             entry["bottom_lambda"] = self.bottom_lam
         if self.residual_step:
             entry["residual_step"] = self.residual_step
+        if self.residual_step and any(self.residual_tilt):
+            entry["residual_tilt"] = list(self.residual_tilt)
         return entry
 
 
@@ -89,7 +94,7 @@ def shared_files(points: list[OperatingPoint]) -> list[tuple[OperatingPoint, lis
     groups: dict[tuple, list[int]] = {}
     for index, point in enumerate(points):
         # A residual stream is coded on top of all the file's codes: its file serves that point alone.
-        alone = (point.residual_step, point.streams) if point.residual_step else ()
+        alone = (point.residual_step, point.residual_tilt, point.streams) if point.residual_step else ()
         groups.setdefault((point.lam, point.stage_lam, point.bottom_lam) + alone, []).append(index)
     return [(points[max(members, key=lambda i: points[i].streams)], members) for members in groups.values()]
 
@@ -308,12 +313,14 @@ class Codec:
             bits.append(0.0)
             for top, left, h, w in tiles:
                 encoded = encode_residual(loaded.rgb[top:top + h, left:left + w],
-                                          picture[top:top + h, left:left + w], point.residual_step)
+                                          picture[top:top + h, left:left + w], point.residual_step,
+                                          point.residual_tilt)
                 streams[-1].append(encoded.data)
                 bits[-1] += encoded.bits
         alpha = encode_alpha(loaded.alpha) if loaded.alpha is not None else b""
         data = container.pack(self.name, self.sha256[:container.HASH_CHARS], width, height, loaded.mode, tile_size,
-                              streams, alpha, residual=point.residual_step > 0)
+                              streams, alpha, residual=point.residual_step > 0,
+                              tilted=point.residual_step > 0 and any(point.residual_tilt))
         header_bytes = len(data) - sum(len(s) for level in streams for s in level) - len(alpha)
         return CompressedImage(data, width, height, [sum(len(s) for s in level) for level in streams], bits,
                                header_bytes, list(loaded.warnings), tile_codes, tile_size)
@@ -366,7 +373,7 @@ class Codec:
                                float32=with_residual)
         if with_residual:  # the residual layer on top of the picture, tile by tile
             try:
-                add_residual_tiles(rgb, parsed.streams[code_streams], header.tile_size)
+                add_residual_tiles(rgb, parsed.streams[code_streams], header.tile_size, header.tilted)
             except Exception as exc:  # damaged data: the range decoder's failures, whatever their type
                 raise container.ContainerError(f"corrupt hvq residual stream ({_one_line(exc)})") from None
         alpha = None

@@ -1,17 +1,19 @@
-"""The .hvq container (format version 3; versions 1 and 2 are read too): header, coarse-to-fine streams, checksums.
+"""The .hvq container (format version 4; versions 1-3 are read too): header, coarse-to-fine streams, checksums.
 
 Byte layout, integers little-endian, "varint" = unsigned LEB128 (minimal encoding, at most 9 bytes):
 
     magic          4 bytes  b"\\x89HVQ"
-    version        u8       3 when the file has a residual stream, else 2 (1: at most 3 streams, hvqcodec 0.1)
+    version        u8       4 when the file has a tilted residual stream, 3 a flat one (hvqcodec 0.15), else 2
+                            (1: at most 3 streams, hvqcodec 0.1)
     model name     u8 length (1..64) + UTF-8 bytes
     model hash     8 bytes  first 8 bytes of the weights' sha256 (exposed as 16 hex chars)
     width, height  varint each, 1..2**24
     mode           u8       0 = RGB, 1 = L, 2 = RGBA, 3 = LA (the mode to restore on decode)
     tile size      varint   pixels; 0 = one tile covers the whole image; tiles in raster order
     streams        u8       1..11: top, mid, bottom level, then the bottom's refinement stages, coarse first,
-                            then (version 3) the residual stream
-    residual       u8       version 3 only: 1 = the last stream is the pixel residual layer (residual.py)
+                            then (version 3+) the residual stream
+    residual       u8       version 3+ only: 1 = the last stream is the pixel residual layer (residual.py;
+                            version 4: its tilted layout)
     stream lengths varint per (level, tile): all tiles of level 0, then level 1, ...
     alpha length   varint   0 when there is no alpha
     header CRC32   u32      of every header byte before it, magic included
@@ -31,12 +33,13 @@ from dataclasses import dataclass, replace
 from hvqcodec.errors import HvqError
 
 MAGIC = b"\x89HVQ"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 RESIDUAL_VERSION = 3  # the version that can hold a residual stream; files without one are still written as 2
+TILTED_RESIDUAL_VERSION = 4  # a residual stream with a frequency tilt; flat ones are still written as 3
 MODES = ("RGB", "L", "RGBA", "LA")
 ALPHA_MODES = ("RGBA", "LA")
 MAX_LEVELS = 11  # streams: 3 levels + up to 8 refinement stages (version 1: 3)
-_MAX_LEVELS_BY_VERSION = {1: 3, 2: MAX_LEVELS, 3: MAX_LEVELS}
+_MAX_LEVELS_BY_VERSION = {1: 3, 2: MAX_LEVELS, 3: MAX_LEVELS, 4: MAX_LEVELS}
 MAX_DIMENSION = 2 ** 24
 MAX_NAME_BYTES = 64
 HASH_BYTES = 8
@@ -70,7 +73,12 @@ class Header:
     stream_lengths: tuple[tuple[int, ...], ...]
     alpha_length: int
     version: int = 2  # the file's format version
-    residual: bool = False  # the last stream is the residual layer (version 3)
+    residual: bool = False  # the last stream is the residual layer (version 3+)
+
+    @property
+    def tilted(self) -> bool:
+        """The residual stream has the tilted layout (version 4)."""
+        return self.residual and self.version >= TILTED_RESIDUAL_VERSION
 
     @property
     def code_streams(self) -> int:
@@ -112,9 +120,11 @@ class Container:
 
 
 def pack(model_name: str, model_hash: str, width: int, height: int, mode: str, tile_size: int,
-         streams: Sequence[Sequence[bytes]], alpha: bytes = b"", residual: bool = False) -> bytes:
+         streams: Sequence[Sequence[bytes]], alpha: bytes = b"", residual: bool = False,
+         tilted: bool = False) -> bytes:
     """Serialise streams ([level][tile], top level first) and an optional alpha stream into .hvq bytes;
-    `residual`: the last of the streams is the residual layer (a version 3 file; otherwise version 2).
+    `residual`: the last of the streams is the residual layer (a version 3 file, 4 when `tilted`: its
+    streams have the tilted layout; otherwise version 2).
 
     Raises ValueError for invalid arguments (these are programming errors, not bad user input).
     """
@@ -142,9 +152,11 @@ def pack(model_name: str, model_hash: str, width: int, height: int, mode: str, t
             raise ValueError(f"level {level} streams must be bytes")
     if residual and len(streams) < 2:
         raise ValueError("a residual stream needs at least one stream of codes before it")
+    if tilted and not residual:
+        raise ValueError("a tilted file needs a residual stream")
     header = Header(model_name, hash_prefix, width, height, mode, tile_size, len(streams),
                     tuple(tuple(len(s) for s in level) for level in streams), len(alpha),
-                    RESIDUAL_VERSION if residual else 2, bool(residual))
+                    (TILTED_RESIDUAL_VERSION if tilted else RESIDUAL_VERSION) if residual else 2, bool(residual))
     data = _encode_header(header) + b"".join(bytes(s) for level in streams for s in level) + bytes(alpha)
     return data + _CRC.pack(zlib.crc32(data))
 

@@ -199,7 +199,7 @@ def curves_from_results(results: dict[str, Any], references: Sequence[Any] = ())
         bpp, psnr, score = ([p[k] for p in points] for k in ("bpp", "psnr", "ms_ssim"))
         if name.startswith("hvq:"):
             curves.append(Curve(name, bpp, psnr, score, HVQ_COLORS[hvq_index % len(HVQ_COLORS)],
-                                point_labels=[f"L{p['levels']}" for p in points]))
+                                point_labels=["R" if p.get("residual") else f"L{p['levels']}" for p in points]))
             hvq_index += 1
         else:
             curves.append(Curve(f"{name} (Pillow)", bpp, psnr, score, CODEC_COLORS.get(name, PALETTE[7])))
@@ -214,7 +214,10 @@ def save_rd_plot(results: dict[str, Any], path: str | Path, references: Sequence
     lossless = [f"{name}: lossless, {entry['points'][0]['bpp']:.2f} bpp" for name, entry in results["codecs"].items()
                 if entry.get("lossless")]
     has_hvq = any(name.startswith("hvq:") for name in results["codecs"])
-    previews = ["hvq: L1-L3 mark the progressive levels"] if has_hvq else []
+    residual = any(p.get("residual") for name, entry in results["codecs"].items() if name.startswith("hvq:")
+                   for p in entry["points"])
+    previews = ["hvq: L1-L3 mark the progressive levels" + (", R the residual layer" if residual else "")
+                ] if has_hvq else []
     subtitle = "; ".join([*previews, *lossless])
     image = draw_rd_plot(curves_from_results(results, references),
                          f"Rate-distortion, mean over {len(results['images'])} image(s)", subtitle)

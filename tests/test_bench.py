@@ -60,6 +60,16 @@ def test_same_quality_interpolation_on_a_hand_made_curve():
     assert [p["fraction"] for p in png["hvq:m"]] == [pytest.approx(0.25 / 8), pytest.approx(0.5 / 8)]
 
 
+def test_plot_marks_residual_points_apart_from_levels():
+    from hvqcodec.rdplot import curves_from_results
+
+    points = [{"levels": 3, "bpp": 0.3, "psnr": 29.0, "ms_ssim": None},
+              {"levels": 4, "bpp": 0.4, "psnr": 30.0, "ms_ssim": None},
+              {"levels": 4, "bpp": 0.6, "psnr": 32.0, "ms_ssim": None, "residual": True}]
+    curve, = curves_from_results({"codecs": {"hvq:m": {"points": points}}})
+    assert list(curve.point_labels) == ["L3", "L4", "R"]
+
+
 def test_psnr_of_known_arrays():
     a = np.zeros((8, 8, 3), np.uint8)
     psnr, score = bench.image_quality(a, a + 10)  # mse 100

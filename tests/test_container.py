@@ -99,8 +99,23 @@ def test_random_bytes_and_wrong_magic():
 
 def test_future_version():
     data, _, _ = tiled_file()
-    assert error_message(data[:4] + b"\x04" + data[5:]) == \
-        "unsupported hvq format version 4 (this hvqcodec reads version 3); upgrade hvqcodec"
+    assert error_message(data[:4] + b"\x05" + data[5:]) == \
+        "unsupported hvq format version 5 (this hvqcodec reads version 4); upgrade hvqcodec"
+
+
+def test_a_tilted_residual_makes_a_version_4_file():
+    """Only a tilted residual layer needs version 4; a flat one stays version 3, byte for byte as 0.15 wrote it."""
+    streams = [[b"a"], [b"b"], [b"r" * 5]]
+    flat = pack("m", HASH, 8, 8, "RGB", 0, streams, residual=True)
+    tilted = pack("m", HASH, 8, 8, "RGB", 0, streams, residual=True, tilted=True)
+    assert (read_header(flat).version, read_header(flat).tilted) == (3, False)
+    assert (read_header(tilted).version, read_header(tilted).tilted, read_header(tilted).residual) == (4, True, True)
+    assert tilted[5:] != flat[5:] and len(tilted) == len(flat)
+    assert unpack(tilted).streams == unpack(flat).streams
+    cut = unpack(tilted[:-6], allow_truncated=True)  # the residual dropped: nothing tilted is left
+    assert (cut.header.levels, cut.header.residual, cut.header.tilted) == (2, False, False)
+    with pytest.raises(ValueError, match="tilted file needs a residual"):
+        pack("m", HASH, 8, 8, "RGB", 0, streams, tilted=True)
 
 
 def test_residual_stream_makes_a_version_3_file_and_goes_first_when_cut():

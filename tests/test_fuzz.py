@@ -48,6 +48,9 @@ def seed_files(codec) -> list[bytes]:
     from hvqcodec.codec import OperatingPoint  # a residual layer on top (format version 3)
 
     files.append(codec.compress(Image.fromarray(rgb), point=OperatingPoint(4, residual_step=6)).data)
+    # and a tilted one (format version 4)
+    files.append(codec.compress(Image.fromarray(rgb), point=OperatingPoint(3, residual_step=9,
+                                                                          residual_tilt=(40, 80))).data)
     return files
 
 

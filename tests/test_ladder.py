@@ -143,12 +143,14 @@ def test_integer_stage_prior_matches_float_prior_after_training():
 
 
 def test_calibrated_ladder_is_monotone_and_bpp_search_fits(ladder_codec, tmp_path):
-    from hvqcodec.ladder import build_ladder, candidate_points, compress_to_bpp, measure_points, psnr_uint8
+    from hvqcodec.ladder import (RESIDUAL_TILT, build_ladder, candidate_points, compress_to_bpp, measure_points,
+                                 psnr_uint8)
 
     images = [photo(s, 48, 64) for s in range(2)]
-    points = candidate_points(5, (0.0, 0.01), stage_lambdas=(0.0,), residual_steps=(12,))
+    points = candidate_points(5, (0.0, 0.01), stage_lambdas=(0.0,), residual_steps=(12, 6))
     measured = measure_points(ladder_codec, images, points)
-    assert len(measured) == 2 + 3 * 2 + 2  # the residual on 3 and 4 streams
+    assert len(measured) == 2 + 3 * 2 + 4  # the residual on 3 and 4 streams
+    assert all(p.residual_tilt == RESIDUAL_TILT for p in points if p.residual_step)
     # A residual point's figures are its whole file's and its decoded picture's.
     for point, entry in zip(points, measured):
         if point.residual_step:
@@ -158,7 +160,8 @@ def test_calibrated_ladder_is_monotone_and_bpp_search_fits(ladder_codec, tmp_pat
                 ladder_codec.decompress(f).image), rgb) for f, rgb in zip(files, images)]))
     ladder = build_ladder(measured)
     assert ladder[0]["quality"] == 1 and ladder[-1]["quality"] == 100
-    assert ladder[-1]["residual_step"] == 12  # a random tiny decoder: the residual is the best top
+    assert ladder[-1]["residual_step"] == 6  # a random tiny decoder: the residual is the best top
+    assert ladder[-1]["residual_tilt"] == list(RESIDUAL_TILT)
     bpps = [e["calibration_bpp"] for e in ladder]
     psnrs = [e["calibration_psnr"] for e in ladder]
     assert bpps == sorted(bpps) and psnrs == sorted(psnrs)
@@ -336,6 +339,37 @@ def test_ladder_keeps_previews_and_the_concave_hull():
                                                                       (4, 0.7), (5, 1.0)]
     assert [e["quality"] for e in ladder] == [1, 21, 41, 60, 80, 100]
     assert ladder[4]["stage_lambda"] == 0.001 and "stage_lambda" not in ladder[5]
+
+
+def test_ladder_fills_wide_gaps_between_residual_points():
+    """Residual points a hair under a long chord come back where the hull would jump more than MAX_BPP_GAP in
+    bpp (nearest the gap's middle first); points of codes alone never do."""
+    from hvqcodec.ladder import MAX_BPP_GAP, build_ladder
+
+    def residual(bpp: float, psnr: float, step: int) -> dict:
+        return {"streams": 3, "lambda": 0.0, "residual_step": step, "residual_tilt": [40, 80], "bpp": bpp,
+                "psnr": psnr}
+
+    measured = [
+        {"streams": 1, "lambda": 0.0, "bpp": 0.03, "psnr": 20.0},
+        {"streams": 2, "lambda": 0.0, "bpp": 0.10, "psnr": 21.0},
+        {"streams": 3, "lambda": 0.0, "bpp": 0.40, "psnr": 27.0},
+        {"streams": 4, "lambda": 0.0, "bpp": 0.60, "psnr": 27.1},  # codes alone under the hull: stays out
+        residual(1.00, 32.0, 24),
+        residual(1.20, 32.9, 20),  # a hair under the chord from 1.0 to 2.0
+        residual(1.45, 34.0, 16),
+        residual(1.70, 35.2, 13),
+        residual(2.00, 37.0, 11),
+    ]
+    ladder = build_ladder(measured)
+    assert [e["calibration_bpp"] for e in ladder] == [0.03, 0.1, 0.4, 1.0, 1.2, 1.45, 1.7, 2.0]
+    assert all(b["calibration_bpp"] <= MAX_BPP_GAP * a["calibration_bpp"] for a, b in zip(ladder[3:], ladder[4:]))
+    assert ladder[-1]["residual_tilt"] == [40, 80] and ladder[3]["quality"] == 76 and ladder[-1]["quality"] == 100
+    assert [e["calibration_bpp"] for e in build_ladder(measured[:5] + measured[6:])] == \
+        [0.03, 0.1, 0.4, 1.0, 1.45, 1.7, 2.0]  # no 1.2: nothing to fill
+    # Where the hull's neighbours are close enough, a point under their chord stays dropped.
+    close = measured[:5] + [residual(1.1, 32.4, 22), residual(1.2, 33.0, 20)]
+    assert [e["calibration_bpp"] for e in build_ladder(close)] == [0.03, 0.1, 0.4, 1.0, 1.2]
 
 
 def test_measured_points_share_one_file_per_weights(ladder_codec):

@@ -35,6 +35,34 @@ def test_decoding_gives_exactly_the_quantised_residual(height, width, step):
     assert encoded.bits == 8 * len(encoded.data)
 
 
+@pytest.mark.parametrize("tilt", [(32, 64), (0, 200), (255, 1)])
+def test_a_tilted_stream_decodes_exactly_and_names_its_tilt(tilt):
+    image, picture = pair(21, 40, 56)
+    encoded = residual.encode_residual(image, picture, 12, tilt)
+    assert encoded.data[:3] == bytes([12, *tilt])
+    expected = residual.add_residual(picture, residual.quantise(image, picture, 12, tilt), 12, tilt)
+    assert np.array_equal(residual.decode_residual(encoded.data, picture, tilted=True), expected)
+    # Read as flat, the tilt bytes would be pass headers: a wrong length or a different picture, never this one.
+    try:
+        wrong = residual.decode_residual(encoded.data, picture)
+    except residual.ResidualError:
+        wrong = None
+    assert wrong is None or not np.array_equal(wrong, expected)
+
+
+def test_the_tilt_grows_the_step_over_bands_and_colour():
+    table = residual.steps(16, (32, 64))[:, 0, 0]
+    assert table[0, 0, 0] == table[1, 0, 0] == 16.0  # the block's mean keeps the step
+    assert table[0, 7, 7] == 16 * (256 + 32 * 14) / 256 and table[2, 7, 7] == 16 * (256 + 64 * 14) / 256
+    assert np.array_equal(residual.steps(16)[:, 0, 0], np.full((3, 8, 8), 16.0))
+    # Coarser high bands: fewer bits, a lower PSNR, for the same step.
+    image, picture = pair(22, 64, 64)
+    flat, tilted = (residual.encode_residual(image, picture, 8, t) for t in ((0, 0), (48, 96)))
+    assert len(tilted.data) < len(flat.data)
+    with pytest.raises(ValueError, match="tilt"):
+        residual.steps(8, (0, 256))
+
+
 def test_large_magnitudes_take_the_escape_and_small_steps_are_near_lossless():
     """Black against white at step 1: magnitudes in the thousands (escape codes); the result is within a
     level or two of the image everywhere."""
@@ -104,8 +132,9 @@ def test_codec_residual_point_round_trip_previews_and_info(tiny_codec, tmp_path)
     assert (header.version, header.residual, header.levels, header.code_streams) == (3, True, 4, 3)
     assert len(result.level_bytes) == 4 and result.level_bytes[-1] == sum(header.stream_lengths[-1])
     codes = tiny_codec.encode_codes(image, OperatingPoint(3))
-    picture = tiny_codec.decode_codes(codes, 48, 64)
-    expected = residual.add_residual(picture, residual.quantise(image, picture, 10), 10)
+    picture = tiny_codec.decode_codes(codes, 48, 64)  # what a preview shows (bfloat16 where the CPU has AMX)
+    under = tiny_codec.decode_codes(codes, 48, 64, float32=True)  # what the residual is added to
+    expected = residual.add_residual(under, residual.quantise(image, under, 10), 10)
     decoded = tiny_codec.decompress(result.data)
     assert decoded.levels == 4 and np.array_equal(np.asarray(decoded.image), expected)
     assert psnr(expected, image) > psnr(picture, image) + 3
@@ -117,6 +146,20 @@ def test_codec_residual_point_round_trip_previews_and_info(tiny_codec, tmp_path)
     plain = tiny_codec.compress(Image.fromarray(image), point=OperatingPoint(3))
     assert container.read_header(plain.data).version == 2
     assert len(plain.data) < len(result.data)
+
+
+def test_codec_tilted_residual_point_makes_a_version_4_file(tiny_codec):
+    image = synthetic_image(15, 48, 64)
+    point = OperatingPoint(3, residual_step=10, residual_tilt=(32, 64))
+    result = tiny_codec.compress(Image.fromarray(image), point=point)
+    header = container.read_header(result.data)
+    assert (header.version, header.residual, header.tilted) == (4, True, True)
+    picture = tiny_codec.decode_codes(tiny_codec.encode_codes(image, OperatingPoint(3)), 48, 64, float32=True)
+    expected = residual.add_residual(picture, residual.quantise(image, picture, 10, (32, 64)), 10, (32, 64))
+    assert np.array_equal(np.asarray(tiny_codec.decompress(result.data).image), expected)
+    flat = tiny_codec.compress(Image.fromarray(image), point=OperatingPoint(3, residual_step=10))
+    assert container.read_header(flat.data).version == 3
+    assert not np.array_equal(np.asarray(tiny_codec.decompress(flat.data).image), expected)
 
 
 def test_codec_refuses_a_damaged_residual_stream_with_one_line(tiny_codec):
@@ -141,6 +184,9 @@ def test_operating_point_entries_carry_the_residual_step():
     assert point.to_entry() == {"streams": 4, "lambda": 0.0, "stage_lambda": 0.0, "residual_step": 24}
     assert OperatingPoint.from_entry(point.to_entry()) == point
     assert "residual_step" not in OperatingPoint(4).to_entry()
+    tilted = OperatingPoint(3, residual_step=8, residual_tilt=(32, 64))
+    assert tilted.to_entry()["residual_tilt"] == [32, 64]
+    assert OperatingPoint.from_entry(tilted.to_entry()) == tilted
 
 
 def test_info_shows_the_residual_stream(tiny_codec, tmp_path):

@@ -64,8 +64,8 @@ def test_shipped_codec_round_trip():
 
 
 def test_shipped_top_qualities_add_the_residual_layer():
-    """The default model's qualities from 76 up carry a residual stream (format version 3) and reach far above
-    what its codes alone do; quality 75 (the default) is codes alone, a version 2 file."""
+    """The default model's qualities from 76 up carry a tilted residual stream (format version 4) and reach far
+    above what its codes alone do; quality 75 (the default) is codes alone, a version 2 file."""
     from hvqcodec import container
 
     codec = load_codec(None, "cpu")
@@ -73,7 +73,7 @@ def test_shipped_top_qualities_add_the_residual_layer():
     default = codec.compress(Image.fromarray(rgb))
     top = codec.compress(Image.fromarray(rgb), 100)
     assert not container.read_header(default.data).residual
-    assert container.read_header(top.data).residual and container.read_header(top.data).version == 3
+    assert container.read_header(top.data).tilted and container.read_header(top.data).version == 4
     assert _psnr(codec.decompress(top.data).image, rgb) > _psnr(codec.decompress(default.data).image, rgb) + 8
 
 
@@ -151,6 +151,20 @@ def test_residual_files_of_hvqcodec_0_15_still_decode_and_encode_the_same():
     image = np.asarray(hvqcodec.decompress(data, device="cpu"))
     assert np.array_equal(image, np.asarray(Image.open(DATA / "release-0.15-hvq-vr10-q86-decoded.png")))
     assert hvqcodec.compress(DATA / "v1-source.png", model="hvq-vr10", device="cpu", quality=86) == data
+
+
+def test_tilted_residual_files_of_hvqcodec_0_16_still_decode_and_encode_the_same():
+    """A file with a tilted residual stream (format version 4), written by hvqcodec 0.16 with hvq-vr11 at
+    quality 86, decodes to the same pixels and its source re-encodes to the same bytes."""
+    import hvqcodec
+    from hvqcodec import container
+
+    data = (DATA / "release-0.16-hvq-vr11-q86.hvq").read_bytes()
+    header = container.read_header(data)
+    assert (header.version, header.model_name, header.levels, header.tilted) == (4, "hvq-vr11", 4, True)
+    image = np.asarray(hvqcodec.decompress(data, device="cpu"))
+    assert np.array_equal(image, np.asarray(Image.open(DATA / "release-0.16-hvq-vr11-q86-decoded.png")))
+    assert hvqcodec.compress(DATA / "v1-source.png", model="hvq-vr11", device="cpu", quality=86) == data
 
 
 def test_bfloat16_decoder_gives_the_same_codes_and_nearly_the_same_pixels():

@@ -47,6 +47,18 @@ def models_list() -> None:
     Console().print(table)
 
 
+def _tilt(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        luma, colour = (int(part) for part in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not LUMA:COLOUR (two integers, e.g. 40:80)") from None
+    if not (0 <= luma <= 255 and 0 <= colour <= 255):
+        raise click.BadParameter(f"{value!r}: each slope must be in 0..255")
+    return luma, colour
+
+
 @models.command("calibrate")
 @click.argument("name")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Training images (never the evaluation set).")
@@ -55,10 +67,13 @@ def models_list() -> None:
 @click.option("--crop", type=click.IntRange(16), default=512, show_default=True, help="Center crop of each image, in pixels.")
 @click.option("--residual/--no-residual", default=True, show_default=True,
               help="Also try the residual layer (quality above what the codes alone reach).")
+@click.option("--residual-tilt", callback=_tilt, metavar="LUMA:COLOUR", default=None,
+              help="The residual layer's step slopes over frequency bands, 0-255 each (default: "
+                   "hvqcodec.ladder.RESIDUAL_TILT; 0:0 = flat steps).")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Models folder (default: the shipped models/).")
 @device_option
 @user_errors
-def models_calibrate(name, data, exclude, count, crop, residual, models_dir, device) -> None:
+def models_calibrate(name, data, exclude, count, crop, residual, residual_tilt, models_dir, device) -> None:
     """Calibrate a model's quality ladder (quality 1-100 -> streams and lambda) on training images.
 
     Every candidate operating point is measured (bpp and PSNR, whole files); the points no cheaper point beats
@@ -74,7 +89,7 @@ def models_calibrate(name, data, exclude, count, crop, residual, models_dir, dev
 
     from ..codec import Codec
     from ..data import center_crops, find_images, load_rgb
-    from ..ladder import RESIDUAL_STEPS, build_ladder, candidate_points, measure_points
+    from ..ladder import RESIDUAL_STEPS, RESIDUAL_TILT, build_ladder, candidate_points, measure_points
     from ..zoo import load_bundle, read_manifest, write_manifest, models_dir as default_dir
     from ..device import resolve_device
 
@@ -85,7 +100,8 @@ def models_calibrate(name, data, exclude, count, crop, residual, models_dir, dev
     crops = center_crops([load_rgb(p) for p in paths], crop)
     images = [(c.permute(1, 2, 0) * 255).round().byte().numpy() for c in crops]
     points = candidate_points(codec.num_streams, bottom_lambdas=codec.autoencoder.config.bottom_lambdas,
-                              residual_steps=RESIDUAL_STEPS if residual else ())
+                              residual_steps=RESIDUAL_STEPS if residual else (),
+                              residual_tilt=RESIDUAL_TILT if residual_tilt is None else residual_tilt)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("measuring operating points", total=len(points) * len(images))
         measured = measure_points(codec, images, points, lambda: progress.advance(task))
@@ -100,6 +116,7 @@ def models_calibrate(name, data, exclude, count, crop, residual, models_dir, dev
         stage = f" stage lambda {entry['stage_lambda']:<6}" if "stage_lambda" in entry else ""
         stage += f" bottom lambda {entry['bottom_lambda']:<6}" if "bottom_lambda" in entry else ""
         stage += f" residual step {entry['residual_step']:<3}" if "residual_step" in entry else ""
+        stage += f" tilt {entry['residual_tilt'][0]}:{entry['residual_tilt'][1]}" if "residual_tilt" in entry else ""
         console.print(f"quality {entry['quality']:>3}: {entry['streams']} streams, lambda {entry['lambda']:<6}{stage} "
                       f"{entry['calibration_bpp']:.4f} bpp {entry['calibration_psnr']:.2f} dB")
 
