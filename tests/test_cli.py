@@ -131,3 +131,18 @@ def test_console_script_keeps_the_exit_status_and_freezes_before_exit(tmp_path, 
     assert done.stdout.splitlines()[-1] == f"status {status} True", done.stdout + done.stderr
     if status:
         assert done.stderr.strip().startswith("Error: ") and "Traceback" not in done.stderr
+
+
+def test_calibrate_takes_the_residual_tilt_and_refuses_a_bad_one(tiny_models_dir, image_folder):
+    """`models calibrate --residual-tilt` puts its slopes on every residual point of the ladder it writes."""
+    from hvqcodec.zoo import read_manifest
+
+    result = run("models", "calibrate", "tiny", "--data", str(image_folder), "--images", "1", "--crop", "32",
+                 "--residual-tilt", "8:16")
+    assert result.exit_code == 0, result.output
+    calibration = read_manifest(tiny_models_dir)["models"]["tiny"]["ladder_calibration"]
+    residual = [p for p in calibration["measured"] if p.get("residual_step")]
+    assert residual and all(p["residual_tilt"] == [8, 16] for p in residual)
+    for bad, message in (("8", "is not LUMA:COLOUR"), ("8:300", "must be in 0..255"), ("a:b", "is not LUMA:COLOUR")):
+        result = run("models", "calibrate", "tiny", "--data", str(image_folder), "--residual-tilt", bad)
+        assert_one_line_error(result, message)

@@ -138,33 +138,21 @@ def test_files_of_earlier_releases_still_decode_and_encode_the_same(release, mod
     assert hvqcodec.compress(DATA / "v1-source.png", model=model, device="cpu", quality=75) == data
 
 
-def test_residual_files_of_hvqcodec_0_15_still_decode_and_encode_the_same():
-    """A file with a residual stream (format version 3), written by hvqcodec 0.15 with hvq-vr10 at quality 86,
-    decodes to the same pixels and its source re-encodes to the same bytes: the residual layer's tables and
-    coding order are part of the format."""
+@pytest.mark.parametrize("release,model,version", [("0.15", "hvq-vr10", 3), ("0.16", "hvq-vr11", 4)])
+def test_residual_files_of_earlier_releases_still_decode_and_encode_the_same(release, model, version):
+    """A file with a residual stream (format version 3: flat steps, hvqcodec 0.15; version 4: tilted, 0.16), made
+    with that release's default model at quality 86, decodes to the same pixels and its source re-encodes to
+    the same bytes: the residual layer's tables, steps and coding order are part of the format."""
     import hvqcodec
     from hvqcodec import container
 
-    data = (DATA / "release-0.15-hvq-vr10-q86.hvq").read_bytes()
+    data = (DATA / f"release-{release}-{model}-q86.hvq").read_bytes()
     header = container.read_header(data)
-    assert (header.version, header.model_name, header.levels, header.residual) == (3, "hvq-vr10", 4, True)
+    assert (header.version, header.model_name, header.levels, header.residual) == (version, model, 4, True)
+    assert header.tilted == (version == 4)
     image = np.asarray(hvqcodec.decompress(data, device="cpu"))
-    assert np.array_equal(image, np.asarray(Image.open(DATA / "release-0.15-hvq-vr10-q86-decoded.png")))
-    assert hvqcodec.compress(DATA / "v1-source.png", model="hvq-vr10", device="cpu", quality=86) == data
-
-
-def test_tilted_residual_files_of_hvqcodec_0_16_still_decode_and_encode_the_same():
-    """A file with a tilted residual stream (format version 4), written by hvqcodec 0.16 with hvq-vr11 at
-    quality 86, decodes to the same pixels and its source re-encodes to the same bytes."""
-    import hvqcodec
-    from hvqcodec import container
-
-    data = (DATA / "release-0.16-hvq-vr11-q86.hvq").read_bytes()
-    header = container.read_header(data)
-    assert (header.version, header.model_name, header.levels, header.tilted) == (4, "hvq-vr11", 4, True)
-    image = np.asarray(hvqcodec.decompress(data, device="cpu"))
-    assert np.array_equal(image, np.asarray(Image.open(DATA / "release-0.16-hvq-vr11-q86-decoded.png")))
-    assert hvqcodec.compress(DATA / "v1-source.png", model="hvq-vr11", device="cpu", quality=86) == data
+    assert np.array_equal(image, np.asarray(Image.open(DATA / f"release-{release}-{model}-q86-decoded.png")))
+    assert hvqcodec.compress(DATA / "v1-source.png", model=model, device="cpu", quality=86) == data
 
 
 def test_bfloat16_decoder_gives_the_same_codes_and_nearly_the_same_pixels():
