@@ -155,11 +155,11 @@ def info(files) -> None:
                   + (f" ([yellow]truncated[/]: {parsed.truncated_levels} stream(s) missing)" if parsed.truncated_levels else ""))
         names = stream_names(header.code_streams - 3)[:header.code_streams] + ("residual",) * header.residual
         for name, lengths in zip(names, header.stream_lengths):
-            out.print(f"  {name:>6}: {sum(lengths):>9,} bytes  {8 * sum(lengths) / pixels:.4f} bpp")
+            out.print(f"  {name:>8}: {sum(lengths):>9,} bytes  {8 * sum(lengths) / pixels:.4f} bpp")
         if header.alpha_length:
-            out.print(f"   alpha: {header.alpha_length:>9,} bytes  {8 * header.alpha_length / pixels:.4f} bpp")
-        out.print(f"  header: {header.header_size + container.TRAILER_BYTES:>9,} bytes (with the trailing checksum)")
-        out.print(f"   total: {len(data):>9,} bytes  {8 * len(data) / pixels:.4f} bpp")
+            out.print(f"     alpha: {header.alpha_length:>9,} bytes  {8 * header.alpha_length / pixels:.4f} bpp")
+        out.print(f"    header: {header.header_size + container.TRAILER_BYTES:>9,} bytes (with the trailing checksum)")
+        out.print(f"     total: {len(data):>9,} bytes  {8 * len(data) / pixels:.4f} bpp")
 
 
 def _codec_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
