@@ -55,7 +55,6 @@ def main() -> None:
                                                           result.tile_size, float32=True)))
     steps = [int(s) for s in args.steps.split(",")]
     tilts = [tuple(int(v) for v in t.split(":")) for t in args.tilts.split(",")]
-    curves: dict[str, list[dict]] = {}
     rows = []
     for tilt in tilts:
         points = []
@@ -63,7 +62,7 @@ def main() -> None:
             values = []
             for (base_bytes, picture), rgb in zip(bases, images):
                 encoded = residual.encode_residual(rgb, picture, step, tilt)
-                decoded = residual.decode_residual(encoded.data, picture, tilted=tilt != residual.FLAT)
+                decoded = residual.decode_residual(encoded.data, picture, tilted=residual.is_tilted(tilt))
                 # The file grows by the stream, its length (a varint) and the residual flag byte.
                 size = base_bytes + len(encoded.data) + len(_varint(len(encoded.data))) + 1
                 values.append((8 * size / rgb.shape[0] / rgb.shape[1],
@@ -71,8 +70,7 @@ def main() -> None:
             bpp, psnr, msssim = np.mean(values, axis=0)
             points.append({"step": step, "bpp": float(bpp), "psnr": float(psnr), "ms_ssim": float(msssim)})
         key = f"{tilt[0]}:{tilt[1]}"
-        curves[key] = points
-        reference = curves[next(iter(curves))]
+        reference = rows[0]["points"] if rows else points
         bd = {metric: bd_rate([p["bpp"] for p in reference], [quality(p) for p in reference],
                               [p["bpp"] for p in points], [quality(p) for p in points])[0]
               for metric, quality in (("psnr", lambda p: p["psnr"]), ("ms_ssim", lambda p: ms_ssim_db(p["ms_ssim"])))}

@@ -29,7 +29,7 @@ from .intprior import FREQ_TOTAL
 from .imageio import ImageError, LoadedImage, decode_alpha, encode_alpha, load_image, to_pil
 from .intprior import IntPrior
 from .refine import refine_bottom_latent
-from .residual import MAX_STEP as MAX_RESIDUAL_STEP, add_residual_tiles, encode_residual
+from .residual import FLAT, MAX_STEP as MAX_RESIDUAL_STEP, add_residual_tiles, encode_residual, is_tilted
 from .device import decoder_low_precision, resolve_device
 from .zoo import ModelBundle, default_model, load_bundle
 
@@ -54,12 +54,17 @@ class OperatingPoint:
     stage_lam: float | None = None
     bottom_lam: float = 0.0
     residual_step: int = 0
-    residual_tilt: tuple[int, int] = (0, 0)
+    residual_tilt: tuple[int, int] = FLAT
 
     @property
     def file_streams(self) -> int:
         """Streams in this point's file: the streams of codes, then the residual's when it has one."""
         return self.streams + bool(self.residual_step)
+
+    @property
+    def tilted(self) -> bool:
+        """This point's file has a tilted residual stream (container version 4)."""
+        return bool(self.residual_step) and is_tilted(self.residual_tilt)
 
     @property
     def stage_weight(self) -> float:
@@ -71,7 +76,7 @@ class OperatingPoint:
         stage_lam = entry.get("stage_lambda")
         return cls(int(entry["streams"]), float(entry["lambda"]), None if stage_lam is None else float(stage_lam),
                    float(entry.get("bottom_lambda", 0.0)), int(entry.get("residual_step", 0)),
-                   tuple(int(slope) for slope in entry.get("residual_tilt", (0, 0))))
+                   tuple(int(slope) for slope in entry.get("residual_tilt", FLAT)))
 
     def to_entry(self) -> dict:
         entry = {"streams": self.streams, "lambda": self.lam}
@@ -81,7 +86,7 @@ class OperatingPoint:
             entry["bottom_lambda"] = self.bottom_lam
         if self.residual_step:
             entry["residual_step"] = self.residual_step
-        if self.residual_step and any(self.residual_tilt):
+        if self.tilted:
             entry["residual_tilt"] = list(self.residual_tilt)
         return entry
 
@@ -320,7 +325,7 @@ class Codec:
         alpha = encode_alpha(loaded.alpha) if loaded.alpha is not None else b""
         data = container.pack(self.name, self.sha256[:container.HASH_CHARS], width, height, loaded.mode, tile_size,
                               streams, alpha, residual=point.residual_step > 0,
-                              tilted=point.residual_step > 0 and any(point.residual_tilt))
+                              tilted=point.tilted)
         header_bytes = len(data) - sum(len(s) for level in streams for s in level) - len(alpha)
         return CompressedImage(data, width, height, [sum(len(s) for s in level) for level in streams], bits,
                                header_bytes, list(loaded.warnings), tile_codes, tile_size)

@@ -56,6 +56,11 @@ TILT_BYTES = 2  # brightness and colour slope, in a tilted stream
 FLAT = (0, 0)
 
 
+def is_tilted(tilt: tuple[int, int]) -> bool:
+    """Whether a residual with this tilt is written in the tilted layout (a version 4 file): any slope > 0."""
+    return tuple(tilt) != FLAT
+
+
 class ResidualError(ValueError):
     """A residual stream that cannot be decoded (damaged or not made by this coder)."""
 
@@ -247,7 +252,7 @@ def encode_residual(image: np.ndarray, picture: np.ndarray, step: int, tilt: tup
     signed = quantise(image, picture, step, tilt)
     quantised, signs = np.abs(signed), signed < 0
     encoder = constriction.stream.queue.RangeEncoder()
-    header = bytearray([step] + (list(tilt) if tuple(tilt) != FLAT else []))
+    header = bytearray([step] + (list(tilt) if is_tilted(tilt) else []))
     for channel in range(CHANNELS):
         for band in range(BANDS):
             where, classes = _pass_classes(quantised, channel, band)
@@ -294,16 +299,16 @@ def decode_residual(data: bytes, picture: np.ndarray, tilted: bool = False) -> n
     if step == 0:
         raise ResidualError("residual stream has step 0")
     tilt = (data[1], data[2]) if tilted else FLAT
-    data = data[:1] + data[1 + extra:]
+    passes = 1 + extra  # where the pass headers start
     height, width = picture.shape[:2]
     rows, cols = -(-height // BLOCK), -(-width // BLOCK)
     quantised = np.zeros((CHANNELS, rows, cols, BLOCK, BLOCK), dtype=np.int64)
     negative = np.zeros(quantised.shape, dtype=bool)
-    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4", offset=_HEADER_BYTES)
+    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4", offset=_HEADER_BYTES + extra)
                                                      .astype(np.uint32))
     for index in range(PASSES):
         channel, band = divmod(index, BANDS)
-        offset, slope = data[1 + 2 * index], data[2 + 2 * index]
+        offset, slope = data[passes + 2 * index], data[passes + 1 + 2 * index]
         if offset == EMPTY:
             continue
         if offset >= SCALES or slope > MAX_SLOPE:
