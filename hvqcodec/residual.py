@@ -8,7 +8,8 @@ given rate in an orthonormal transform (and close to what does so with a dead zo
 a picture's coarse structure above its finest texture and brightness above colour: a tilt makes the step grow
 with the frequency band, steeper in the two colour channels (step * (256 + slope * band) / 256, one slope for
 brightness, one for colour). On hvq-vr8's calibration crops a tilt of (40, 80) saves 12% of the bits at equal
-MS-SSIM for 1.5% more at equal PSNR (benchmarks/residual_tilt.py, docs/ladder-experiments.md).
+MS-SSIM for 1.5% more at equal PSNR; hvq-vr12 has a steeper (80, 112) (benchmarks/residual_tilt.py,
+docs/ladder-experiments.md). The decoder reads the slopes from the stream, so the ladder may pick any.
 
 Coding order and context: the coefficients go pass by pass, one pass per (colour channel, diagonal frequency
 band i + j), coarse first. A pass's probabilities come from an activity measure of what earlier passes

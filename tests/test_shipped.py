@@ -138,9 +138,10 @@ def test_files_of_earlier_releases_still_decode_and_encode_the_same(release, mod
     assert hvqcodec.compress(DATA / "v1-source.png", model=model, device="cpu", quality=75) == data
 
 
-@pytest.mark.parametrize("release,model,version", [("0.15", "hvq-vr10", 3), ("0.16", "hvq-vr11", 4)])
+@pytest.mark.parametrize("release,model,version", [("0.15", "hvq-vr10", 3), ("0.16", "hvq-vr11", 4),
+                                                   ("0.17", "hvq-vr12", 4)])
 def test_residual_files_of_earlier_releases_still_decode_and_encode_the_same(release, model, version):
-    """A file with a residual stream (format version 3: flat steps, hvqcodec 0.15; version 4: tilted, 0.16), made
+    """A file with a residual stream (format version 3: flat steps, hvqcodec 0.15; version 4: tilted, 0.16 and 0.17), made
     with that release's default model at quality 86, decodes to the same pixels and its source re-encodes to
     the same bytes: the residual layer's tables, steps and coding order are part of the format."""
     import hvqcodec
