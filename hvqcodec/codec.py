@@ -14,7 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,9 +25,8 @@ from .autoencoder import LEVEL_STRIDES, PAD_MULTIPLE
 from .entropy import (STAGE_CHUNK, candidate_frequencies, decode_level, decode_stage, encode_level, encode_stage,
                       spans)
 from .errors import ModelError
-from .intprior import FREQ_TOTAL
 from .imageio import ImageError, LoadedImage, decode_alpha, encode_alpha, load_image, to_pil
-from .intprior import IntPrior
+from .intprior import FREQ_TOTAL, IntPrior, LevelState
 from .refine import refine_bottom_latent
 from .residual import FLAT, MAX_STEP as MAX_RESIDUAL_STEP, add_residual_tiles, encode_residual, is_tilted
 from .device import decoder_low_precision, resolve_device
@@ -177,13 +176,14 @@ class Codec:
 
     @torch.no_grad()
     def encode_codes(self, rgb: np.ndarray, point: OperatingPoint | None = None,
-                     stage_frequencies: dict[int, torch.Tensor] | None = None, effort: int = 0) -> list[torch.Tensor]:
+                     known: dict[int, Any] | None = None, effort: int = 0) -> list[torch.Tensor]:
         """(H, W, 3) uint8 -> the code grids of the padded image that an operating point codes.
 
         With a rate weight > 0 the bottom codes and each refinement group are chosen by squared distance +
         lambda * bits under the integer prior (entropy-constrained selection); the decoder needs nothing to know
-        it. A stage's weight is the point's plus the one the stage was trained with. stage_frequencies, if
-        given, receives each selected stage's frequencies (stream index -> (G, h*w, K)) for its encoding.
+        it. A stage's weight is the point's plus the one the stage was trained with. `known`, if given, receives
+        what the selection computed that coding needs again (stream index -> a selected stage's (G, h*w, K)
+        frequencies, or the bottom level's LevelState), for `compress` to pass to its encoder.
         effort > 0 first refines the bottom latent with that many gradient steps (`refine`).
         """
         point = point or OperatingPoint(self.num_streams)
@@ -198,32 +198,35 @@ class Codec:
         latent = latent[0]  # (D, h, w)
         codes = [top[0], mid[0]]
         if point.lam > 0:
-            codes.append(self._ecvq_bottom(latent, codes, point.lam, point.bottom_lam))
+            bottom, state = self._ecvq_bottom(latent, codes, point.lam, point.bottom_lam)
+            codes.append(bottom)
+            if known is not None:
+                known[2] = state
         else:
             codes.append(model.bottom_codes(latent[None], point.bottom_lam)[0])
         total = model.quantisers[2].lookup(codes[2][None])[0]
         for stage, weight in enumerate(stage_weights):
             stage_codes, frequencies = self._ecvq_stage(stage, latent - total, codes, weight)
-            if stage_frequencies is not None:
-                stage_frequencies[3 + stage] = frequencies
+            if known is not None:
+                known[3 + stage] = frequencies
             total = total + model.refiners[stage].lookup(stage_codes[None])[0]
             codes.append(stage_codes)
         return codes
 
     def _ecvq_bottom(self, latent: torch.Tensor, codes: list[torch.Tensor], lam: float,
-                     bottom_lam: float = 0.0) -> torch.Tensor:
+                     bottom_lam: float = 0.0) -> tuple[torch.Tensor, LevelState]:
         """Bottom codes minimising distance (+ bottom_lam * bits under the codebook's usage) + lam * bits among
         the best few codewords, the bits under the causal prior with the best codes as context (one parallel
-        pass)."""
+        pass); and the bottom level's state from that pass (its conditioning serves the coding too)."""
         d, h, w = latent.shape
         flat = latent.permute(1, 2, 0).reshape(-1, d)
         row_lambdas = flat.new_full((flat.shape[0],), bottom_lam) if bottom_lam > 0 else None
         candidate_distances, candidates = self.autoencoder.quantisers[2].candidates(flat, ECVQ_CANDIDATES, row_lambdas)
         nearest = candidates[:, 0].view(h, w)
-        freq = candidate_frequencies(self.prior.levels[2], nearest, codes, candidates)
+        freq, state = candidate_frequencies(self.prior.levels[2], nearest, codes, candidates)
         bits = -torch.log2(freq.cpu() / FREQ_TOTAL)
         cost = candidate_distances.double() + lam * bits
-        return candidates.gather(1, cost.argmin(1, keepdim=True)).view(h, w)
+        return candidates.gather(1, cost.argmin(1, keepdim=True)).view(h, w), state
 
     def _ecvq_stage(self, stage: int, residual: torch.Tensor, codes: list[torch.Tensor],
                     lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,12 +300,13 @@ class Codec:
         tile_codes = []
         tiles = container.tile_grid(width, height, tile_size)
         for top, left, h, w in tiles:
-            known: dict[int, torch.Tensor] = {}
+            known: dict[int, Any] = {}
             codes = self.encode_codes(loaded.rgb[top:top + h, left:left + w], point, known, effort)
             tile_codes.append(codes)
             for index in range(point.streams):
                 if index < 3:
-                    encoded = encode_level(self.prior.levels[index], codes[index], codes[:index])
+                    encoded = encode_level(self.prior.levels[index], codes[index], codes[:index],
+                                           state=known.get(index))
                 else:
                     encoded = encode_stage(self.prior.stages[index - 3], codes, codes[index], known.get(index))
                 streams[index].append(encoded.data)

@@ -45,10 +45,12 @@ class EncodedLevel:
     cross_entropy_bits: float  # -sum log2 p(code) under the integer prior
 
 
-def _known_state(prior: IntLevelPrior, codes: torch.Tensor,
-                 upper_codes: Sequence[torch.Tensor]) -> tuple[LevelState, torch.Tensor]:
-    """A level's state with a known grid painted in (the encoder's view), and its codes in decoding order."""
-    state = LevelState(prior, [tuple(codes.shape)], [upper_codes])
+def _known_state(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
+                 state: LevelState | None = None) -> tuple[LevelState, torch.Tensor]:
+    """A level's state with a known grid painted in (the encoder's view), and its codes in decoding order.
+    `state`: one made earlier for the same upper codes and grid size, painted over (its conditioning, the
+    costly part, depends on the upper codes only)."""
+    state = state or LevelState(prior, [tuple(codes.shape)], [upper_codes])
     symbols = codes.to(prior.device).flatten()[state.order]
     state.paint(0, symbols.numel(), symbols)
     return state, symbols
@@ -68,9 +70,10 @@ def level_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Se
 
 
 def candidate_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
-                          candidates: torch.Tensor, chunk: int = ENCODE_CHUNK) -> torch.Tensor:
+                          candidates: torch.Tensor, chunk: int = ENCODE_CHUNK) -> tuple[torch.Tensor, LevelState]:
     """Frequencies (h*w, n) of n candidate codes per position (`candidates` (h*w, n), raster order), each
-    position's context being the known grid `codes`: a parallel pass, chunk by chunk (bounded memory)."""
+    position's context being the known grid `codes`: a parallel pass, chunk by chunk (bounded memory). Also
+    the level's state, for `encode_level` to reuse once the codes are chosen."""
     state, _ = _known_state(prior, codes, upper_codes)
     in_order = candidates.to(prior.device)[state.order]
     picked = torch.empty(in_order.shape, dtype=torch.float64, device=prior.device)
@@ -78,7 +81,7 @@ def candidate_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes
         picked[start:stop] = state.frequencies(start, stop).gather(1, in_order[start:stop]).double()
     raster = torch.empty_like(picked)
     raster[state.order] = picked
-    return raster
+    return raster, state
 
 
 def _encode_chunk(encoder, symbols: torch.Tensor, freq: torch.Tensor) -> float:
@@ -151,12 +154,13 @@ def _decoder(source) -> StreamDecoder:
 
 
 def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
-                 chunk: int = ENCODE_CHUNK) -> EncodedLevel:
+                 chunk: int = ENCODE_CHUNK, state: LevelState | None = None) -> EncodedLevel:
     """Code grid (h, w) -> range-coded bytes (little-endian 32-bit words).
 
     Frequencies are computed and coded chunk by chunk, in decoding order, so memory stays at one chunk's
-    (chunk, K) table however large the grid (a 1024 x 1024 tile's bottom level would need 270 MB at once)."""
-    state, symbols = _known_state(prior, codes, upper_codes)
+    (chunk, K) table however large the grid (a 1024 x 1024 tile's bottom level would need 270 MB at once).
+    `state`: the level's state from `candidate_frequencies` with the same upper codes (saves its conditioning)."""
+    state, symbols = _known_state(prior, codes, upper_codes, state)
     encoder = constriction.stream.queue.RangeEncoder()
     bits = sum(_encode_chunk(encoder, symbols[start:stop], state.frequencies(start, stop))
                for start, stop in _chunks(state, chunk))

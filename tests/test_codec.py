@@ -8,7 +8,7 @@ from PIL import Image
 import hvqcodec
 from hvqcodec import container
 from hvqcodec.codec import Codec
-from hvqcodec.entropy import StreamDecoder, decode_level, encode_level, level_frequencies
+from hvqcodec.entropy import StreamDecoder, candidate_frequencies, decode_level, encode_level, level_frequencies
 from hvqcodec.intprior import FREQ_TOTAL, LevelState, block_shape
 
 from conftest import synthetic_image
@@ -120,6 +120,23 @@ def test_tiles_in_lockstep_equal_tiles_alone(request, fixture):
         uppers.append(codes[:2])
     together = decode_level(tiny_codec.prior.levels[2], streams, sizes, uppers)
     assert all(torch.equal(a, b) for a, b in zip(together, expected))
+
+
+def test_encode_level_reuses_the_selection_pass_state(tiny_codec):
+    """The encoder codes the bottom level with the state its entropy-constrained selection made for other codes
+    (the nearest ones): painted over, it gives exactly the bytes of a fresh state, and the candidates'
+    frequencies are those of a full parallel pass over the context grid."""
+    prior = tiny_codec.prior.levels[2]
+    codes = tiny_codec.encode_codes(random_photo(5, 40, 56))
+    context = torch.randint(0, prior.codebook_size, codes[2].shape, generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(context, codes[2])
+    candidates = torch.stack([context.flatten(), codes[2].flatten()], 1)
+    picked, state = candidate_frequencies(prior, context, codes[:2], candidates)
+    full, order_state = level_frequencies(prior, context, codes[:2])
+    raster = torch.empty_like(full)
+    raster[order_state.order] = full
+    assert torch.equal(picked, raster.gather(1, candidates).double())
+    assert encode_level(prior, codes[2], codes[:2], state=state).data == encode_level(prior, codes[2], codes[:2]).data
 
 
 def test_wavefront_loop_runs_on_one_thread_and_restores_the_count(tiny_codec, monkeypatch):
