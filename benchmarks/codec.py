@@ -151,13 +151,21 @@ def main() -> int:
         return 2
     paths = find_images(args.data)
     measure(codec, paths[0], args.quality)  # warm-up: first-call allocations and lazy initialisation
-    per_image = [measure(codec, p, args.quality) for p in track(paths, description="coding", console=console)]
-    kodak_peak = peak_rss_mb()
-    reference = None
-    if args.reference_model:
-        other = load_codec(args.reference_model, "cpu")
+    # The reference model codes each image right after this one: a machine whose speed drifts during the run (a
+    # busy neighbour, these are shared machines) then slows both alike, and the ratio stays fair. The peak
+    # memory is then this model's before the reference is loaded (its warm-up image's: Kodak's are all the
+    # same size; for a folder of mixed sizes, run without --reference-model for the peak).
+    warm_peak = peak_rss_mb()
+    other = load_codec(args.reference_model, "cpu") if args.reference_model else None
+    if other is not None:
         measure(other, paths[0])
-        reference = [measure(other, p) for p in track(paths, description=f"coding with {other.name}", console=console)]
+    per_image, reference = [], [] if other is not None else None
+    described = "coding" + (f" (each image also with {other.name})" if other is not None else "")
+    for path in track(paths, description=described, console=console):
+        per_image.append(measure(codec, path, args.quality))
+        if other is not None:
+            reference.append(measure(other, path))
+    kodak_peak = peak_rss_mb() if other is None else warm_peak
 
     def mean(key):
         values = [r[key] for r in per_image if key in r]
