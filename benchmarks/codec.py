@@ -159,7 +159,8 @@ def main() -> int:
     other = load_codec(args.reference_model, "cpu") if args.reference_model else None
     if other is not None:
         measure(other, paths[0])
-    per_image, reference = [], [] if other is not None else None
+    per_image: list[dict] = []
+    reference: list[dict] | None = [] if other is not None else None
     described = "coding" + (f" (each image also with {other.name})" if other is not None else "")
     for path in track(paths, description=described, console=console):
         per_image.append(measure(codec, path, args.quality))

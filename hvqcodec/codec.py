@@ -128,6 +128,8 @@ class CompressedImage:
     warnings: list[str] = field(default_factory=list)
     codes: list[list[torch.Tensor]] = field(default_factory=list, repr=False)  # [tile][stream], as coded
     tile_size: int = 0  # as in the header (0: one tile)
+    # With a residual layer: the (H, W, 3) picture of the codes it was coded against (float32 decoder).
+    picture: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def bpp(self) -> float:
@@ -313,6 +315,7 @@ class Codec:
                 bits[index] += encoded.cross_entropy_bits
             if progress is not None:
                 progress(len(tile_codes), len(tiles))
+        picture = None
         if point.residual_step:
             # What the decoder will show without the residual: the same codes through the same decoder, in
             # float32 on both sides (a bfloat16 decoder's picture differs by a level or two, which the residual
@@ -332,7 +335,7 @@ class Codec:
                               tilted=point.tilted)
         header_bytes = len(data) - sum(len(s) for level in streams for s in level) - len(alpha)
         return CompressedImage(data, width, height, [sum(len(s) for s in level) for level in streams], bits,
-                               header_bytes, list(loaded.warnings), tile_codes, tile_size)
+                               header_bytes, list(loaded.warnings), tile_codes, tile_size, picture)
 
     def decompress(self, data: bytes, levels: int | None = None,
                    max_pixels: int = container.DEFAULT_MAX_PIXELS, progress: Progress | None = None) -> DecodedImage:

@@ -50,7 +50,8 @@ def _known_state(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequenc
     """A level's state with a known grid painted in (the encoder's view), and its codes in decoding order.
     `state`: one made earlier for the same upper codes and grid size, painted over (its conditioning, the
     costly part, depends on the upper codes only)."""
-    state = state or LevelState(prior, [tuple(codes.shape)], [upper_codes])
+    if state is None:
+        state = LevelState(prior, [tuple(codes.shape)], [upper_codes])
     symbols = codes.to(prior.device).flatten()[state.order]
     state.paint(0, symbols.numel(), symbols)
     return state, symbols

@@ -68,7 +68,8 @@ def measure_points(codec: Codec, images: Sequence[np.ndarray], points: Sequence[
 
     Points that differ only in their stream count share one compression (`shared_files`; a prefix's header
     varints may differ from a file made alone by a byte or two). Pictures come from the coded grids: the
-    decoder reads exactly these codes back (tested), so range decoding them again would only cost time."""
+    decoder reads exactly these codes back (tested), so range decoding them again would only cost time; a
+    residual point's picture is the one `compress` coded its residual against (no second decoder pass)."""
     from .container import prefix_size, read_header, unpack
     from .residual import add_residual_tiles
 
@@ -81,10 +82,12 @@ def measure_points(codec: Codec, images: Sequence[np.ndarray], points: Sequence[
             height, width = rgb.shape[:2]
             for index in members:
                 streams = points[index].streams
-                picture = codec.reconstruct([codes[:streams] for codes in result.codes], width, height,
-                                            result.tile_size, float32=bool(largest.residual_step))
                 if largest.residual_step:  # a residual file serves itself only (its streams are all needed)
+                    picture = result.picture.copy()  # the codes' picture compress coded the residual against
                     add_residual_tiles(picture, unpack(result.data).streams[-1], result.tile_size, header.tilted)
+                else:
+                    picture = codec.reconstruct([codes[:streams] for codes in result.codes], width, height,
+                                                result.tile_size)
                 size = len(result.data) if largest.residual_step else prefix_size(header, streams)
                 bpps[index].append(8 * size / (height * width))
                 psnrs[index].append(psnr_uint8(picture, rgb))
