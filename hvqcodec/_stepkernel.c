@@ -46,6 +46,8 @@ typedef struct {
     const float *bias_and_half; /* (outputs) bias plus the rounding offset of the shift */
     const float *inv_scale;     /* (outputs) 2^-shift */
     float input_scale;          /* 2^-input_shift: the input rounded to 8 bits; 0 for none */
+    uint8_t *packed;            /* the int8 path: weight as int8, (outputs / 16, inputs / 4, 16, 4); else NULL */
+    int32_t *correction;        /* the int8 path: 128 * the sum of each output's weights (see product_int8) */
 } Layer;
 
 typedef struct {
@@ -56,6 +58,7 @@ typedef struct {
     const float *tanh_table;   /* (2 * gate_half + 1) */
     const float *sigmoid_table;
     const double *exp_table;   /* (exp_max + 1) */
+    int int8;                  /* whether run_positions_int8 computes the products (int8_supported, shapes) */
     Layer layers[MAX_LAYERS];  /* block0.in, block0.out, block1.in, ..., head */
 } Level;
 
@@ -290,8 +293,245 @@ HOT static int run_positions(const Level *level, const int64_t *canvas, const in
     return 1;
 }
 
+/* The int8 path (hvqcodec 0.18): on CPUs with AVX-512 VNNI, each product is computed from int8 weights with
+ * vpdpbusd, four 8-bit inputs times four weights summed into each of 16 int32 lanes per instruction, for four
+ * positions per pass over the weights (a quarter of the float32 weights' bytes, and four times the products per
+ * instruction). Every layer input is an integer in [-127, 127] (IntNetwork.layer_input rounds it to 8 bits)
+ * and every weight one in [-128, 127], so the int32 sums are exact, as the float32 ones are; the result then
+ * goes through the same float32 operations (plus the bias, times 2^-shift, floor, clamp): the same integers.
+ * vpdpbusd multiplies unsigned by signed bytes, so the inputs go in as x + 128 and 128 * sum(w) comes off. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(HVQ_NO_INT8)
+#include <immintrin.h>
+#define HAVE_INT8_PATH 1
+#define INT8_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")))
+#define GROUP 4        /* positions per pass over the weights: 16 of the 32 vector registers hold their sums */
+#define MAX_QUADS 64   /* inputs / 4 at most: the channels of a level prior, at most 256 */
+
+static int int8_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+/* Whether a layer can take the int8 path: whole quads of inputs, whole blocks of 16 outputs, integer weights
+ * in int8's range (the shipped format's; anything else keeps the float32 path). */
+static int int8_layer_fits(const Layer *layer) {
+    if (layer->inputs % 4 || layer->outputs % 16 || layer->inputs / 4 > MAX_QUADS || layer->input_scale == 0.0f)
+        return 0;
+    for (size_t k = 0; k < (size_t)layer->inputs * layer->outputs; k++) {
+        const float w = layer->weight[k];
+        if (w != floorf(w) || w < -128.0f || w > 127.0f) return 0;
+    }
+    return 1;
+}
+
+/* Packs a layer's weights for product_int8: block b of 16 outputs, quad q of inputs at (b * quads + q) * 64,
+ * output j's four weights at j * 4. */
+static int int8_pack(Layer *layer) {
+    const int I = layer->inputs, O = layer->outputs, quads = I / 4;
+    layer->packed = malloc((size_t)I * O);
+    layer->correction = malloc(sizeof(int32_t) * (size_t)O);
+    if (!layer->packed || !layer->correction) return 0;
+    for (int o = 0; o < O; o++) {
+        int32_t sum = 0;
+        for (int i = 0; i < I; i++) {
+            const int w = (int)layer->weight[(size_t)i * O + o];
+            layer->packed[((size_t)(o / 16) * quads + i / 4) * 64 + (o % 16) * 4 + i % 4] = (uint8_t)(int8_t)w;
+            sum += w;
+        }
+        layer->correction[o] = 128 * sum;
+    }
+    return 1;
+}
+
+/* bias + sums, times 2^-shift, floored and clamped: IntNetwork.product's last steps on 16 outputs. */
+INT8_TARGET static inline void int8_finish(const Layer *layer, int o, __m512i sums, float *out) {
+    __m512 acc = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, _mm512_loadu_si512(layer->correction + o)));
+    acc = _mm512_mul_ps(_mm512_add_ps(acc, _mm512_loadu_ps(layer->bias_and_half + o)),
+                        _mm512_loadu_ps(layer->inv_scale + o));
+    acc = _mm512_roundscale_ps(acc, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    acc = _mm512_min_ps(_mm512_max_ps(acc, _mm512_set1_ps(-ACT_MAX)), _mm512_set1_ps(ACT_MAX));
+    _mm512_storeu_ps(out + o, acc);
+}
+
+/* out[g] (O) = the layer's product of x[g] (I, 8-bit integers as floats) for GROUP positions. */
+INT8_TARGET static void product_int8(const Layer *layer, float *const *x, float *const *out) {
+    const int O = layer->outputs, quads = layer->inputs / 4, blocks = O / 16;
+    uint32_t xq[GROUP][MAX_QUADS];
+    for (int g = 0; g < GROUP; g++)
+        for (int q = 0; q < quads; q++) {
+            uint32_t word = 0;
+            for (int k = 0; k < 4; k++) word |= (uint32_t)(uint8_t)((int)x[g][4 * q + k] + 128) << (8 * k);
+            xq[g][q] = word;
+        }
+    int b = 0;
+    for (; b + 4 <= blocks; b += 4) { /* 64 outputs: 4 blocks x GROUP positions of sums in registers */
+        __m512i s[GROUP][4];
+        for (int g = 0; g < GROUP; g++)
+            for (int k = 0; k < 4; k++) s[g][k] = _mm512_setzero_si512();
+        const uint8_t *w = layer->packed + (size_t)b * quads * 64;
+        for (int q = 0; q < quads; q++) {
+            const __m512i w0 = _mm512_loadu_si512(w + (size_t)q * 64);
+            const __m512i w1 = _mm512_loadu_si512(w + (size_t)(quads + q) * 64);
+            const __m512i w2 = _mm512_loadu_si512(w + (size_t)(2 * quads + q) * 64);
+            const __m512i w3 = _mm512_loadu_si512(w + (size_t)(3 * quads + q) * 64);
+            for (int g = 0; g < GROUP; g++) {
+                const __m512i xb = _mm512_set1_epi32((int)xq[g][q]);
+                s[g][0] = _mm512_dpbusd_epi32(s[g][0], xb, w0);
+                s[g][1] = _mm512_dpbusd_epi32(s[g][1], xb, w1);
+                s[g][2] = _mm512_dpbusd_epi32(s[g][2], xb, w2);
+                s[g][3] = _mm512_dpbusd_epi32(s[g][3], xb, w3);
+            }
+        }
+        for (int g = 0; g < GROUP; g++)
+            for (int k = 0; k < 4; k++) int8_finish(layer, 16 * (b + k), s[g][k], out[g]);
+    }
+    for (; b < blocks; b++) { /* the last blocks of 16 (widths that are not multiples of 64) */
+        __m512i s[GROUP];
+        for (int g = 0; g < GROUP; g++) s[g] = _mm512_setzero_si512();
+        const uint8_t *w = layer->packed + (size_t)b * quads * 64;
+        for (int q = 0; q < quads; q++) {
+            const __m512i w0 = _mm512_loadu_si512(w + (size_t)q * 64);
+            for (int g = 0; g < GROUP; g++) s[g] = _mm512_dpbusd_epi32(s[g], _mm512_set1_epi32((int)xq[g][q]), w0);
+        }
+        for (int g = 0; g < GROUP; g++) int8_finish(layer, 16 * b, s[g], out[g]);
+    }
+}
+
+/* frequencies_row with AVX-512: the same float32 and float64 operations on each code (the maximum, the exp
+ * table's weights and their sum, floor(w * numerator / total) + 1 and its sum: sums of integers below 2^53, exact
+ * in any order), eight codes per instruction; the most probable code's share and the scale as there (the scale
+ * is a power of two, so scaling before adding the remainder gives the same float64). */
+INT8_TARGET static void frequencies_row_int8(const Level *level, const float *restrict logits,
+                                             double *restrict freq, double scale) {
+    const int K = level->codebook_size, whole = K - K % 8;
+    float top = logits[0];
+    if (whole) {
+        __m256 peak = _mm256_loadu_ps(logits);
+        for (int k = 8; k < whole; k += 8) peak = _mm256_max_ps(peak, _mm256_loadu_ps(logits + k));
+        float peaks[8];
+        _mm256_storeu_ps(peaks, peak);
+        for (int j = 0; j < 8; j++) top = peaks[j] > top ? peaks[j] : top;
+    }
+    for (int k = whole; k < K; k++) top = logits[k] > top ? logits[k] : top;
+    const __m256 top8 = _mm256_set1_ps(top);
+    int most_probable = -1; /* the first code at the maximum, as argmax */
+    for (int k = 0; k < whole && most_probable < 0; k += 8) {
+        const __mmask8 equal = _mm256_cmp_ps_mask(_mm256_loadu_ps(logits + k), top8, _CMP_EQ_OQ);
+        if (equal) most_probable = k + __builtin_ctz(equal);
+    }
+    if (most_probable < 0) {
+        most_probable = whole;
+        while (logits[most_probable] != top) most_probable++;
+    }
+    const float cap = (float)level->exp_max;
+    const __m256 cap8 = _mm256_set1_ps(cap);
+    __m512d sums = _mm512_setzero_pd();
+    for (int k = 0; k < whole; k += 8) {
+        const __m256i index = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_sub_ps(top8, _mm256_loadu_ps(logits + k)), cap8));
+        const __m512d w = _mm512_i32gather_pd(index, level->exp_table, 8);
+        _mm512_storeu_pd(freq + k, w);
+        sums = _mm512_add_pd(sums, w);
+    }
+    double total = _mm512_reduce_add_pd(sums);
+    for (int k = whole; k < K; k++) {
+        const float d = top - logits[k];
+        freq[k] = level->exp_table[(int)(d < cap ? d : cap)];
+        total += freq[k];
+    }
+    const double numerator = (double)(FREQ_TOTAL - K);
+    const __m512d numerator8 = _mm512_set1_pd(numerator), total8 = _mm512_set1_pd(total);
+    const __m512d one = _mm512_set1_pd(1.0), scale8 = _mm512_set1_pd(scale);
+    sums = _mm512_setzero_pd();
+    for (int k = 0; k < whole; k += 8) {
+        __m512d f = _mm512_div_pd(_mm512_mul_pd(_mm512_loadu_pd(freq + k), numerator8), total8);
+        f = _mm512_add_pd(_mm512_roundscale_pd(f, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), one);
+        sums = _mm512_add_pd(sums, f);
+        _mm512_storeu_pd(freq + k, _mm512_mul_pd(f, scale8));
+    }
+    double sum = _mm512_reduce_add_pd(sums);
+    for (int k = whole; k < K; k++) {
+        const double f = floor(freq[k] * numerator / total) + 1.0;
+        sum += f;
+        freq[k] = f * scale;
+    }
+    freq[most_probable] += ((double)FREQ_TOTAL - sum) * scale;
+}
+
+/* run_positions with the int8 products, GROUP positions at a time (the same steps, in the same order). */
+INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *canvas, const int64_t *neighbours,
+                                          const int64_t *upper, const int16_t *const *cond, Py_ssize_t count,
+                                          double *out, double scale) {
+    const int C = level->channels, C2 = 2 * C, K = level->codebook_size, taps = level->taps;
+    const Layer *head = &level->layers[2 * level->causal_blocks];
+    const int widest = K > C2 ? K : C2;
+    const size_t per_position = (size_t)(C2 + C + C + widest);
+    float *buffer = malloc(sizeof(float) * GROUP * per_position + sizeof(double) * (size_t)K);
+    if (!buffer) return 0;
+    Work work[GROUP];
+    float *pre[GROUP], *x[GROUP], *wide[GROUP];
+    for (int g = 0; g < GROUP; g++) {
+        float *base = buffer + g * per_position;
+        work[g] = (Work){base, base + C2, base + C2 + C, base + C2 + 2 * C};
+        pre[g] = work[g].pre, x[g] = work[g].x, wide[g] = work[g].wide;
+    }
+    double *spare = (double *)(buffer + GROUP * per_position);
+    const float *rows[64];
+    for (Py_ssize_t first = 0; first < count; first += GROUP) {
+        Py_ssize_t positions[GROUP];
+        for (int g = 0; g < GROUP; g++) positions[g] = first + g < count ? first + g : first;
+        for (int g = 0; g < GROUP; g++) {
+            const Py_ssize_t p = positions[g];
+            for (int t = 0; t < taps; t++)
+                rows[t] = level->tap_tables + ((size_t)t * (K + 1) + (size_t)canvas[neighbours[p * taps + t]]) * C2;
+            for (int o0 = 0; o0 + LANES <= C2; o0 += LANES) {
+                float acc[LANES];
+                add_rows(acc, rows, taps, (size_t)o0);
+                for (int j = 0; j < LANES; j++)
+                    pre[g][o0 + j] = clampf(floorf((acc[j] + level->masked_bias[o0 + j]) * level->masked_scale[o0 + j]),
+                                            ACT_MAX);
+            }
+            for (int o = C2 - C2 % LANES; o < C2; o++) {
+                float acc = 0.0f;
+                for (int t = 0; t < taps; t++) acc += rows[t][o];
+                pre[g][o] = clampf(floorf((acc + level->masked_bias[o]) * level->masked_scale[o]), ACT_MAX);
+            }
+            if (cond) add_conditioning(pre[g], cond[0] + (size_t)upper[p] * C2, C2);
+            gate(level, pre[g], NULL, work[g].h);
+        }
+        for (int b = 0; b < level->causal_blocks; b++) {
+            const Layer *in = &level->layers[2 * b], *out_layer = &level->layers[2 * b + 1];
+            for (int g = 0; g < GROUP; g++) layer_input(in, work[g].h, x[g], C);
+            product_int8(in, x, pre);
+            for (int g = 0; g < GROUP; g++) {
+                if (cond) add_conditioning(pre[g], cond[b + 1] + (size_t)upper[positions[g]] * C2, C2);
+                gate(level, pre[g], out_layer, x[g]);
+            }
+            product_int8(out_layer, x, wide);
+            for (int g = 0; g < GROUP; g++)
+                for (int c = 0; c < C; c++) work[g].h[c] = clampf(work[g].h[c] + wide[g][c], ACT_MAX);
+        }
+        for (int g = 0; g < GROUP; g++) layer_input(head, work[g].h, x[g], C);
+        product_int8(head, x, wide);
+        for (int g = 0; g < GROUP; g++) /* a repeated position (the last group's padding) writes to spare */
+            frequencies_row_int8(level, wide[g],
+                                 g == 0 || positions[g] != first ? out + (size_t)positions[g] * K : spare, scale);
+    }
+    free(buffer);
+    return 1;
+}
+#else
+static int int8_supported(void) { return 0; }
+#endif
+
 static void free_level(PyObject *capsule) {
-    free(PyCapsule_GetPointer(capsule, "hvqcodec.level"));
+    Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.level");
+    for (int i = 0; i < MAX_LAYERS; i++) {
+        free(level->layers[i].packed);
+        free(level->layers[i].correction);
+    }
+    free(level);
 }
 
 static int address(PyObject *object, const void **target) {
@@ -302,15 +542,18 @@ static int address(PyObject *object, const void **target) {
 }
 
 /* level(channels, codebook_size, taps, causal_blocks, exp_max, gate_half, tap_tables, masked_bias, masked_scale,
- *       tanh_table, sigmoid_table, exp_table, layers) -> capsule; layers: ((inputs, outputs, weight,
- *       bias_and_half, inv_scale, input_scale), ...) for block0.in, block0.out, ..., head. */
+ *       tanh_table, sigmoid_table, exp_table, layers[, int8]) -> capsule; layers: ((inputs, outputs, weight,
+ *       bias_and_half, inv_scale, input_scale), ...) for block0.in, block0.out, ..., head; int8: take the int8
+ *       path where the CPU and the layers' shapes allow (uses_int8 says whether it did). */
 static PyObject *make_level(PyObject *Py_UNUSED(self), PyObject *args) {
     Level level;
     PyObject *addresses[6], *layers;
     memset(&level, 0, sizeof(level));
-    if (!PyArg_ParseTuple(args, "iiiiiiOOOOOOO!", &level.channels, &level.codebook_size, &level.taps,
+    int want_int8 = 0;
+    if (!PyArg_ParseTuple(args, "iiiiiiOOOOOOO!|p", &level.channels, &level.codebook_size, &level.taps,
                           &level.causal_blocks, &level.exp_max, &level.gate_half, &addresses[0], &addresses[1],
-                          &addresses[2], &addresses[3], &addresses[4], &addresses[5], &PyTuple_Type, &layers))
+                          &addresses[2], &addresses[3], &addresses[4], &addresses[5], &PyTuple_Type, &layers,
+                          &want_int8))
         return NULL;
     const void **targets[6] = {(const void **)&level.tap_tables, (const void **)&level.masked_bias,
                                (const void **)&level.masked_scale, (const void **)&level.tanh_table,
@@ -342,7 +585,23 @@ static PyObject *make_level(PyObject *Py_UNUSED(self), PyObject *args) {
     if (!stored) return PyErr_NoMemory();
     *stored = level;
     PyObject *capsule = PyCapsule_New(stored, "hvqcodec.level", free_level);
-    if (!capsule) free(stored);
+    if (!capsule) {
+        free(stored);
+        return NULL;
+    }
+#ifdef HAVE_INT8_PATH
+    if (want_int8 && int8_supported()) {
+        stored->int8 = 1;
+        for (Py_ssize_t i = 0; i < count; i++) stored->int8 &= int8_layer_fits(&stored->layers[i]);
+        for (Py_ssize_t i = 0; stored->int8 && i < count; i++)
+            if (!int8_pack(&stored->layers[i])) {
+                Py_DECREF(capsule);
+                return PyErr_NoMemory();
+            }
+    }
+#else
+    (void)want_int8;
+#endif
     return capsule;
 }
 
@@ -375,13 +634,30 @@ static PyObject *frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     int done;
     Py_BEGIN_ALLOW_THREADS
-    done = run_positions(level, canvas, neighbours, upper, cond_tables, count, (double *)out, scale);
+#ifdef HAVE_INT8_PATH
+    if (level->int8)
+        done = run_positions_int8(level, canvas, neighbours, upper, cond_tables, count, (double *)out, scale);
+    else
+#endif
+        done = run_positions(level, canvas, neighbours, upper, cond_tables, count, (double *)out, scale);
     Py_END_ALLOW_THREADS
     if (!done) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
+static PyObject *py_int8_supported(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
+    return PyBool_FromLong(int8_supported());
+}
+
+static PyObject *uses_int8(PyObject *Py_UNUSED(self), PyObject *capsule) {
+    const Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.level");
+    if (!level) return NULL;
+    return PyBool_FromLong(level->int8);
+}
+
 static PyMethodDef methods[] = {
+    {"int8_supported", py_int8_supported, METH_NOARGS, "Whether this CPU runs the int8 path (AVX-512 VNNI)."},
+    {"uses_int8", uses_int8, METH_O, "Whether a level's products take the int8 path."},
     {"level", make_level, METH_VARARGS, "Prepare a level prior's tables (addresses of contiguous tensors)."},
     {"frequencies", frequencies, METH_VARARGS, "Integer frequencies of a batch of positions (see intprior.py)."},
     {NULL, NULL, 0, NULL},

@@ -388,8 +388,9 @@ class HierarchicalVQVAE(nn.Module):
     def _decode_quarter(self, bottom_q: torch.Tensor, c1: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
         return _blocks(self.dec1, self.dec_in(torch.cat([bottom_q, c1], 1)), checkpointed)
 
-    def _decode_to_rgb(self, x: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
-        """The /4 decoder features -> RGB: 2x upsampling, the half-resolution stage, 2x to RGB."""
+    def _decode_to_rgb(self, x: torch.Tensor, checkpointed: bool = False, low_precision: bool = False) -> torch.Tensor:
+        """The /4 decoder features -> RGB: 2x upsampling, the half-resolution stage, 2x to RGB (low_precision: the
+        post-filter's correction in bfloat16)."""
         half = _blocks([self.dec_half], self.dec_up(x), checkpointed)
         if self.dec_half_more is not None:
             half = _blocks(self.dec_half_more, half, checkpointed)
@@ -397,7 +398,7 @@ class HierarchicalVQVAE(nn.Module):
         if self.detail is not None:
             rgb = rgb + self.detail(x)
         rgb = (rgb + 1) / 2
-        return rgb if self.post_filter is None else self.post_filter(rgb)
+        return rgb if self.post_filter is None else self.post_filter(rgb, low_precision)
 
     def decode(self, codes: Sequence[torch.Tensor], low_precision: bool = False) -> torch.Tensor:
         """A prefix of the code grids [top, mid, bottom, refinement stages...] -> RGB (N, 3, 16h, 16w), about [0, 1].
@@ -421,7 +422,7 @@ class HierarchicalVQVAE(nn.Module):
             bottom_q = (self.bottom_vector(codes[2:]) if len(codes) > 2
                         else self._absent_like(2, top, (4 * h, 4 * w)))
             x = self._decode_quarter(bottom_q.to(c1.dtype), c1)
-        return self._decode_to_rgb(x.float())
+        return self._decode_to_rgb(x.float(), low_precision=low_precision)
 
     def reconstruct(self, images: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """Encode and decode images of any size (padded internally, cropped back); clamped to [0, 1].

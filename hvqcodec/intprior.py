@@ -419,9 +419,12 @@ class IntLevelPrior(_IntNetwork):
         threads: how many threads the C step function may use (the torch version uses torch's own); scale: a
         power of two to multiply the frequencies by (exact), 2^-FREQ_BITS for the range coder's probabilities.
         """
-        if (self.kernel is not None and self.temperature_milli == 1000
-                and neighbours.shape[0] < stepkernel.max_positions()):
-            return self.kernel.frequencies(canvas, neighbours, upper, cond, threads, scale)
+        if self.kernel is not None and self.temperature_milli == 1000:
+            small = neighbours.shape[0] < stepkernel.max_positions()
+            # A large batch (the encoder's passes) too where the int8 path runs: even beside torch's spinning
+            # OpenMP threads it takes the torch version's time once over (stepkernel.LARGE_BATCH).
+            if small or self.kernel.int8:
+                return self.kernel.frequencies(canvas, neighbours, upper, cond, threads, scale)
         acc = F.embedding_bag(canvas[neighbours] + self.tap_offsets, self.tap_tables, mode="sum")
         bias_and_half, inv_scale = self.masked_scale
         pre = acc.add_(bias_and_half).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)

@@ -89,6 +89,16 @@ def available() -> bool:
     return built() and os.environ.get("HVQ_STEP_KERNEL", "1") != "0"
 
 
+def int8_supported() -> bool:
+    """Whether this CPU runs the C step function's int8 path (AVX-512 VNNI; the same integers, faster)."""
+    return built() and hasattr(_stepkernel, "int8_supported") and _stepkernel.int8_supported()
+
+
+def int8_available() -> bool:
+    """Whether new level kernels take the int8 path: supported and not turned off (HVQ_STEP_KERNEL_INT8=0)."""
+    return int8_supported() and os.environ.get("HVQ_STEP_KERNEL_INT8", "1") != "0"
+
+
 class LevelKernel:
     """A level prior's tables as the C step function reads them; holds the tensors whose addresses it uses."""
 
@@ -114,7 +124,10 @@ class LevelKernel:
                              f"{[tuple(t.shape) for t in tables]}, exp {tuple(exp.shape)}")
         self.codebook_size = codebook
         self.handle = _stepkernel.level(channels, codebook, taps, prior.causal_blocks, exp_max, gate_half,
-                                        *(t.data_ptr() for t in tables), exp.data_ptr(), tuple(layers))
+                                        *(t.data_ptr() for t in tables), exp.data_ptr(), tuple(layers),
+                                        int8_available())
+        # Whether the products run on int8 weights (the CPU and every layer's shape allow it).
+        self.int8 = int8_supported() and bool(_stepkernel.uses_int8(self.handle))
 
     def _keep_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         self._keep.append(tensor)

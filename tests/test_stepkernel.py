@@ -38,17 +38,27 @@ def torch_frequencies(state: LevelState, start: int, stop: int) -> torch.Tensor:
         state.prior.kernel = kernel
 
 
+# The int8 path (AVX-512 VNNI) where this CPU has it, and the float32 path everywhere.
+PATHS = [False, True] if stepkernel.int8_supported() else [False]
+
+
+@pytest.mark.parametrize("int8", PATHS, ids=lambda int8: "int8" if int8 else "float32")
 @pytest.mark.parametrize("codebook,channels,causal_blocks,weight_scale,subpixel", [
-    (16, 8, 1, 1.0, False),     # widths below one block of 32 lanes: the one-at-a-time paths
+    (16, 8, 1, 1.0, False),     # widths below one block of 32 lanes: the one-at-a-time paths (float32 only)
     (64, 32, 2, 1.0, True),     # whole blocks of lanes, as the shipped models
-    (80, 48, 2, 1.0, False),    # whole blocks and a remainder
+    (80, 48, 2, 1.0, False),    # whole blocks and a remainder (int8: three blocks of 16 outputs)
     (64, 32, 2, 40.0, True),    # saturated: clamps and the gate tables' ends
+    (80, 64, 2, 1.0, False),    # int8: 64 outputs at a time, then a block of 16
+    (144, 64, 1, 3.0, True),    # int8: one causal block, a codebook of 9 blocks of 16
 ])
-def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale, subpixel, monkeypatch):
+def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale, subpixel, int8, monkeypatch):
+    monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1" if int8 else "0")
     int_prior, codes = make_prior(codebook, channels, causal_blocks, weight_scale, subpixel)
     for level in range(3):
         level_prior = int_prior.levels[level]
         assert level_prior.kernel is not None
+        # The int8 path needs whole quads of inputs and blocks of 16 outputs in every layer.
+        assert level_prior.kernel.int8 == (int8 and channels % 16 == 0 and codebook % 16 == 0)
         state, _ = _known_state(level_prior, codes[level], codes[:level])
         count = state.order.numel()
         want = torch_frequencies(state, 0, count)
@@ -64,7 +74,7 @@ def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale,
         # A whole level in one batch, as the encoder's passes where large batches go to C too.
         monkeypatch.setattr(stepkernel, "MAX_POSITIONS", 1 << 62)
         assert torch.equal(state.frequencies(0, count), want)
-        monkeypatch.undo()
+        monkeypatch.setattr(stepkernel, "MAX_POSITIONS", None)
         # What the range coder gets: the frequencies / 2^20, written so by the C function itself.
         for start, stop in state.fronts[:5] + [(0, 100)]:
             assert np.array_equal(state.probabilities(start, stop), want[start:stop].numpy() / (1 << 20))
@@ -73,10 +83,13 @@ def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale,
             level_prior.kernel = kernel
 
 
-def test_decodes_what_the_torch_version_encodes():
+@pytest.mark.parametrize("int8", PATHS, ids=lambda int8: "int8" if int8 else "float32")
+def test_decodes_what_the_torch_version_encodes(int8, monkeypatch):
     """A coding-block prior's streams written with the torch step function decode with the C one, wavefront by
     wavefront, and the other way round: the file does not depend on which one a machine has."""
+    monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1" if int8 else "0")
     int_prior, codes = make_prior(64, 32, 2, 3.0, True, coding_block=8)
+    assert all(level.kernel.int8 == int8 for level in int_prior.levels)
     for level in range(3):
         level_prior = int_prior.levels[level]
         kernel = level_prior.kernel
