@@ -459,10 +459,13 @@ INT8_TARGET static void frequencies_row_int8(const Level *level, const float *re
     freq[most_probable] += ((double)FREQ_TOTAL - sum) * scale;
 }
 
-/* run_positions with the int8 products, GROUP positions at a time (the same steps, in the same order). */
+/* run_positions with the int8 products, GROUP positions at a time (the same steps, in the same order). With
+ * `given` (count, C) instead of a canvas, each position's first activations are given rather than computed by the
+ * masked convolution and the first gate: a refinement stage's group head (IntStagePrior.group_head), the same
+ * gated blocks and head with no causal taps or conditioning. */
 INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *canvas, const int64_t *neighbours,
-                                          const int64_t *upper, const int16_t *const *cond, Py_ssize_t count,
-                                          double *out, double scale) {
+                                          const int64_t *upper, const int16_t *const *cond, const float *given,
+                                          Py_ssize_t count, double *out, double scale) {
     const int C = level->channels, C2 = 2 * C, K = level->codebook_size, taps = level->taps;
     const Layer *head = &level->layers[2 * level->causal_blocks];
     const int widest = K > C2 ? K : C2;
@@ -481,7 +484,8 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
     for (Py_ssize_t first = 0; first < count; first += GROUP) {
         Py_ssize_t positions[GROUP];
         for (int g = 0; g < GROUP; g++) positions[g] = first + g < count ? first + g : first;
-        for (int g = 0; g < GROUP; g++) {
+        for (int g = 0; g < GROUP && given; g++) memcpy(work[g].h, given + (size_t)positions[g] * C, sizeof(float) * C);
+        for (int g = 0; g < GROUP && !given; g++) {
             const Py_ssize_t p = positions[g];
             for (int t = 0; t < taps; t++)
                 rows[t] = level->tap_tables + ((size_t)t * (K + 1) + (size_t)canvas[neighbours[p * taps + t]]) * C2;
@@ -561,7 +565,7 @@ static PyObject *make_level(PyObject *Py_UNUSED(self), PyObject *args) {
     for (int i = 0; i < 6; i++)
         if (!address(addresses[i], targets[i])) return NULL;
     Py_ssize_t count = PyTuple_GET_SIZE(layers);
-    if (count != 2 * level.causal_blocks + 1 || count > MAX_LAYERS || level.channels <= 0 || level.taps <= 0 ||
+    if (count != 2 * level.causal_blocks + 1 || count > MAX_LAYERS || level.channels <= 0 || level.taps < 0 ||
         level.taps > 64 || level.codebook_size <= 0) {
         PyErr_SetString(PyExc_ValueError, "inconsistent level prior shape");
         return NULL;
@@ -617,6 +621,10 @@ static PyObject *frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
         return NULL;
     const Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.level");
     if (!level) return NULL;
+    if (!level->taps) {
+        PyErr_SetString(PyExc_ValueError, "a head network has no causal taps: heads() runs it");
+        return NULL;
+    }
     const void *canvas, *neighbours, *upper, *out;
     if (!address(canvas_address, &canvas) || !address(neighbours_address, &neighbours) ||
         !address(upper_address, &upper) || !address(out_address, &out))
@@ -636,12 +644,109 @@ static PyObject *frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_INT8_PATH
     if (level->int8)
-        done = run_positions_int8(level, canvas, neighbours, upper, cond_tables, count, (double *)out, scale);
+        done = run_positions_int8(level, canvas, neighbours, upper, cond_tables, NULL, count, (double *)out, scale);
     else
 #endif
         done = run_positions(level, canvas, neighbours, upper, cond_tables, count, (double *)out, scale);
     Py_END_ALLOW_THREADS
     if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* heads(level, given, count, out[, scale]): out (count, K) float64 frequencies (times scale) of a head network (a
+ * level made with taps 0: gated blocks and a head, no masked convolution) for `given` (count, C) float32
+ * activations. The int8 path only. Runs without the GIL. */
+static PyObject *heads(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *capsule, *given_address, *out_address;
+    Py_ssize_t count;
+    double scale = 1.0;
+    if (!PyArg_ParseTuple(args, "OOnO|d", &capsule, &given_address, &count, &out_address, &scale)) return NULL;
+    const Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.level");
+    if (!level) return NULL;
+    if (level->taps || !level->int8) {
+        PyErr_SetString(PyExc_ValueError, "heads() runs head networks (taps 0) on the int8 path only");
+        return NULL;
+    }
+    const void *given, *out;
+    if (!address(given_address, &given) || !address(out_address, &out)) return NULL;
+    int done = 0;
+#ifdef HAVE_INT8_PATH
+    Py_BEGIN_ALLOW_THREADS
+    done = run_positions_int8(level, NULL, NULL, NULL, NULL, (const float *)given, count, (double *)out, scale);
+    Py_END_ALLOW_THREADS
+#endif
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* The k smallest of each row of a float32 (rows, columns) table, ascending, the lower column first among equal
+ * values (the encoder's nearest-codeword candidates: torch.topk(largest=False) takes about ten times as long on
+ * a 24,576 x 512 table). Most values fail the first comparison with the row's k-th smallest so far. */
+/* Inserts value v of column c into the ascending best[0..count-1] (count grows by one if below k), after equals. */
+INLINE void insert_sorted(float *restrict best, int64_t *restrict where, int slot, float v, int64_t c) {
+    while (slot > 0 && v < best[slot - 1]) {
+        best[slot] = best[slot - 1];
+        where[slot] = where[slot - 1];
+        slot--;
+    }
+    best[slot] = v;
+    where[slot] = c;
+}
+
+HOT static void smallest_rows(const float *restrict table, Py_ssize_t rows, Py_ssize_t columns, int k,
+                              float *restrict values, int64_t *restrict indices) {
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const float *restrict row = table + r * columns;
+        float *restrict best = values + r * k;
+        int64_t *restrict where = indices + r * k;
+        for (int c = 0; c < k; c++) insert_sorted(best, where, c, row[c], c);
+        float worst = best[k - 1];
+        Py_ssize_t c = k;
+#ifdef HAVE_VEC8
+        /* Eight columns at a time while none of them is below the k-th smallest so far (most of a row). */
+        typedef int veci8 __attribute__((vector_size(32)));
+        typedef long long vecl4 __attribute__((vector_size(32)));
+        for (; c + 8 <= columns; c += 8) {
+            const vec8 threshold = {worst, worst, worst, worst, worst, worst, worst, worst};
+            const veci8 below = LOAD8(row + c) < threshold;
+            const vecl4 any = (vecl4)below;
+            if (!(any[0] | any[1] | any[2] | any[3])) continue;
+            for (int j = 0; j < 8; j++)
+                if (row[c + j] < worst) {
+                    insert_sorted(best, where, k - 1, row[c + j], c + j);
+                    worst = best[k - 1];
+                }
+        }
+#endif
+        for (; c < columns; c++) {
+            const float v = row[c];
+            if (v < worst) { /* rare after the first few columns */
+                insert_sorted(best, where, k - 1, v, c);
+                worst = best[k - 1];
+            }
+        }
+    }
+}
+
+/* smallest(table, rows, columns, k, values, indices): addresses of float32 (rows, columns), float32 (rows, k)
+ * and int64 (rows, k); k <= columns. Runs without the GIL. */
+static PyObject *smallest(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *table_address, *values_address, *indices_address;
+    Py_ssize_t rows, columns;
+    int k;
+    if (!PyArg_ParseTuple(args, "OnniOO", &table_address, &rows, &columns, &k, &values_address, &indices_address))
+        return NULL;
+    if (k < 1 || k > columns || rows < 0) {
+        PyErr_SetString(PyExc_ValueError, "smallest: need 1 <= k <= columns");
+        return NULL;
+    }
+    const void *table, *values, *indices;
+    if (!address(table_address, &table) || !address(values_address, &values) ||
+        !address(indices_address, &indices))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    smallest_rows(table, rows, columns, k, (float *)values, (int64_t *)indices);
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
@@ -658,6 +763,8 @@ static PyObject *uses_int8(PyObject *Py_UNUSED(self), PyObject *capsule) {
 static PyMethodDef methods[] = {
     {"int8_supported", py_int8_supported, METH_NOARGS, "Whether this CPU runs the int8 path (AVX-512 VNNI)."},
     {"uses_int8", uses_int8, METH_O, "Whether a level's products take the int8 path."},
+    {"smallest", smallest, METH_VARARGS, "The k smallest values of each row of a float32 table, and their columns."},
+    {"heads", heads, METH_VARARGS, "Integer frequencies of a head network for given activations (see intprior.py)."},
     {"level", make_level, METH_VARARGS, "Prepare a level prior's tables (addresses of contiguous tensors)."},
     {"frequencies", frequencies, METH_VARARGS, "Integer frequencies of a batch of positions (see intprior.py)."},
     {NULL, NULL, 0, NULL},

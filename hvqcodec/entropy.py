@@ -87,8 +87,15 @@ def candidate_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes
 
 def _encode_chunk(encoder, symbols: torch.Tensor, freq: torch.Tensor) -> float:
     """Appends symbols (P,) with their frequencies (P, K) to a queue encoder; returns their information in bits."""
-    encoder.encode(symbols.cpu().numpy().astype(np.int32), _family(), _probabilities(freq))
-    return float(-(torch.log2(freq.gather(1, symbols[:, None].to(freq.device)).double() / FREQ_TOTAL)).sum())
+    return _encode_probabilities(encoder, symbols.cpu().numpy().astype(np.int32), _probabilities(freq))
+
+
+def _encode_probabilities(encoder, symbols: np.ndarray, probabilities: np.ndarray) -> float:
+    """Appends symbols (P,) int32 with their probabilities (P, K), the frequencies / FREQ_TOTAL, to a queue
+    encoder; returns their information in bits. numpy only: a torch operation on a (P, K) table between two
+    calls of the C step function would wake torch's OpenMP threads, which then spin beside its helper thread."""
+    encoder.encode(symbols, _family(), probabilities)
+    return float(-np.log2(probabilities[np.arange(len(symbols)), symbols]).sum())
 
 
 def _range_encode(symbols: torch.Tensor, freq: torch.Tensor) -> EncodedLevel:
@@ -163,7 +170,8 @@ def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequenc
     `state`: the level's state from `candidate_frequencies` with the same upper codes (saves its conditioning)."""
     state, symbols = _known_state(prior, codes, upper_codes, state)
     encoder = constriction.stream.queue.RangeEncoder()
-    bits = sum(_encode_chunk(encoder, symbols[start:stop], state.frequencies(start, stop))
+    symbols = symbols.cpu().numpy().astype(np.int32)
+    bits = sum(_encode_probabilities(encoder, symbols[start:stop], state.probabilities(start, stop))
                for start, stop in _chunks(state, chunk))
     return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
 

@@ -453,6 +453,14 @@ class IntStagePrior(_IntNetwork):
         self.codebook_size = t["head0.weight"].shape[0]
         self.level_embeddings = [t[f"level_embedding{u}"].to(self.dtype) for u in range(3)]
         self.stage_embeddings = [t[f"stage_embedding{e}"].to(self.dtype) for e in range((stage + 1) * groups - 1)]
+        # The group heads in C where the step function's int8 path runs: the same integers, without some twenty
+        # torch passes over (P, K) tables per chunk (hvqcodec/_stepkernel.c, `heads`).
+        self.head_kernels = None
+        if (self.device.type == "cpu" and self.dtype == torch.float32 and stepkernel.available()
+                and stepkernel.int8_available() and all(layer[3] is not None for layer in self.layers.values())):
+            kernels = [stepkernel.HeadKernel(self, g, GATE_HALF, EXP_MAX, luts["tanh"], luts["sigmoid"])
+                       for g in range(groups)]
+            self.head_kernels = kernels if all(k.usable for k in kernels) else None
 
     def context(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
         """One tile's [top, mid, bottom, earlier stages (G, h, w)...] -> context (h*w, C) on the bottom grid."""
@@ -480,6 +488,8 @@ class IntStagePrior(_IntNetwork):
     def group_head(self, context: torch.Tensor, group: int) -> torch.Tensor:
         """A group's context (P, C) -> frequencies (P, K). Each position on its own: any batch of rows gives the
         same integers, so callers may go chunk by chunk."""
+        if self.head_kernels is not None and self.temperature_milli == 1000:
+            return self.head_kernels[group].frequencies(context, torch.get_num_threads())
         out = f"group{group}.out"
         h = (context + self.product(out, self.gate(self.linear(f"group{group}.in", context), out))
              ).clamp_(-ACT_MAX, ACT_MAX)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import stepkernel
+
 
 @dataclass
 class QuantiserOutput:
@@ -75,7 +77,7 @@ class EMAQuantiser(nn.Module):
                 index = distances.argmin(1, keepdim=True)
                 cost = distances.gather(1, index)
             else:
-                cost, index = distances.topk(count, dim=1, largest=False)
+                cost, index = stepkernel.smallest(distances, count) or distances.topk(count, dim=1, largest=False)
             costs.append(cost)
             indices.append(index)
         if not indices:

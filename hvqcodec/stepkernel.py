@@ -99,19 +99,107 @@ def int8_available() -> bool:
     return int8_supported() and os.environ.get("HVQ_STEP_KERNEL_INT8", "1") != "0"
 
 
-class LevelKernel:
+def _split(count: int, threads: int, run) -> None:
+    """run(start, stop) over positions 0..count-1; with threads > 1, a batch of SPLIT_POSITIONS or more is shared
+    with a helper thread (each position's frequencies are its own: the same integers however it is split)."""
+    if threads > 1 and count >= SPLIT_POSITIONS:
+        half = count // 2
+        second = _helper_thread().submit(run, half, count)
+        run(0, half)
+        if second.cancel():  # the helper has not started (the other core is busy): do it here, not wait
+            run(half, count)
+        else:
+            second.result()
+    elif count:
+        run(0, count)
+
+
+def smallest(table: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The k smallest values of each row of a CPU float32 (rows, columns) table, ascending (the lower column first
+    among equal values), and their columns (int64); None where the C module is not built (use torch.topk)."""
+    import torch
+
+    if (_stepkernel is None or table.device.type != "cpu" or table.dtype != torch.float32 or table.dim() != 2
+            or table.requires_grad or not 1 <= k <= table.shape[1]):
+        return None
+    table = table.contiguous()
+    rows, columns = table.shape
+    values = torch.empty((rows, k), dtype=torch.float32)
+    indices = torch.empty((rows, k), dtype=torch.int64)
+
+    def run(start: int, stop: int) -> None:  # rows start..stop-1
+        _stepkernel.smallest(table.data_ptr() + 4 * columns * start, stop - start, columns, k,
+                             values.data_ptr() + 4 * k * start, indices.data_ptr() + 8 * k * start)
+    _split(rows, torch.get_num_threads(), run)
+    return values, indices
+
+
+class _Tables:
+    """Holds the tensors whose addresses the C function keeps."""
+
+    def __init__(self) -> None:
+        self._keep: list[torch.Tensor] = []
+
+    def _keep_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._keep.append(tensor)
+        return tensor
+
+    def _float32(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return self._keep_tensor(tensor.detach().to("cpu", torch.float32).contiguous())
+
+    def _layers(self, network, names: Sequence[str]) -> tuple:
+        """(inputs, outputs, weight, bias_and_half, inv_scale, input_scale) per layer, as the C function takes."""
+        layers = []
+        for name in names:
+            weight, bias_and_half, inv_scale, input_scale, _ = network.layers[name]
+            weight, bias_and_half, inv_scale = (self._float32(t) for t in (weight, bias_and_half, inv_scale))
+            layers.append((weight.shape[0], weight.shape[1], weight.data_ptr(), bias_and_half.data_ptr(),
+                           inv_scale.data_ptr(), float(input_scale or 0.0)))
+        return tuple(layers)
+
+
+class HeadKernel(_Tables):
+    """A refinement stage group's head (`IntStagePrior.group_head`: one gated block and the head, each position
+    on its own) in C, on the int8 path only (elsewhere the torch version runs, as fast as this in its own
+    operations: int8 matmuls over thousands of rows). `usable` says whether it runs."""
+
+    def __init__(self, prior, group: int, gate_half: int, exp_max: int, tanh: torch.Tensor,
+                 sigmoid: torch.Tensor) -> None:
+        super().__init__()
+        layers = self._layers(prior, [f"group{group}.in", f"group{group}.out", f"head{group}"])
+        tables = [self._float32(t) for t in (tanh, sigmoid)]
+        exp = self._keep_tensor(prior.exp.double().contiguous())
+        if [tuple(t.shape) for t in tables] != [(2 * gate_half + 1,)] * 2 or tuple(exp.shape) != (exp_max + 1,):
+            raise ValueError("stage prior tables of unexpected sizes for the C head function")
+        self.channels, self.codebook_size = prior.channels, layers[-1][1]
+        self.handle = _stepkernel.level(self.channels, self.codebook_size, 0, 1, exp_max, gate_half, 0, 0, 0,
+                                        *(t.data_ptr() for t in tables), exp.data_ptr(), layers, True)
+        self.usable = int8_supported() and bool(_stepkernel.uses_int8(self.handle))
+
+    def frequencies(self, given: torch.Tensor, threads: int = 1, scale: float = 1.0) -> torch.Tensor:
+        """Frequencies (P, K) float64 times scale for the group's context rows given (P, C) (activations)."""
+        import torch
+
+        given = given.to("cpu", torch.float32).contiguous()
+        out = torch.empty((given.shape[0], self.codebook_size), dtype=torch.float64)
+
+        def run(start: int, stop: int) -> None:  # 4-byte rows in, 8-byte rows out
+            _stepkernel.heads(self.handle, given.data_ptr() + 4 * self.channels * start, stop - start,
+                              out.data_ptr() + 8 * self.codebook_size * start, scale)
+        _split(given.shape[0], threads, run)
+        return out
+
+
+class LevelKernel(_Tables):
     """A level prior's tables as the C step function reads them; holds the tensors whose addresses it uses."""
 
     def __init__(self, prior: "IntLevelPrior", gate_half: int, exp_max: int, tanh: torch.Tensor,
                  sigmoid: torch.Tensor) -> None:
+        super().__init__()
         names = [f"block{i}.{part}" for i in range(prior.causal_blocks) for part in ("in", "out")] + ["head"]
-        self._keep: list[torch.Tensor] = []
-        layers = []
-        for name in names:
-            weight, bias_and_half, inv_scale, input_scale, _ = prior.layers[name]
-            weight, bias_and_half, inv_scale = (self._float32(t) for t in (weight, bias_and_half, inv_scale))
-            layers.append((weight.shape[0], weight.shape[1], weight.data_ptr(), bias_and_half.data_ptr(),
-                           inv_scale.data_ptr(), float(input_scale or 0.0)))
+        layers = self._layers(prior, names)
         bias_and_half, inv_scale = prior.masked_scale
         tables = [self._float32(t) for t in (prior.tap_tables, bias_and_half, inv_scale, tanh, sigmoid)]
         exp = self._keep_tensor(prior.exp.double().contiguous())
@@ -128,15 +216,6 @@ class LevelKernel:
                                         int8_available())
         # Whether the products run on int8 weights (the CPU and every layer's shape allow it).
         self.int8 = int8_supported() and bool(_stepkernel.uses_int8(self.handle))
-
-    def _keep_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        self._keep.append(tensor)
-        return tensor
-
-    def _float32(self, tensor: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        return self._keep_tensor(tensor.detach().to("cpu", torch.float32).contiguous())
 
     def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
                     cond: Sequence[torch.Tensor] | None, threads: int = 1, scale: float = 1.0) -> torch.Tensor:
@@ -157,14 +236,5 @@ class LevelKernel:
             _stepkernel.frequencies(self.handle, canvas.data_ptr(), neighbours.data_ptr() + 8 * taps * start,
                                     upper.data_ptr() + 8 * start, cond_addresses, stop - start,
                                     out.data_ptr() + 8 * self.codebook_size * start, scale)
-        if threads > 1 and count >= SPLIT_POSITIONS:
-            half = count // 2
-            second = _helper_thread().submit(run, half, count)
-            run(0, half)
-            if second.cancel():  # the helper has not started (the other core is busy): do it here, not wait
-                run(half, count)
-            else:
-                second.result()
-        elif count:
-            run(0, count)
+        _split(count, threads, run)
         return out

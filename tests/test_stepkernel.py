@@ -129,3 +129,64 @@ def test_large_batches_go_to_c_only_where_openmp_threads_sleep_soon(monkeypatch,
     # Decided on first use, not at import (the command line sets GOMP_SPINCOUNT after importing stepkernel).
     monkeypatch.setattr(stepkernel, "MAX_POSITIONS", None)
     assert stepkernel.max_positions() == (1 << 62 if sleep_soon else stepkernel.LARGE_BATCH)
+
+
+@pytest.mark.skipif(not stepkernel.int8_supported(), reason="the int8 path needs AVX-512 VNNI")
+@pytest.mark.parametrize("weight_scale", [1.0, 40.0])
+def test_stage_heads_same_integers_as_torch(weight_scale, monkeypatch):
+    """A refinement stage group's head in C (int8 path) against the torch version, row by row, on contexts that
+    include the activation grid's ends; any split of the rows gives the same integers."""
+    monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1")
+    torch.manual_seed(int(weight_scale))
+    prior = HierarchicalPrior(PriorConfig(codebook_sizes=(16, 16, 16), channels=16, causal_blocks=1, cond_blocks=1,
+                                          refine_stages=2, refine_groups=2, refine_codebook_size=48,
+                                          stage_channels=32, stage_blocks=1))
+    for parameter in prior.parameters():
+        parameter.data.mul_(weight_scale)
+    calibration = [torch.randint(0, 16, (2, h, w)) for h, w in SIZES] + [torch.randint(0, 48, (2, 2, *SIZES[2]))] * 2
+    int_prior = IntPrior(1, 1, export_prior(prior, calibration), "cpu", refine_stages=2, refine_groups=2,
+                         stage_blocks=1)
+    context = torch.randint(-3000, 3000, (300, 32)).float()
+    context[:20] = 32767.0
+    context[20:40] = -32767.0
+    for stage in int_prior.stages:
+        assert stage.head_kernels is not None
+        for group in range(2):
+            kernels, stage.head_kernels = stage.head_kernels, None
+            want = stage.group_head(context, group)
+            stage.head_kernels = kernels
+            assert bool((want.sum(1) == 1 << 20).all())
+            assert torch.equal(stage.group_head(context, group), want)
+            assert torch.equal(kernels[group].frequencies(context, threads=2), want)
+            assert torch.equal(kernels[group].frequencies(context[5:6]), want[5:6])
+
+
+def test_stage_heads_stay_on_torch_without_the_int8_path(monkeypatch):
+    monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "0")
+    torch.manual_seed(0)
+    prior = HierarchicalPrior(PriorConfig(codebook_sizes=(16, 16, 16), channels=16, causal_blocks=1, cond_blocks=1,
+                                          refine_stages=1, refine_groups=1, refine_codebook_size=32,
+                                          stage_channels=32, stage_blocks=1))
+    calibration = [torch.randint(0, 16, (2, h, w)) for h, w in SIZES] + [torch.randint(0, 32, (2, 1, *SIZES[2]))]
+    int_prior = IntPrior(1, 1, export_prior(prior, calibration), "cpu", refine_stages=1, refine_groups=1,
+                         stage_blocks=1)
+    assert int_prior.stages[0].dtype == torch.float32 and int_prior.stages[0].head_kernels is None
+
+
+@pytest.mark.parametrize("rows,columns,k,levels", [(300, 512, 8, 0), (257, 100, 8, 5), (40, 9, 9, 3), (7, 1, 1, 0)])
+def test_smallest_per_row_as_a_stable_sort(rows, columns, k, levels):
+    """The encoder's candidate search: the k smallest of each row, ascending, lower columns first among equal
+    values (`levels` > 0: few distinct values, many ties), over one thread or split with the helper."""
+    torch.manual_seed(rows)
+    table = torch.randint(0, levels, (rows, columns)).float() if levels else torch.randn(rows, columns)
+    want_values, want_columns = torch.sort(table, dim=1, stable=True)
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            values, columns_found = stepkernel.smallest(table, k)
+            assert torch.equal(values, want_values[:, :k]) and torch.equal(columns_found, want_columns[:, :k])
+    finally:
+        torch.set_num_threads(saved)
+    assert stepkernel.smallest(table, columns + 1) is None  # torch.topk's error then, as before
+    assert stepkernel.smallest(table.double(), k) is None
