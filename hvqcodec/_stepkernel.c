@@ -305,7 +305,7 @@ HOT static int run_positions(const Level *level, const int64_t *canvas, const in
 #define HAVE_INT8_PATH 1
 #define INT8_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")))
 #define GROUP 4        /* positions per pass over the weights: 16 of the 32 vector registers hold their sums */
-#define MAX_QUADS 64   /* inputs / 4 at most: the channels of a level prior, at most 256 */
+#define MAX_QUADS 576  /* inputs / 4 at most: 9 taps of 256 channels (a 3x3 convolution's columns) */
 
 static int int8_supported(void) {
     __builtin_cpu_init();
@@ -355,16 +355,10 @@ INT8_TARGET static inline void int8_finish(const Layer *layer, int o, __m512i su
     _mm512_storeu_ps(out + o, acc);
 }
 
-/* out[g] (O) = the layer's product of x[g] (I, 8-bit integers as floats) for GROUP positions. */
-INT8_TARGET static void product_int8(const Layer *layer, float *const *x, float *const *out) {
+/* out[g] (O) = the layer's product of the inputs xq[g] (I / 4 words of four bytes, each input + 128) for GROUP
+ * positions. */
+INT8_TARGET static void product_quads(const Layer *layer, const uint32_t (*xq)[MAX_QUADS], float *const *out) {
     const int O = layer->outputs, quads = layer->inputs / 4, blocks = O / 16;
-    uint32_t xq[GROUP][MAX_QUADS];
-    for (int g = 0; g < GROUP; g++)
-        for (int q = 0; q < quads; q++) {
-            uint32_t word = 0;
-            for (int k = 0; k < 4; k++) word |= (uint32_t)(uint8_t)((int)x[g][4 * q + k] + 128) << (8 * k);
-            xq[g][q] = word;
-        }
     int b = 0;
     for (; b + 4 <= blocks; b += 4) { /* 64 outputs: 4 blocks x GROUP positions of sums in registers */
         __m512i s[GROUP][4];
@@ -397,6 +391,19 @@ INT8_TARGET static void product_int8(const Layer *layer, float *const *x, float 
         }
         for (int g = 0; g < GROUP; g++) int8_finish(layer, 16 * b, s[g], out[g]);
     }
+}
+
+/* out[g] (O) = the layer's product of x[g] (I, 8-bit integers as floats) for GROUP positions. */
+INT8_TARGET static void product_int8(const Layer *layer, float *const *x, float *const *out) {
+    const int quads = layer->inputs / 4;
+    uint32_t xq[GROUP][MAX_QUADS];
+    for (int g = 0; g < GROUP; g++)
+        for (int q = 0; q < quads; q++) {
+            uint32_t word = 0;
+            for (int k = 0; k < 4; k++) word |= (uint32_t)(uint8_t)((int)x[g][4 * q + k] + 128) << (8 * k);
+            xq[g][q] = word;
+        }
+    product_quads(layer, (const uint32_t (*)[MAX_QUADS])xq, out);
 }
 
 /* frequencies_row with AVX-512: the same float32 and float64 operations on each code (the maximum, the exp
@@ -525,12 +532,59 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
     free(buffer);
     return 1;
 }
+/* The conditioning stacks' 3x3 gated blocks (IntNetwork.conv3x3_block) on the int8 path: x + out(gate(in(the 3x3
+ * neighbourhood of x rounded to 8 bits))), clamped, for positions start..stop-1 of an h x w grid, in place. `grid`
+ * (h + 2, w + 2, C) holds every position's rounded input + 128 (conv_grid), zero (128) around the edge, so that
+ * rows of x can be replaced while others still read the block's input. The same integers as the torch version:
+ * the 9C inputs in its tap-major order, exact int32 sums, then the same float32 steps as the step function. */
+INT8_TARGET static int conv_positions_int8(const Level *level, int block, const uint8_t *grid, float *x, int h,
+                                           int w, Py_ssize_t start, Py_ssize_t stop) {
+    const int C = level->channels, C2 = 2 * C;
+    const Layer *in = &level->layers[2 * block], *out_layer = &level->layers[2 * block + 1];
+    float *buffer = malloc(sizeof(float) * GROUP * (size_t)(C2 + 2 * C));
+    uint32_t(*xq)[MAX_QUADS] = malloc(sizeof(uint32_t) * GROUP * MAX_QUADS);
+    if (!buffer || !xq) {
+        free(buffer);
+        free(xq);
+        return 0;
+    }
+    float *pre[GROUP], *gated[GROUP], *wide[GROUP];
+    for (int g = 0; g < GROUP; g++) {
+        pre[g] = buffer + (size_t)g * (C2 + 2 * C);
+        gated[g] = pre[g] + C2;
+        wide[g] = gated[g] + C;
+    }
+    const size_t row_bytes = (size_t)(w + 2) * C;
+    for (Py_ssize_t first = start; first < stop; first += GROUP) {
+        Py_ssize_t positions[GROUP];
+        for (int g = 0; g < GROUP; g++) {
+            positions[g] = first + g < stop ? first + g : first;
+            const Py_ssize_t r = positions[g] / w, c = positions[g] % w;
+            uint8_t *column = (uint8_t *)xq[g];
+            for (int dy = 0; dy < 3; dy++) /* taps (dy, dx) in raster order, C bytes each: the tap-major columns */
+                memcpy(column + (size_t)dy * 3 * C, grid + (size_t)(r + dy) * row_bytes + (size_t)c * C, (size_t)3 * C);
+        }
+        product_quads(in, (const uint32_t (*)[MAX_QUADS])xq, pre);
+        for (int g = 0; g < GROUP; g++) gate(level, pre[g], out_layer, gated[g]);
+        product_int8(out_layer, gated, wide);
+        for (int g = 0; g < GROUP; g++) { /* all reads of x before any write (the padding repeats a position) */
+            const float *row = x + (size_t)positions[g] * C;
+            for (int c = 0; c < C; c++) wide[g][c] = clampf(row[c] + wide[g][c], ACT_MAX);
+        }
+        for (int g = 0; g < GROUP; g++) memcpy(x + (size_t)positions[g] * C, wide[g], sizeof(float) * C);
+    }
+    free(buffer);
+    free(xq);
+    return 1;
+}
 #else
 static int int8_supported(void) { return 0; }
 #endif
 
 static void free_level(PyObject *capsule) {
-    Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.level");
+    /* Level priors and head networks are "hvqcodec.level" capsules, conv stacks "hvqcodec.convs" (their layers
+     * differ, so neither is taken for the other). */
+    Level *level = PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule));
     for (int i = 0; i < MAX_LAYERS; i++) {
         free(level->layers[i].packed);
         free(level->layers[i].correction);
@@ -750,6 +804,126 @@ static PyObject *smallest(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* convs(channels, blocks, gate_half, tanh_table, sigmoid_table, layers) -> capsule: the 3x3 gated blocks of a
+ * conditioning stack (layers: block0.in with its weight in tap-major order (9C, 2C), block0.out (C, C), ...), on
+ * the int8 path only (ValueError where the CPU or the shapes do not allow it: the torch version runs). */
+static PyObject *make_convs(PyObject *Py_UNUSED(self), PyObject *args) {
+    Level level;
+    PyObject *tanh_address, *sigmoid_address, *layers;
+    memset(&level, 0, sizeof(level));
+    if (!PyArg_ParseTuple(args, "iiiOOO!", &level.channels, &level.causal_blocks, &level.gate_half, &tanh_address,
+                          &sigmoid_address, &PyTuple_Type, &layers))
+        return NULL;
+    if (!address(tanh_address, (const void **)&level.tanh_table) ||
+        !address(sigmoid_address, (const void **)&level.sigmoid_table))
+        return NULL;
+    const Py_ssize_t count = PyTuple_GET_SIZE(layers);
+    const int C = level.channels;
+    if (count != 2 * level.causal_blocks || count > MAX_LAYERS || C <= 0 || C % 16 || 9 * C / 4 > MAX_QUADS) {
+        PyErr_SetString(PyExc_ValueError, "convs: unsupported stack shape");
+        return NULL;
+    }
+    level.taps = 9;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Layer *layer = &level.layers[i];
+        PyObject *weight, *bias, *scale;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(layers, i), "iiOOOf", &layer->inputs, &layer->outputs, &weight,
+                              &bias, &scale, &layer->input_scale))
+            return NULL;
+        if (!address(weight, (const void **)&layer->weight) || !address(bias, (const void **)&layer->bias_and_half) ||
+            !address(scale, (const void **)&layer->inv_scale))
+            return NULL;
+        if (layer->inputs != (i % 2 ? C : 9 * C) || layer->outputs != (i % 2 ? C : 2 * C)) {
+            PyErr_SetString(PyExc_ValueError, "convs: layer shape does not match the stack");
+            return NULL;
+        }
+    }
+    Level *stored = malloc(sizeof(Level));
+    if (!stored) return PyErr_NoMemory();
+    *stored = level;
+    PyObject *capsule = PyCapsule_New(stored, "hvqcodec.convs", free_level);
+    if (!capsule) {
+        free(stored);
+        return NULL;
+    }
+#ifdef HAVE_INT8_PATH
+    stored->int8 = int8_supported();
+    for (Py_ssize_t i = 0; i < count; i++) stored->int8 &= int8_layer_fits(&stored->layers[i]);
+    for (Py_ssize_t i = 0; stored->int8 && i < count; i++)
+        if (!int8_pack(&stored->layers[i])) {
+            Py_DECREF(capsule);
+            return PyErr_NoMemory();
+        }
+#endif
+    if (!stored->int8) {
+        Py_DECREF(capsule);
+        PyErr_SetString(PyExc_ValueError, "convs: the int8 path is not available for this stack");
+        return NULL;
+    }
+    return capsule;
+}
+
+/* conv_grid(stack, block, x, h, w, grid): grid (h + 2, w + 2, C) uint8 = x (h * w, C) float32 rounded to the block's
+ * input 8 bits (half to even, as IntNetwork.layer_input) + 128, with 128 (zero) around the edge. */
+static PyObject *conv_grid(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *capsule, *x_address, *grid_address;
+    int block, h, w;
+    if (!PyArg_ParseTuple(args, "OiOiiO", &capsule, &block, &x_address, &h, &w, &grid_address)) return NULL;
+    const Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.convs");
+    if (!level) return NULL;
+    if (level->taps != 9 || block < 0 || block >= level->causal_blocks || h < 1 || w < 1) {
+        PyErr_SetString(PyExc_ValueError, "conv_grid: not a conv stack, or no such block");
+        return NULL;
+    }
+    const void *x_void, *grid_void;
+    if (!address(x_address, &x_void) || !address(grid_address, &grid_void)) return NULL;
+    const float *x = x_void;
+    uint8_t *grid = (uint8_t *)grid_void;
+    const int C = level->channels;
+    const float scale = level->layers[2 * block].input_scale;
+    const size_t row_bytes = (size_t)(w + 2) * C;
+    Py_BEGIN_ALLOW_THREADS
+    memset(grid, 128, row_bytes);
+    memset(grid + (size_t)(h + 1) * row_bytes, 128, row_bytes);
+    for (int r = 0; r < h; r++) {
+        uint8_t *line = grid + (size_t)(r + 1) * row_bytes;
+        memset(line, 128, (size_t)C);
+        memset(line + (size_t)(w + 1) * C, 128, (size_t)C);
+        const float *source = x + (size_t)r * w * C;
+        for (size_t k = 0; k < (size_t)w * C; k++)
+            line[C + k] = (uint8_t)((int)clampf(nearbyintf(source[k] * scale), NARROW_MAX) + 128);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* conv_block(stack, block, grid, x, h, w, start, stop): positions start..stop-1 of x (h * w, C) float32 through
+ * the block, in place, reading their neighbourhoods from grid (conv_grid). Runs without the GIL. */
+static PyObject *conv_block(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *capsule, *grid_address, *x_address;
+    int block, h, w;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "OiOOiinn", &capsule, &block, &grid_address, &x_address, &h, &w, &start, &stop))
+        return NULL;
+    const Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.convs");
+    if (!level) return NULL;
+    if (level->taps != 9 || !level->int8 || block < 0 || block >= level->causal_blocks || start < 0 ||
+        stop > (Py_ssize_t)h * w || start > stop) {
+        PyErr_SetString(PyExc_ValueError, "conv_block: not an int8 conv stack, no such block, or out of range");
+        return NULL;
+    }
+    const void *grid, *x;
+    if (!address(grid_address, &grid) || !address(x_address, &x)) return NULL;
+    int done = 0;
+#ifdef HAVE_INT8_PATH
+    Py_BEGIN_ALLOW_THREADS
+    done = conv_positions_int8(level, block, grid, (float *)x, h, w, start, stop);
+    Py_END_ALLOW_THREADS
+#endif
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_int8_supported(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
     return PyBool_FromLong(int8_supported());
 }
@@ -764,6 +938,9 @@ static PyMethodDef methods[] = {
     {"int8_supported", py_int8_supported, METH_NOARGS, "Whether this CPU runs the int8 path (AVX-512 VNNI)."},
     {"uses_int8", uses_int8, METH_O, "Whether a level's products take the int8 path."},
     {"smallest", smallest, METH_VARARGS, "The k smallest values of each row of a float32 table, and their columns."},
+    {"convs", make_convs, METH_VARARGS, "Prepare a conditioning stack's 3x3 gated blocks (int8 path only)."},
+    {"conv_grid", conv_grid, METH_VARARGS, "A block's inputs rounded to 8 bits, + 128, on a zero-padded grid."},
+    {"conv_block", conv_block, METH_VARARGS, "Positions of a grid through one 3x3 gated block, in place."},
     {"heads", heads, METH_VARARGS, "Integer frequencies of a head network for given activations (see intprior.py)."},
     {"level", make_level, METH_VARARGS, "Prepare a level prior's tables (addresses of contiguous tensors)."},
     {"frequencies", frequencies, METH_VARARGS, "Integer frequencies of a batch of positions (see intprior.py)."},

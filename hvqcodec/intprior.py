@@ -52,6 +52,7 @@ EXP_MAX = 16 << ACT_BITS  # exp(-d) for d in [0, 16]; further below the maximum 
 EXP_BITS = 20
 FREQ_BITS = 20
 FREQ_TOTAL = 1 << FREQ_BITS
+assert stepkernel.PROBABILITY_SCALE == 1.0 / FREQ_TOTAL
 PAD = KERNEL // 2
 # Positions per band of a 3x3 convolution (conditioning and stage contexts): bounds the (positions, 9C) float64
 # columns to a few MB, which stay in cache.
@@ -283,6 +284,7 @@ class _IntNetwork:
         self.gate_offset = torch.cat([torch.full((self.channels,), GATE_DOMAIN),
                                       torch.full((self.channels,), GATE_DOMAIN + span)]).to(self.device, dtype)
         self.exp = luts["exp"].to(self.device).double()
+        self._luts = luts  # the C functions take the gate tables as stored ([-GATE_HALF, GATE_HALF])
         self.temperature_milli = 1000  # 1.0: what coding uses; only sampling changes it
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -316,6 +318,26 @@ class _IntNetwork:
         if input_scale is not None:  # the product is on the 2^-20 grid; round half to even, as layer_input
             return (tanh * sigmoid).mul_(input_scale / (1 << ACT_BITS)).round_().clamp_(-NARROW_MAX, NARROW_MAX)
         return (tanh * sigmoid).add_(1 << (ACT_BITS - 1)).mul_(1.0 / (1 << ACT_BITS)).floor_()
+
+    def conv3x3_blocks(self, names: Sequence[str], x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """x through the 3x3 gated blocks `names` in turn: in C where the int8 path runs (the same integers, a
+        fraction of the time: `stepkernel.ConvKernel`), else `conv3x3_block` after `conv3x3_block`."""
+        kernels = self.__dict__.setdefault("_conv_kernels", {})
+        key = tuple(names)
+        if key not in kernels:
+            kernels[key] = None
+            if (names and self.device.type == "cpu" and self.dtype == torch.float32 and stepkernel.available()
+                    and stepkernel.int8_available()):
+                try:
+                    kernels[key] = stepkernel.ConvKernel(self, names, GATE_HALF, self._luts["tanh"],
+                                                         self._luts["sigmoid"])
+                except ValueError:  # shapes or tables the C function does not take: the torch version
+                    pass
+        if kernels[key] is not None:
+            return kernels[key].run(x, h, w, torch.get_num_threads())
+        for name in names:
+            x = self.conv3x3_block(name, x, h, w)
+        return x
 
     def conv3x3_block(self, name: str, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """x + out(gate(conv3x3(x))) on an (h*w, C) grid; the 3x3 convolution is a gather + matmul. Band by
@@ -404,8 +426,7 @@ class IntLevelPrior(_IntNetwork):
             grid = codes.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
             x = x + table[grid]  # (h, w, C)
         x = x.clamp(-ACT_MAX, ACT_MAX).reshape(h * w, -1).to(self.dtype)
-        for i in range(self.cond_blocks):
-            x = self.conv3x3_block(f"cond.block{i}", x, h, w)
+        x = self.conv3x3_blocks([f"cond.block{i}" for i in range(self.cond_blocks)], x, h, w)
         return [self.linear(f"cond.proj{i}", x).view(h * w * self.cond_positions, -1)
                 for i in range(1 + self.causal_blocks)]
 
@@ -473,9 +494,7 @@ class IntStagePrior(_IntNetwork):
             for g in range(self.groups):
                 x = x + self.stage_embeddings[s * self.groups + g][stage_codes[g].to(self.device)]
         x = x.reshape(h * w, -1).clamp_(-ACT_MAX, ACT_MAX)
-        for i in range(self.blocks):
-            x = self.conv3x3_block(f"block{i}", x, h, w)
-        return x
+        return self.conv3x3_blocks([f"block{i}" for i in range(self.blocks)], x, h, w)
 
     def group_context(self, context: torch.Tensor, group: int, previous: torch.Tensor | None) -> torch.Tensor:
         """The context (P, C) a group's codes are predicted from: the stage's context, plus (after the first
@@ -570,6 +589,7 @@ class LevelState:
         t = t[self.order]
         self.fronts = _runs(t)  # [start, stop) of each wavefront
         # Each tile's run of positions, per wavefront (start), so the decoder can feed each tile's stream.
+        self._bound: stepkernel.BoundLevel | None = None  # made on first use by `probabilities`
         self._segments: dict[int, list[tuple[int, int, int]]] = {}
         tile_of = self.tiles.tolist()
         for a, b in _runs(t * len(self.sizes) + self.tiles):
@@ -583,6 +603,12 @@ class LevelState:
     def probabilities(self, start: int, stop: int) -> np.ndarray:
         """What the range coder takes for positions start..stop-1: their frequencies / FREQ_TOTAL, exact float64
         (the C step function writes them so directly: no second pass over a step's (P, K) table)."""
+        kernel = self.prior.kernel
+        if (kernel is not None and self.prior.temperature_milli == 1000 and self.canvas.device.type == "cpu"
+                and (kernel.int8 or stop - start < stepkernel.max_positions())):
+            if self._bound is None:
+                self._bound = stepkernel.BoundLevel(kernel, self.canvas, self.neighbours, self.upper, self.cond)
+            return self._bound.probabilities(start, stop, self.threads)
         return self.frequencies(start, stop, 1.0 / FREQ_TOTAL).cpu().numpy()
 
     def segments(self, start: int) -> list[tuple[int, int, int]]:

@@ -17,7 +17,11 @@ try:
 except ImportError:  # built without a C compiler: the torch version runs
     _stepkernel = None
 
+# Frequencies times 2^-20 (intprior.FREQ_TOTAL = 2^20, checked there): the range coder's probabilities, exactly.
+PROBABILITY_SCALE = 2.0 ** -20
+
 if TYPE_CHECKING:  # torch is imported where tensors are made: `hvqcodec --version` asks `available()` without it
+    import numpy as np
     import torch
 
     from .intprior import IntLevelPrior
@@ -160,6 +164,36 @@ class _Tables:
         return tuple(layers)
 
 
+class ConvKernel(_Tables):
+    """A conditioning stack's 3x3 gated blocks (`_IntNetwork.conv3x3_block`, block after block) in C, on the int8
+    path only: each block's neighbourhoods gathered as bytes and multiplied with vpdpbusd, fused with its gate and
+    residual, instead of some fifteen torch passes over the grid. Raises ValueError where it cannot run."""
+
+    def __init__(self, network, blocks: Sequence[str], gate_half: int, tanh: torch.Tensor,
+                 sigmoid: torch.Tensor) -> None:
+        super().__init__()
+        names = [n for block in blocks for n in (network._tap_major(f"{block}.in"), f"{block}.out")]
+        layers = self._layers(network, names)
+        tables = [self._float32(t) for t in (tanh, sigmoid)]
+        if [tuple(t.shape) for t in tables] != [(2 * gate_half + 1,)] * 2:
+            raise ValueError("gate tables of unexpected sizes for the C conv function")
+        self.channels, self.blocks = network.channels, len(blocks)
+        self.handle = _stepkernel.convs(self.channels, self.blocks, gate_half, *(t.data_ptr() for t in tables),
+                                        layers)
+
+    def run(self, x: torch.Tensor, h: int, w: int, threads: int = 1) -> torch.Tensor:
+        """x (h * w, C) on the activation grid -> the same through every block (a new float32 tensor)."""
+        import torch
+
+        x = x.to("cpu", torch.float32, copy=True).contiguous()
+        grid = torch.empty(((h + 2) * (w + 2) * self.channels,), dtype=torch.uint8)
+        for block in range(self.blocks):
+            _stepkernel.conv_grid(self.handle, block, x.data_ptr(), h, w, grid.data_ptr())
+            _split(h * w, threads, lambda start, stop: _stepkernel.conv_block(
+                self.handle, block, grid.data_ptr(), x.data_ptr(), h, w, start, stop))
+        return x
+
+
 class HeadKernel(_Tables):
     """A refinement stage group's head (`IntStagePrior.group_head`: one gated block and the head, each position
     on its own) in C, on the int8 path only (elsewhere the torch version runs, as fast as this in its own
@@ -237,4 +271,42 @@ class LevelKernel(_Tables):
                                     upper.data_ptr() + 8 * start, cond_addresses, stop - start,
                                     out.data_ptr() + 8 * self.codebook_size * start, scale)
         _split(count, threads, run)
+        return out
+
+
+class BoundLevel:
+    """A level kernel bound to one LevelState's tensors (canvas, neighbours, upper, conditioning), converted and
+    their addresses taken once: a decoding step is then one C call into a numpy table (the decoder runs some
+    400 steps a Kodak image, and each conversion or tensor costs microseconds)."""
+
+    def __init__(self, kernel: LevelKernel, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
+                 cond: Sequence[torch.Tensor] | None) -> None:
+        import torch
+
+        if canvas.dtype != torch.int64 or not canvas.is_contiguous() or canvas.device.type != "cpu":
+            raise ValueError("a bound level paints into its canvas: an int64 contiguous CPU tensor")
+        self.kernel, self.canvas = kernel, canvas
+        self.neighbours, self.upper = (t.to("cpu", torch.int64).contiguous() for t in (neighbours, upper))
+        self.cond = None if cond is None else [unit.to("cpu", torch.int16).contiguous() for unit in cond]
+        self.cond_addresses = None if self.cond is None else tuple(unit.data_ptr() for unit in self.cond)
+        self.taps = self.neighbours.shape[1]
+
+    def probabilities(self, start: int, stop: int, threads: int = 1) -> np.ndarray:
+        """The range coder's probabilities (stop - start, K) float64 of positions start..stop-1: frequencies / 2^20
+        (exact), as `LevelKernel.frequencies` gives them with that scale."""
+        import numpy as np
+
+        # As slicing the state's tensors would: never past its positions (the C function reads without checks).
+        total = self.neighbours.shape[0]
+        start, stop = min(max(start, 0), total), min(max(stop, 0), total)
+        stop = max(start, stop)
+        codebook = self.kernel.codebook_size
+        out = np.empty((stop - start, codebook))
+        base, neighbours, upper = out.ctypes.data, self.neighbours.data_ptr(), self.upper.data_ptr()
+
+        def run(a: int, b: int) -> None:  # positions start + a .. start + b - 1
+            _stepkernel.frequencies(self.kernel.handle, self.canvas.data_ptr(),
+                                    neighbours + 8 * self.taps * (start + a), upper + 8 * (start + a),
+                                    self.cond_addresses, b - a, base + 8 * codebook * a, PROBABILITY_SCALE)
+        _split(stop - start, threads, run)
         return out

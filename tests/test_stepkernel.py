@@ -190,3 +190,37 @@ def test_smallest_per_row_as_a_stable_sort(rows, columns, k, levels):
         torch.set_num_threads(saved)
     assert stepkernel.smallest(table, columns + 1) is None  # torch.topk's error then, as before
     assert stepkernel.smallest(table.double(), k) is None
+
+
+@pytest.mark.skipif(not stepkernel.int8_supported(), reason="the int8 path needs AVX-512 VNNI")
+@pytest.mark.parametrize("channels,weight_scale", [(32, 1.0), (32, 40.0), (64, 3.0)])
+def test_conditioning_stacks_same_integers_as_torch(channels, weight_scale, monkeypatch):
+    """The levels' conditioning stacks (3x3 gated blocks) in C against the torch version, on one thread and
+    shared with the helper; grids as small as one row or column too (the zero padding on every side)."""
+    monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1")
+    int_prior, codes = make_prior(64, channels, 1, weight_scale, True)
+    torch.manual_seed(channels)
+    for level in (1, 2):
+        prior = int_prior.levels[level]
+        names = ("cond.block0",)  # make_prior: one conditioning block
+        for h, w in [codes[level - 1].shape, (1, 7), (9, 1), (5, 6)]:
+            x = torch.randint(-32767, 32768, (h * w, channels)).float()
+            x[::3] = x[::3].sign() * 32767.0  # the activation grid's ends
+            want = prior.conv3x3_block(names[0], x, h, w)
+            assert prior.conv3x3_blocks(names, x, h, w) is not None
+            kernel = prior._conv_kernels[names]
+            assert kernel is not None
+            for threads in (1, 2):
+                assert torch.equal(kernel.run(x, h, w, threads), want)
+        upper = [c for c in codes[:level]]
+        with_c = prior.conditioning(upper)
+        prior._conv_kernels = {names: None}
+        assert all(torch.equal(a, b) for a, b in zip(with_c, prior.conditioning(upper)))
+
+
+def test_conditioning_stacks_stay_on_torch_for_other_widths(monkeypatch):
+    monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1")
+    int_prior, codes = make_prior(16, 8, 1, 1.0, False)  # 8 channels: no whole block of 16 outputs
+    prior = int_prior.levels[2]
+    prior.conditioning(codes[:2])
+    assert prior._conv_kernels[("cond.block0",)] is None
