@@ -50,6 +50,7 @@ PATHS = [False, True] if stepkernel.int8_supported() else [False]
     (64, 32, 2, 40.0, True),    # saturated: clamps and the gate tables' ends
     (80, 64, 2, 1.0, False),    # int8: 64 outputs at a time, then a block of 16
     (144, 64, 1, 3.0, True),    # int8: one causal block, a codebook of 9 blocks of 16
+    (70, 16, 1, 1.0, False),    # float32 only: a codebook that is no multiple of 8 (the frequencies' last codes)
 ])
 def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale, subpixel, int8, monkeypatch):
     monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1" if int8 else "0")
