@@ -6,6 +6,11 @@ and the decoded pictures are compared byte for byte.
 
     python benchmarks/step_kernel.py [--model hvq-vr6] [--images 4] [--repeats 3] [--json out.json]
     python benchmarks/step_kernel.py --max-positions 1000000   # the C function for the encoder's batches too
+    python benchmarks/step_kernel.py --baseline float32   # the int8 path (AVX-512 VNNI) against the float32 one
+
+The baseline codec is built and warmed up with HVQ_STEP_KERNEL=0 (torch everywhere) or, with --baseline float32,
+HVQ_STEP_KERNEL_INT8=0 (the C float32 step function, torch conditioning stacks and stage heads: hvqcodec 0.17's
+path); the other one takes every C function this CPU has. Both search candidates with the C `smallest`.
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ def main() -> None:
     parser.add_argument("--max-positions", type=int, default=stepkernel.max_positions(),
                         help="batches of this many positions or more use the torch version (default: "
                              "stepkernel.max_positions(), which depends on GOMP_SPINCOUNT)")
+    parser.add_argument("--baseline", choices=("torch", "float32"), default="torch",
+                        help="what the C function is compared with: the torch step function, or the C float32 path")
     parser.add_argument("--json")
     args = parser.parse_args()
     stepkernel.MAX_POSITIONS = args.max_positions
@@ -45,11 +52,21 @@ def main() -> None:
         raise SystemExit("the C step function is not built (or HVQ_STEP_KERNEL=0): nothing to compare")
     torch.set_num_threads(args.threads)
     model = args.model or default_model()
-    codecs = {"torch": Codec(load_bundle(model), "cpu"), "C": Codec(load_bundle(model), "cpu")}
-    for level in codecs["torch"].prior.levels:
-        level.kernel = None
+    paths = sorted(KODAK.glob("*.png"))[:args.images]
+    base = args.baseline
+    if base == "float32" and not stepkernel.int8_available():
+        raise SystemExit("no int8 path here (AVX-512 VNNI, or HVQ_STEP_KERNEL_INT8=0): nothing to compare")
+    # The baseline's switch is read as kernels are made: at load, and at first use (warm-up on one image).
+    switch = {"float32": "HVQ_STEP_KERNEL_INT8", "torch": "HVQ_STEP_KERNEL"}[base]
+    os.environ[switch] = "0"
+    baseline = Codec(load_bundle(model), "cpu")
+    baseline.decompress(baseline.compress(paths[0]).data)
+    del os.environ[switch]
+    codecs = {base: baseline, "C": Codec(load_bundle(model), "cpu")}
     if any(level.kernel is None for level in codecs["C"].prior.levels):
         raise SystemExit(f"{model}'s priors do not use the C step function (16-bit tables?)")
+    if base == "float32" and not all(level.kernel.int8 for level in codecs["C"].prior.levels):
+        raise SystemExit(f"{model}'s priors do not take the int8 path")
 
     level_seconds = [0.0]
     decode_level = codec_module.decode_level
@@ -62,7 +79,6 @@ def main() -> None:
             level_seconds[0] += time.perf_counter() - start
     codec_module.decode_level = timed_decode_level
 
-    paths = sorted(KODAK.glob("*.png"))[:args.images]
     times = {name: {"encode": [], "decode": [], "levels": []} for name in codecs}
     for path in paths:
         for codec in codecs.values():  # warm-up: first calls allocate and build lookup tables
@@ -78,31 +94,33 @@ def main() -> None:
                 pictures[name] = codec.decompress(files[name])
                 times[name]["decode"].append(time.perf_counter() - start)
                 times[name]["levels"].append(level_seconds[0])
-            if files["C"] != files["torch"]:
+            if files["C"] != files[base]:
                 raise SystemExit(f"{path.name}: the two step functions wrote different files")
-            if not np.array_equal(np.asarray(pictures["C"].image), np.asarray(pictures["torch"].image)):
+            if not np.array_equal(np.asarray(pictures["C"].image), np.asarray(pictures[base].image)):
                 raise SystemExit(f"{path.name}: the two step functions decoded different pictures")
     medians = {name: {part: statistics.median(values) for part, values in parts.items()}
                for name, parts in times.items()}
-    ratios = {part: medians["C"][part] / medians["torch"][part] for part in ("encode", "decode", "levels")}
+    ratios = {part: medians["C"][part] / medians[base][part] for part in ("encode", "decode", "levels")}
     print(f"{model}, {len(paths)} Kodak images x {args.repeats}, {args.threads} threads, "
           f"{platform.processor() or platform.machine()}")
     for name, parts in medians.items():
         print(f"  {name:6s} encode {parts['encode']:.3f} s   decode {parts['decode']:.3f} s   "
               f"(levels' wavefronts {parts['levels']:.3f} s)")
-    print(f"  C / torch: encode x{ratios['encode']:.2f}, decode x{ratios['decode']:.2f}, levels "
+    print(f"  C / {base}: encode x{ratios['encode']:.2f}, decode x{ratios['decode']:.2f}, levels "
           f"x{ratios['levels']:.2f}; files and pictures identical")
     if args.json:
         spin = os.environ.get("GOMP_SPINCOUNT")  # read by torch's OpenMP runtime when it loads
         command = ("" if spin is None else f"GOMP_SPINCOUNT={spin} ") + "python benchmarks/step_kernel.py " + " ".join(
             f"--{k} {v}" for k, v in (("model", model), ("images", args.images), ("repeats", args.repeats),
-                                      ("threads", args.threads), ("max-positions", args.max_positions)))
+                                      ("threads", args.threads), ("max-positions", args.max_positions),
+                                      ("baseline", base)))
         Path(args.json).write_text(json.dumps({
             "name": "step-kernel", "description": __doc__.splitlines()[0], "command": command,
             "results": {"model": model, "images": [p.name for p in paths], "machine": platform.machine(),
                         "max_positions": args.max_positions, "gomp_spincount": spin,
                         "cpu_flags": {name: cpu_supports(name) for name in ("avx2", "avx512", "vnni", "amx_tile")},
-                        "seconds_median": medians, "c_over_torch": ratios, "identical": True}}, indent=1) + "\n")
+                        "baseline": base, "seconds_median": medians, f"c_over_{base}": ratios,
+                        "identical": True}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
