@@ -232,7 +232,10 @@ def decode_level(prior: IntLevelPrior, streams: Sequence[bytes], sizes: Sequence
     decoders = [_decoder(data) for data in streams]
     state = LevelState(prior, sizes, upper_codes)
     family = _family()
-    serial = state.order.numel() < PARALLEL_STEP_POSITIONS * max(1, len(state.fronts))
+    # With the C step function a step's torch work is only painting the codes in: one thread always (woken for
+    # that, torch's OpenMP threads would then spin beside the C function's helper thread).
+    serial = (state.order.numel() < PARALLEL_STEP_POSITIONS * max(1, len(state.fronts))
+              or (prior.kernel is not None and prior.temperature_milli == 1000))
     with one_thread() if prior.device.type == "cpu" and serial else contextlib.nullcontext():
         for start, stop in state.fronts:
             probabilities = state.probabilities(start, stop)
