@@ -230,8 +230,11 @@ static void frequencies_row_plain(const Level *level, const float *logits, doubl
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
-/* frequencies_row with AVX2 (CPUs without the int8 path): the same operations per code, four float64 at a time
- * (about half the float32 path's step time went to the scalar version). See frequencies_row_int8. */
+/* frequencies_row with AVX2: the same float32 and float64 operations on each code (the maximum, the exp table's
+ * weights and their sum, floor(w * numerator / total) + 1 and its sum: sums of integers below 2^53, exact in any
+ * order), four float64 at a time (the scalar loops took about half the float32 path's step time); the most
+ * probable code's share and the scale as there (the scale is a power of two, so scaling before adding the
+ * remainder gives the same float64). Both paths use it (an AVX-512 version measured no faster). */
 __attribute__((target("avx2,fma"))) static void frequencies_row_avx2(const Level *level, const float *restrict logits,
                                                                      double *restrict freq, double scale) {
     const int K = level->codebook_size, whole = K - K % 8;
@@ -306,6 +309,31 @@ INLINE void add_conditioning(float *restrict pre, const int16_t *restrict row, i
     for (int o = 0; o < n; o++) pre[o] += (float)row[o];
 }
 
+/* A position's first activations h (C): the masked convolution (a sum of one precomputed row per causal tap),
+ * its scaling, the first conditioning and the gate; pre (2C) is scratch. Shared by both paths (inlined into
+ * each, so compiled for its instruction set). */
+INLINE void first_activations(const Level *level, const int64_t *canvas, const int64_t *neighbours,
+                              const int64_t *upper, const int16_t *const *cond, Py_ssize_t p, float *restrict pre,
+                              float *restrict h) {
+    const int C2 = 2 * level->channels, K = level->codebook_size, taps = level->taps;
+    const float *rows[64];
+    for (int t = 0; t < taps; t++)
+        rows[t] = level->tap_tables + ((size_t)t * (K + 1) + (size_t)canvas[neighbours[p * taps + t]]) * C2;
+    for (int o0 = 0; o0 + LANES <= C2; o0 += LANES) {
+        float acc[LANES];
+        add_rows(acc, rows, taps, (size_t)o0);
+        for (int j = 0; j < LANES; j++)
+            pre[o0 + j] = clampf(floorf((acc[j] + level->masked_bias[o0 + j]) * level->masked_scale[o0 + j]), ACT_MAX);
+    }
+    for (int o = C2 - C2 % LANES; o < C2; o++) {
+        float acc = 0.0f;
+        for (int t = 0; t < taps; t++) acc += rows[t][o];
+        pre[o] = clampf(floorf((acc + level->masked_bias[o]) * level->masked_scale[o]), ACT_MAX);
+    }
+    if (cond) add_conditioning(pre, cond[0] + (size_t)upper[p] * C2, C2);
+    gate(level, pre, NULL, h);
+}
+
 /* One position's working rows. */
 typedef struct {
     float *pre, *h, *x, *wide;
@@ -314,7 +342,7 @@ typedef struct {
 HOT static int run_positions(const Level *level, const int64_t *canvas, const int64_t *neighbours,
                              const int64_t *upper, const int16_t *const *cond, Py_ssize_t count, double *out,
                              double scale) {
-    const int C = level->channels, C2 = 2 * C, K = level->codebook_size, taps = level->taps;
+    const int C = level->channels, C2 = 2 * C, K = level->codebook_size;
     const Layer *head = &level->layers[2 * level->causal_blocks];
     const int widest = K > C2 ? K : C2;
     const size_t per_position = (size_t)(C2 + C + C + widest);
@@ -327,30 +355,10 @@ HOT static int run_positions(const Level *level, const int64_t *canvas, const in
         work[g] = (Work){base, base + C2, base + C2 + C, base + C2 + 2 * C};
     }
     double *spare = (double *)(buffer + 2 * per_position);
-    const float *rows[64];
     for (Py_ssize_t first = 0; first < count; first += 2) {
         const Py_ssize_t positions[2] = {first, first + 1 < count ? first + 1 : first};
-        for (int g = 0; g < 2; g++) {
-            const Py_ssize_t p = positions[g];
-            float *pre = work[g].pre;
-            /* The masked convolution: a sum of one precomputed row per causal tap. */
-            for (int t = 0; t < taps; t++)
-                rows[t] = level->tap_tables + ((size_t)t * (K + 1) + (size_t)canvas[neighbours[p * taps + t]]) * C2;
-            for (int o0 = 0; o0 + LANES <= C2; o0 += LANES) {
-                float acc[LANES];
-                add_rows(acc, rows, taps, (size_t)o0);
-                for (int j = 0; j < LANES; j++)
-                    pre[o0 + j] = clampf(floorf((acc[j] + level->masked_bias[o0 + j]) * level->masked_scale[o0 + j]),
-                                         ACT_MAX);
-            }
-            for (int o = C2 - C2 % LANES; o < C2; o++) {
-                float acc = 0.0f;
-                for (int t = 0; t < taps; t++) acc += rows[t][o];
-                pre[o] = clampf(floorf((acc + level->masked_bias[o]) * level->masked_scale[o]), ACT_MAX);
-            }
-            if (cond) add_conditioning(pre, cond[0] + (size_t)upper[p] * C2, C2);
-            gate(level, pre, NULL, work[g].h);
-        }
+        for (int g = 0; g < 2; g++)
+            first_activations(level, canvas, neighbours, upper, cond, positions[g], work[g].pre, work[g].h);
         for (int b = 0; b < level->causal_blocks; b++) {
             const Layer *in = &level->layers[2 * b], *out_layer = &level->layers[2 * b + 1];
             for (int g = 0; g < 2; g++) layer_input(in, work[g].h, work[g].x, C);
@@ -485,67 +493,6 @@ INT8_TARGET static void product_int8(const Layer *layer, float *const *x, float 
     product_quads(layer, (const uint32_t (*)[MAX_QUADS])xq, out);
 }
 
-/* frequencies_row with AVX-512: the same float32 and float64 operations on each code (the maximum, the exp
- * table's weights and their sum, floor(w * numerator / total) + 1 and its sum: sums of integers below 2^53, exact
- * in any order), eight codes per instruction; the most probable code's share and the scale as there (the scale
- * is a power of two, so scaling before adding the remainder gives the same float64). */
-INT8_TARGET static void frequencies_row_int8(const Level *level, const float *restrict logits,
-                                             double *restrict freq, double scale) {
-    const int K = level->codebook_size, whole = K - K % 8;
-    float top = logits[0];
-    if (whole) {
-        __m256 peak = _mm256_loadu_ps(logits);
-        for (int k = 8; k < whole; k += 8) peak = _mm256_max_ps(peak, _mm256_loadu_ps(logits + k));
-        float peaks[8];
-        _mm256_storeu_ps(peaks, peak);
-        for (int j = 0; j < 8; j++) top = peaks[j] > top ? peaks[j] : top;
-    }
-    for (int k = whole; k < K; k++) top = logits[k] > top ? logits[k] : top;
-    const __m256 top8 = _mm256_set1_ps(top);
-    int most_probable = -1; /* the first code at the maximum, as argmax */
-    for (int k = 0; k < whole && most_probable < 0; k += 8) {
-        const __mmask8 equal = _mm256_cmp_ps_mask(_mm256_loadu_ps(logits + k), top8, _CMP_EQ_OQ);
-        if (equal) most_probable = k + __builtin_ctz(equal);
-    }
-    if (most_probable < 0) {
-        most_probable = whole;
-        while (logits[most_probable] != top) most_probable++;
-    }
-    const float cap = (float)level->exp_max;
-    const __m256 cap8 = _mm256_set1_ps(cap);
-    __m512d sums = _mm512_setzero_pd();
-    for (int k = 0; k < whole; k += 8) {
-        const __m256 distance = _mm256_sub_ps(top8, _mm256_loadu_ps(logits + k));
-        const __m256i index = _mm256_cvttps_epi32(_mm256_min_ps(distance, cap8));
-        const __m512d w = _mm512_i32gather_pd(index, level->exp_table, 8);
-        _mm512_storeu_pd(freq + k, w);
-        sums = _mm512_add_pd(sums, w);
-    }
-    double total = _mm512_reduce_add_pd(sums);
-    for (int k = whole; k < K; k++) {
-        const float d = top - logits[k];
-        freq[k] = level->exp_table[(int)(d < cap ? d : cap)];
-        total += freq[k];
-    }
-    const double numerator = (double)(FREQ_TOTAL - K);
-    const __m512d numerator8 = _mm512_set1_pd(numerator), total8 = _mm512_set1_pd(total);
-    const __m512d one = _mm512_set1_pd(1.0), scale8 = _mm512_set1_pd(scale);
-    sums = _mm512_setzero_pd();
-    for (int k = 0; k < whole; k += 8) {
-        __m512d f = _mm512_div_pd(_mm512_mul_pd(_mm512_loadu_pd(freq + k), numerator8), total8);
-        f = _mm512_add_pd(_mm512_roundscale_pd(f, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), one);
-        sums = _mm512_add_pd(sums, f);
-        _mm512_storeu_pd(freq + k, _mm512_mul_pd(f, scale8));
-    }
-    double sum = _mm512_reduce_add_pd(sums);
-    for (int k = whole; k < K; k++) {
-        const double f = floor(freq[k] * numerator / total) + 1.0;
-        sum += f;
-        freq[k] = f * scale;
-    }
-    freq[most_probable] += ((double)FREQ_TOTAL - sum) * scale;
-}
-
 /* run_positions with the int8 products, GROUP positions at a time (the same steps, in the same order). With
  * `given` (count, C) instead of a canvas, each position's first activations are given rather than computed by the
  * masked convolution and the first gate: a refinement stage's group head (IntStagePrior.group_head), the same
@@ -553,7 +500,7 @@ INT8_TARGET static void frequencies_row_int8(const Level *level, const float *re
 INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *canvas, const int64_t *neighbours,
                                           const int64_t *upper, const int16_t *const *cond, const float *given,
                                           Py_ssize_t count, double *out, double scale) {
-    const int C = level->channels, C2 = 2 * C, K = level->codebook_size, taps = level->taps;
+    const int C = level->channels, C2 = 2 * C, K = level->codebook_size;
     const Layer *head = &level->layers[2 * level->causal_blocks];
     const int widest = K > C2 ? K : C2;
     const size_t per_position = (size_t)(C2 + C + C + widest);
@@ -567,30 +514,12 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
         pre[g] = work[g].pre, x[g] = work[g].x, wide[g] = work[g].wide;
     }
     double *spare = (double *)(buffer + GROUP * per_position);
-    const float *rows[64];
     for (Py_ssize_t first = 0; first < count; first += GROUP) {
         Py_ssize_t positions[GROUP];
         for (int g = 0; g < GROUP; g++) positions[g] = first + g < count ? first + g : first;
         for (int g = 0; g < GROUP && given; g++) memcpy(work[g].h, given + (size_t)positions[g] * C, sizeof(float) * C);
-        for (int g = 0; g < GROUP && !given; g++) {
-            const Py_ssize_t p = positions[g];
-            for (int t = 0; t < taps; t++)
-                rows[t] = level->tap_tables + ((size_t)t * (K + 1) + (size_t)canvas[neighbours[p * taps + t]]) * C2;
-            for (int o0 = 0; o0 + LANES <= C2; o0 += LANES) {
-                float acc[LANES];
-                add_rows(acc, rows, taps, (size_t)o0);
-                for (int j = 0; j < LANES; j++)
-                    pre[g][o0 + j] = clampf(floorf((acc[j] + level->masked_bias[o0 + j]) * level->masked_scale[o0 + j]),
-                                            ACT_MAX);
-            }
-            for (int o = C2 - C2 % LANES; o < C2; o++) {
-                float acc = 0.0f;
-                for (int t = 0; t < taps; t++) acc += rows[t][o];
-                pre[g][o] = clampf(floorf((acc + level->masked_bias[o]) * level->masked_scale[o]), ACT_MAX);
-            }
-            if (cond) add_conditioning(pre[g], cond[0] + (size_t)upper[p] * C2, C2);
-            gate(level, pre[g], NULL, work[g].h);
-        }
+        for (int g = 0; g < GROUP && !given; g++)
+            first_activations(level, canvas, neighbours, upper, cond, positions[g], pre[g], work[g].h);
         for (int b = 0; b < level->causal_blocks; b++) {
             const Layer *in = &level->layers[2 * b], *out_layer = &level->layers[2 * b + 1];
             for (int g = 0; g < GROUP; g++) layer_input(in, work[g].h, x[g], C);
@@ -606,7 +535,7 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
         for (int g = 0; g < GROUP; g++) layer_input(head, work[g].h, x[g], C);
         product_int8(head, x, wide);
         for (int g = 0; g < GROUP; g++) /* a repeated position (the last group's padding) writes to spare */
-            frequencies_row_int8(level, wide[g],
+            frequencies_row_avx2(level, wide[g],
                                  g == 0 || positions[g] != first ? out + (size_t)positions[g] * K : spare, scale);
     }
     free(buffer);
@@ -617,8 +546,8 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
  * (h + 2, w + 2, C) holds every position's rounded input + 128 (conv_grid), zero (128) around the edge, so that
  * rows of x can be replaced while others still read the block's input. The same integers as the torch version:
  * the 9C inputs in its tap-major order, exact int32 sums, then the same float32 steps as the step function. */
-INT8_TARGET static int conv_positions_int8(const Level *level, int block, const uint8_t *grid, float *x, int h,
-                                           int w, Py_ssize_t start, Py_ssize_t stop) {
+INT8_TARGET static int conv_positions_int8(const Level *level, int block, const uint8_t *grid, float *x, int w,
+                                           Py_ssize_t start, Py_ssize_t stop) {
     const int C = level->channels, C2 = 2 * C;
     const Layer *in = &level->layers[2 * block], *out_layer = &level->layers[2 * block + 1];
     float *buffer = malloc(sizeof(float) * GROUP * (size_t)(C2 + 2 * C));
@@ -1002,7 +931,7 @@ static PyObject *conv_block(PyObject *Py_UNUSED(self), PyObject *args) {
     int done = 0;
 #ifdef HAVE_INT8_PATH
     Py_BEGIN_ALLOW_THREADS
-    done = conv_positions_int8(level, block, grid, (float *)x, h, w, start, stop);
+    done = conv_positions_int8(level, block, grid, (float *)x, w, start, stop);
     Py_END_ALLOW_THREADS
 #endif
     if (!done) return PyErr_NoMemory();
