@@ -110,7 +110,9 @@ def test_version_names_the_step_function():
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     line, torch_imported = output.splitlines()
     if stepkernel.available():
-        assert line.endswith(f" {__version__} (step function: C)"), line
+        path = ", int8 path (AVX-512 VNNI)" if stepkernel.int8_available() else \
+            (", int8 path off (HVQ_STEP_KERNEL_INT8=0)" if stepkernel.int8_supported() else "")
+        assert line.endswith(f" {__version__} (step function: C{path})"), line
     else:
         assert f" {__version__} (step function: torch (" in line, line
     assert torch_imported == "False"

@@ -17,7 +17,10 @@ def _step_function() -> str:
     from .. import stepkernel
 
     if stepkernel.available():
-        return "step function: C"
+        if stepkernel.int8_available():
+            return "step function: C, int8 path (AVX-512 VNNI)"
+        return "step function: C, int8 path off (HVQ_STEP_KERNEL_INT8=0)" if stepkernel.int8_supported() else \
+            "step function: C"
     return "step function: torch (HVQ_STEP_KERNEL=0)" if stepkernel.built() else \
         "step function: torch (the C one is not built)"
 
