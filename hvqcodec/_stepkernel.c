@@ -608,6 +608,44 @@ static int address(PyObject *object, const void **target) {
     return 1;
 }
 
+/* One layer's (inputs, outputs, weight, bias_and_half, inv_scale, input_scale) tuple into `layer`. */
+static int parse_layer(PyObject *item, Layer *layer) {
+    PyObject *weight, *bias, *scale;
+    if (!PyArg_ParseTuple(item, "iiOOOf", &layer->inputs, &layer->outputs, &weight, &bias, &scale,
+                          &layer->input_scale))
+        return 0;
+    return address(weight, (const void **)&layer->weight) && address(bias, (const void **)&layer->bias_and_half) &&
+           address(scale, (const void **)&layer->inv_scale);
+}
+
+/* A copy of `level` in a capsule named `name`, its first `count` layers packed for the int8 path where `want_int8`,
+ * the CPU and every layer allow it (level->int8 then says whether they were). */
+static PyObject *level_capsule(const Level *level, const char *name, Py_ssize_t count, int want_int8) {
+    Level *stored = malloc(sizeof(Level));
+    if (!stored) return PyErr_NoMemory();
+    *stored = *level;
+    PyObject *capsule = PyCapsule_New(stored, name, free_level);
+    if (!capsule) {
+        free(stored);
+        return NULL;
+    }
+#ifdef HAVE_INT8_PATH
+    if (want_int8 && int8_supported()) {
+        stored->int8 = 1;
+        for (Py_ssize_t i = 0; i < count; i++) stored->int8 &= int8_layer_fits(&stored->layers[i]);
+        for (Py_ssize_t i = 0; stored->int8 && i < count; i++)
+            if (!int8_pack(&stored->layers[i])) {
+                Py_DECREF(capsule);
+                return PyErr_NoMemory();
+            }
+    }
+#else
+    (void)count;
+    (void)want_int8;
+#endif
+    return capsule;
+}
+
 /* level(channels, codebook_size, taps, causal_blocks, exp_max, gate_half, tap_tables, masked_bias, masked_scale,
  *       tanh_table, sigmoid_table, exp_table, layers[, int8]) -> capsule; layers: ((inputs, outputs, weight,
  *       bias_and_half, inv_scale, input_scale), ...) for block0.in, block0.out, ..., head; int8: take the int8
@@ -635,13 +673,7 @@ static PyObject *make_level(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         Layer *layer = &level.layers[i];
-        PyObject *weight, *bias, *scale;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(layers, i), "iiOOOf", &layer->inputs, &layer->outputs, &weight,
-                              &bias, &scale, &layer->input_scale))
-            return NULL;
-        if (!address(weight, (const void **)&layer->weight) || !address(bias, (const void **)&layer->bias_and_half) ||
-            !address(scale, (const void **)&layer->inv_scale))
-            return NULL;
+        if (!parse_layer(PyTuple_GET_ITEM(layers, i), layer)) return NULL;
         int expected_out = i == count - 1 ? level.codebook_size : (i % 2 ? level.channels : 2 * level.channels);
         if (layer->inputs != level.channels || layer->outputs != expected_out) {
             PyErr_SetString(PyExc_ValueError, "layer shape does not match the level prior");
@@ -649,28 +681,7 @@ static PyObject *make_level(PyObject *Py_UNUSED(self), PyObject *args) {
         }
     }
     choose_frequencies_row(&level);
-    Level *stored = malloc(sizeof(Level));
-    if (!stored) return PyErr_NoMemory();
-    *stored = level;
-    PyObject *capsule = PyCapsule_New(stored, "hvqcodec.level", free_level);
-    if (!capsule) {
-        free(stored);
-        return NULL;
-    }
-#ifdef HAVE_INT8_PATH
-    if (want_int8 && int8_supported()) {
-        stored->int8 = 1;
-        for (Py_ssize_t i = 0; i < count; i++) stored->int8 &= int8_layer_fits(&stored->layers[i]);
-        for (Py_ssize_t i = 0; stored->int8 && i < count; i++)
-            if (!int8_pack(&stored->layers[i])) {
-                Py_DECREF(capsule);
-                return PyErr_NoMemory();
-            }
-    }
-#else
-    (void)want_int8;
-#endif
-    return capsule;
+    return level_capsule(&level, "hvqcodec.level", count, want_int8);
 }
 
 /* frequencies(level, canvas, neighbours, upper, cond, count, out[, scale]): out (count, K) float64 frequencies
@@ -836,36 +847,15 @@ static PyObject *make_convs(PyObject *Py_UNUSED(self), PyObject *args) {
     level.taps = 9;
     for (Py_ssize_t i = 0; i < count; i++) {
         Layer *layer = &level.layers[i];
-        PyObject *weight, *bias, *scale;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(layers, i), "iiOOOf", &layer->inputs, &layer->outputs, &weight,
-                              &bias, &scale, &layer->input_scale))
-            return NULL;
-        if (!address(weight, (const void **)&layer->weight) || !address(bias, (const void **)&layer->bias_and_half) ||
-            !address(scale, (const void **)&layer->inv_scale))
-            return NULL;
+        if (!parse_layer(PyTuple_GET_ITEM(layers, i), layer)) return NULL;
         if (layer->inputs != (i % 2 ? C : 9 * C) || layer->outputs != (i % 2 ? C : 2 * C)) {
             PyErr_SetString(PyExc_ValueError, "convs: layer shape does not match the stack");
             return NULL;
         }
     }
-    Level *stored = malloc(sizeof(Level));
-    if (!stored) return PyErr_NoMemory();
-    *stored = level;
-    PyObject *capsule = PyCapsule_New(stored, "hvqcodec.convs", free_level);
-    if (!capsule) {
-        free(stored);
-        return NULL;
-    }
-#ifdef HAVE_INT8_PATH
-    stored->int8 = int8_supported();
-    for (Py_ssize_t i = 0; i < count; i++) stored->int8 &= int8_layer_fits(&stored->layers[i]);
-    for (Py_ssize_t i = 0; stored->int8 && i < count; i++)
-        if (!int8_pack(&stored->layers[i])) {
-            Py_DECREF(capsule);
-            return PyErr_NoMemory();
-        }
-#endif
-    if (!stored->int8) {
+    PyObject *capsule = level_capsule(&level, "hvqcodec.convs", count, 1);
+    if (!capsule) return NULL;
+    if (!((const Level *)PyCapsule_GetPointer(capsule, "hvqcodec.convs"))->int8) {
         Py_DECREF(capsule);
         PyErr_SetString(PyExc_ValueError, "convs: the int8 path is not available for this stack");
         return NULL;

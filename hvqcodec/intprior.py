@@ -433,6 +433,14 @@ class IntLevelPrior(_IntNetwork):
         return [self.linear(f"cond.proj{i}", x).view(h * w * self.cond_positions, -1)
                 for i in range(1 + self.causal_blocks)]
 
+    def kernel_runs(self, count: int) -> bool:
+        """Whether a batch of `count` positions goes to the C step function: at temperature 1 (coding), below
+        stepkernel.max_positions(), or of any size where the int8 path runs: even beside torch's spinning OpenMP
+        threads (stepkernel.LARGE_BATCH) it takes about half the torch version's time there (a Kodak bottom
+        level in chunks of 1,024: 0.07 s on one thread against 0.13 s on two)."""
+        return (self.kernel is not None and self.temperature_milli == 1000
+                and (self.kernel.int8 or count < stepkernel.max_positions()))
+
     def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
                     cond: list[torch.Tensor] | None, threads: int = 1, scale: float = 1.0) -> torch.Tensor:
         """The step function: integer frequencies (P, K) for P positions of a LevelState.
@@ -443,13 +451,8 @@ class IntLevelPrior(_IntNetwork):
         threads: how many threads the C step function may use (the torch version uses torch's own); scale: a
         power of two to multiply the frequencies by (exact), 2^-FREQ_BITS for the range coder's probabilities.
         """
-        if self.kernel is not None and self.temperature_milli == 1000:
-            small = neighbours.shape[0] < stepkernel.max_positions()
-            # A large batch (the encoder's passes) too where the int8 path runs: even beside torch's spinning
-            # OpenMP threads (stepkernel.LARGE_BATCH) it takes about half the torch version's time (a Kodak
-            # bottom level in chunks of 1,024: 0.07 s on one thread against 0.13 s on two).
-            if small or self.kernel.int8:
-                return self.kernel.frequencies(canvas, neighbours, upper, cond, threads, scale)
+        if self.kernel_runs(neighbours.shape[0]):
+            return self.kernel.frequencies(canvas, neighbours, upper, cond, threads, scale)
         acc = F.embedding_bag(canvas[neighbours] + self.tap_offsets, self.tap_tables, mode="sum")
         bias_and_half, inv_scale = self.masked_scale
         pre = acc.add_(bias_and_half).mul_(inv_scale).floor_().clamp_(-ACT_MAX, ACT_MAX)
@@ -607,11 +610,10 @@ class LevelState:
     def probabilities(self, start: int, stop: int) -> np.ndarray:
         """What the range coder takes for positions start..stop-1: their frequencies / FREQ_TOTAL, exact float64
         (the C step function writes them so directly: no second pass over a step's (P, K) table)."""
-        kernel = self.prior.kernel
-        if (kernel is not None and self.prior.temperature_milli == 1000 and self.canvas.device.type == "cpu"
-                and (kernel.int8 or stop - start < stepkernel.max_positions())):
+        if self.prior.kernel_runs(stop - start):
             if self._bound is None:
-                self._bound = stepkernel.BoundLevel(kernel, self.canvas, self.neighbours, self.upper, self.cond)
+                self._bound = stepkernel.BoundLevel(self.prior.kernel, self.canvas, self.neighbours, self.upper,
+                                                    self.cond)
             return self._bound.probabilities(start, stop, self.threads)
         return self.frequencies(start, stop, 1.0 / FREQ_TOTAL).cpu().numpy()
 
