@@ -46,7 +46,7 @@ class PostFilter(nn.Module):
 
     def forward(self, rgb: torch.Tensor, low_precision: bool = False) -> torch.Tensor:
         """low_precision: the correction f(rgb) in bfloat16 (added to rgb in float32). Channels-last either way:
-        oneDNN's 3x3 convolutions with 3 or 32 channels run faster so (`benchmarks/post_filter.py`)."""
+        oneDNN's 3x3 convolutions with 3 or 32 channels run faster so (`benchmarks/decoder_precision.py --part post-filter`)."""
         x = rgb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(rgb.device.type, dtype=torch.bfloat16, enabled=low_precision):
             for conv in self.convs[:-1]:
