@@ -7,10 +7,13 @@ and the decoded pictures are compared byte for byte.
     python benchmarks/step_kernel.py [--model hvq-vr6] [--images 4] [--repeats 3] [--json out.json]
     python benchmarks/step_kernel.py --max-positions 1000000   # the C function for the encoder's batches too
     python benchmarks/step_kernel.py --baseline float32   # the int8 path (AVX-512 VNNI) against the float32 one
+    python benchmarks/step_kernel.py --baseline no-prefetch   # with and without the C function's prefetching
 
 The baseline codec is built and warmed up with HVQ_STEP_KERNEL=0 (torch everywhere) or, with --baseline float32,
 HVQ_STEP_KERNEL_INT8=0 (the C float32 step function, torch conditioning stacks and stage heads: hvqcodec 0.17's
-path); the other one takes every C function this CPU has. Both search candidates with the C `smallest`.
+path); with --baseline no-prefetch both are the same codec, the C function's prefetching turned off for the
+baseline's calls (`stepkernel.set_prefetch`; with HVQ_STEP_KERNEL_INT8=0 in the environment, the float32 path's). The
+other one takes every C function this CPU has. Both search candidates with the C `smallest`.
 """
 from __future__ import annotations
 
@@ -43,8 +46,9 @@ def main() -> None:
     parser.add_argument("--max-positions", type=int, default=stepkernel.max_positions(),
                         help="batches of this many positions or more use the torch version (default: "
                              "stepkernel.max_positions(), which depends on GOMP_SPINCOUNT)")
-    parser.add_argument("--baseline", choices=("torch", "float32"), default="torch",
-                        help="what the C function is compared with: the torch step function, or the C float32 path")
+    parser.add_argument("--baseline", choices=("torch", "float32", "no-prefetch"), default="torch",
+                        help="what the C function is compared with: the torch step function, the C float32 path, "
+                             "or the C function without prefetching")
     parser.add_argument("--json")
     args = parser.parse_args()
     stepkernel.MAX_POSITIONS = args.max_positions
@@ -56,12 +60,15 @@ def main() -> None:
     base = args.baseline
     if base == "float32" and not stepkernel.int8_available():
         raise SystemExit("no int8 path here (AVX-512 VNNI, or HVQ_STEP_KERNEL_INT8=0): nothing to compare")
-    # The baseline's switch is read as kernels are made: at load, and at first use (warm-up on one image).
-    switch = {"float32": "HVQ_STEP_KERNEL_INT8", "torch": "HVQ_STEP_KERNEL"}[base]
-    os.environ[switch] = "0"
+    # The baseline's switch is read as kernels are made: at load, and at first use (warm-up on one image). The
+    # prefetching switch is the C module's, set before each call below.
+    switch = {"float32": "HVQ_STEP_KERNEL_INT8", "torch": "HVQ_STEP_KERNEL"}.get(base)
+    if switch:
+        os.environ[switch] = "0"
     baseline = Codec(load_bundle(model), "cpu")
     baseline.decompress(baseline.compress(paths[0]).data)
-    del os.environ[switch]
+    if switch:
+        del os.environ[switch]
     codecs = {base: baseline, "C": Codec(load_bundle(model), "cpu")}
     if any(level.kernel is None for level in codecs["C"].prior.levels):
         raise SystemExit(f"{model}'s priors do not use the C step function (16-bit tables?)")
@@ -86,6 +93,7 @@ def main() -> None:
         for _ in range(args.repeats):
             files, pictures = {}, {}
             for name, codec in codecs.items():
+                stepkernel.set_prefetch(name != "no-prefetch")
                 start = time.perf_counter()
                 files[name] = codec.compress(path).data
                 times[name]["encode"].append(time.perf_counter() - start)

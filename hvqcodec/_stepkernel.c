@@ -334,6 +334,32 @@ INLINE void first_activations(const Level *level, const int64_t *canvas, const i
     gate(level, pre, NULL, h);
 }
 
+/* Whether the step function prefetches the next positions' rows (prefetch_position); off only to measure it
+ * (`_prefetch(False)`, benchmarks/step_kernel.py --baseline no-prefetch). */
+static int prefetching = 1;
+
+/* Asks for the rows first_activations and add_conditioning will read for position p: its causal taps' rows of the
+ * tap tables and its conditioning rows. They sit at scattered places in tables of megabytes (a wavefront visits
+ * positions along a diagonal, which no hardware prefetcher follows), so a group's loads are issued while the
+ * group before it computes. A hint only: nothing read or computed changes. */
+INLINE void prefetch_position(const Level *level, const int64_t *canvas, const int64_t *neighbours,
+                              const int64_t *upper, const int16_t *const *cond, Py_ssize_t p) {
+#if defined(__GNUC__)
+    const int C2 = 2 * level->channels, K = level->codebook_size, taps = level->taps;
+    const size_t row_bytes = sizeof(float) * (size_t)C2, cond_bytes = sizeof(int16_t) * (size_t)C2;
+    for (int t = 0; t < taps; t++) {
+        const char *row = (const char *)(level->tap_tables +
+                                         ((size_t)t * (K + 1) + (size_t)canvas[neighbours[p * taps + t]]) * C2);
+        for (size_t offset = 0; offset < row_bytes; offset += 64) __builtin_prefetch(row + offset);
+    }
+    if (cond)
+        for (int b = 0; b <= level->causal_blocks; b++) {
+            const char *row = (const char *)(cond[b] + (size_t)upper[p] * C2);
+            for (size_t offset = 0; offset < cond_bytes; offset += 64) __builtin_prefetch(row + offset);
+        }
+#endif
+}
+
 /* One position's working rows. */
 typedef struct {
     float *pre, *h, *x, *wide;
@@ -357,6 +383,8 @@ HOT static int run_positions(const Level *level, const int64_t *canvas, const in
     double *spare = (double *)(buffer + 2 * per_position);
     for (Py_ssize_t first = 0; first < count; first += 2) {
         const Py_ssize_t positions[2] = {first, first + 1 < count ? first + 1 : first};
+        for (Py_ssize_t next = first + 2; prefetching && next < count && next < first + 4; next++)
+            prefetch_position(level, canvas, neighbours, upper, cond, next);
         for (int g = 0; g < 2; g++)
             first_activations(level, canvas, neighbours, upper, cond, positions[g], work[g].pre, work[g].h);
         for (int b = 0; b < level->causal_blocks; b++) {
@@ -518,6 +546,8 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
         Py_ssize_t positions[GROUP];
         for (int g = 0; g < GROUP; g++) positions[g] = first + g < count ? first + g : first;
         for (int g = 0; g < GROUP && given; g++) memcpy(work[g].h, given + (size_t)positions[g] * C, sizeof(float) * C);
+        for (Py_ssize_t next = first + GROUP; !given && prefetching && next < count && next < first + 2 * GROUP; next++)
+            prefetch_position(level, canvas, neighbours, upper, cond, next);
         for (int g = 0; g < GROUP && !given; g++)
             first_activations(level, canvas, neighbours, upper, cond, positions[g], pre[g], work[g].h);
         for (int b = 0; b < level->causal_blocks; b++) {
@@ -938,9 +968,17 @@ static PyObject *uses_int8(PyObject *Py_UNUSED(self), PyObject *capsule) {
     return PyBool_FromLong(level->int8);
 }
 
+static PyObject *set_prefetch(PyObject *Py_UNUSED(self), PyObject *flag) {
+    const int previous = prefetching, value = PyObject_IsTrue(flag);
+    if (value < 0) return NULL;
+    prefetching = value;
+    return PyBool_FromLong(previous);
+}
+
 static PyMethodDef methods[] = {
     {"int8_supported", py_int8_supported, METH_NOARGS, "Whether this CPU runs the int8 path (AVX-512 VNNI)."},
     {"uses_int8", uses_int8, METH_O, "Whether a level's products take the int8 path."},
+    {"_prefetch", set_prefetch, METH_O, "Turn the step function's prefetching on or off (to measure it); the old setting."},
     {"smallest", smallest, METH_VARARGS, "The k smallest values of each row of a float32 table, and their columns."},
     {"convs", make_convs, METH_VARARGS, "Prepare a conditioning stack's 3x3 gated blocks (int8 path only)."},
     {"conv_grid", conv_grid, METH_VARARGS, "A block's inputs rounded to 8 bits, + 128, on a zero-padded grid."},

@@ -7,6 +7,7 @@ bottom and mid, codes) so that top-only and top+mid previews are real reconstruc
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -144,6 +145,10 @@ class ContextUp(nn.Module):
 
 
 class HierarchicalVQVAE(nn.Module):
+    # Whether the low-precision decoder runs the half-resolution stage in bfloat16 too (hvqcodec 0.19): a tenth
+    # of the decoder's time for about -0.002 dB on Kodak (`benchmarks/decoder_precision.py --part half-stage`).
+    half_stage_low_precision = True
+
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
         self.config = config
@@ -390,11 +395,15 @@ class HierarchicalVQVAE(nn.Module):
 
     def _decode_to_rgb(self, x: torch.Tensor, checkpointed: bool = False, low_precision: bool = False) -> torch.Tensor:
         """The /4 decoder features -> RGB: 2x upsampling, the half-resolution stage, 2x to RGB (low_precision: the
+        upsampling and the half-resolution stage in bfloat16 (autocast) as `half_stage_low_precision` says, and the
         post-filter's correction in bfloat16)."""
-        half = _blocks([self.dec_half], self.dec_up(x), checkpointed)
-        if self.dec_half_more is not None:
-            half = _blocks(self.dec_half_more, half, checkpointed)
-        rgb = self.to_rgb(half)
+        bf16_half = low_precision and self.half_stage_low_precision
+        # nullcontext rather than autocast(enabled=False): that would switch off a caller's autocast (training).
+        with torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16_half else contextlib.nullcontext():
+            half = _blocks([self.dec_half], self.dec_up(x), checkpointed)
+            if self.dec_half_more is not None:
+                half = _blocks(self.dec_half_more, half, checkpointed)
+        rgb = self.to_rgb(half.float() if bf16_half else half)
         if self.detail is not None:
             rgb = rgb + self.detail(x)
         rgb = (rgb + 1) / 2
@@ -406,8 +415,9 @@ class HierarchicalVQVAE(nn.Module):
         With fewer than three levels the missing ones are replaced by their learned 'absent' vectors,
         giving the preview the decoder was trained to produce; missing refinement stages are simply not added.
 
-        low_precision: the context path and the /4 stage (most of the work) in bfloat16 (autocast), the rest in
-        float32, where bf16's 8-bit mantissa would show in the pixels: on Kodak -0.002 dB, a few levels at most
+        low_precision: the context path, the /4 and the /2 stage (most of the work) and the post-filter's
+        correction in bfloat16 (autocast); the layers that make RGB in float32, where bf16's 8-bit mantissa would
+        show in the pixels: on Kodak a few thousandths of a dB, a few levels at most
         (benchmarks/decoder_precision.py). Worth it only where bf16 matmuls are native (`device.native_bf16`).
         """
         if not 1 <= len(codes) <= self.config.num_streams:

@@ -39,6 +39,10 @@ class LayerNorm2d(nn.Module):
 class ConvNeXtBlock(nn.Module):
     """One ConvNeXt block: dwconv 7x7, LayerNorm, Linear(C, 4C), GELU, Linear(4C, C), layer scale, residual."""
 
+    # Whether inference under bfloat16 autocast runs the MLP all in bfloat16 (`_bfloat16_mlp`, hvqcodec 0.19);
+    # off only to measure it (`benchmarks/decoder_precision.py --part mlp`).
+    bfloat16_mlp = True
+
     def __init__(self, dim: int, layer_scale_init: float = 1e-6) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
@@ -73,13 +77,47 @@ class ConvNeXtBlock(nn.Module):
         residual = x
         x = self.dwconv(x)
         n, c, h, w = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # (N*H*W, C): a copy, channels last
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # (N*H*W, C): channels last (a view if x is already so)
+        mlp = self._mlp
+        if (self.bfloat16_mlp and torch.is_autocast_enabled(x.device.type)
+                and torch.get_autocast_dtype(x.device.type) == torch.bfloat16):
+            mlp, rows = self._bfloat16_mlp, rows.to(torch.bfloat16)
         out = torch.empty_like(rows)
         step = chunk_positions(c)
         for start in range(0, rows.shape[0], step):
-            y = self.pwconv2(self.act(self.pwconv1(self.norm(rows[start:start + step]))))
-            out[start:start + step] = self.gamma * y if self.gamma is not None else y
+            out[start:start + step] = mlp(rows[start:start + step])
         return residual + out.view(n, h, w, c).permute(0, 3, 1, 2)
+
+    def _mlp(self, rows: torch.Tensor) -> torch.Tensor:
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(rows))))
+        return self.gamma * y if self.gamma is not None else y
+
+    def _bfloat16_mlp(self, rows: torch.Tensor) -> torch.Tensor:
+        """The MLP on bfloat16 rows under bfloat16 autocast, all in bfloat16: LayerNorm straight to bfloat16 (its
+        statistics in float32 inside the kernel; autocast would write float32 and cast it back for the Linear) and
+        the layer scale folded into the second Linear (no float32 product to convert). The same function to
+        bfloat16 rounding."""
+        weight1, bias1, weight2, bias2 = self._bfloat16_weights()
+        with torch.autocast(rows.device.type, enabled=False):
+            # float32 weights on bfloat16 rows: the kernel's float32 result, rounded once to bfloat16, as autocast's
+            x = F.layer_norm(rows, (rows.shape[1],), self.norm.weight, self.norm.bias, self.norm.eps)
+            return F.linear(self.act(F.linear(x, weight1, bias1)), weight2, bias2)
+
+    def _bfloat16_weights(self) -> tuple[torch.Tensor, ...]:
+        """bfloat16 copies of the Linears' weights (the layer scale folded in), remade whenever a weight changes."""
+        parameters = [self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias] + (
+            [self.gamma] if self.gamma is not None else [])
+        key = tuple((t.data_ptr(), t._version) for t in parameters)
+        cached = getattr(self, "_bfloat16_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                weight2, bias2 = self.pwconv2.weight, self.pwconv2.bias
+                if self.gamma is not None:
+                    weight2, bias2 = self.gamma[:, None] * weight2, self.gamma * bias2
+                copies = tuple(t.detach().to(torch.bfloat16) for t in (
+                    self.pwconv1.weight, self.pwconv1.bias, weight2, bias2))
+            cached = self._bfloat16_cache = (key, copies)
+        return cached[1]
 
 
 def convnext_stage(dim: int, depth: int, layer_scale_init: float) -> nn.Sequential:

@@ -107,6 +107,14 @@ def int8_available() -> bool:
     return int8_supported() and os.environ.get("HVQ_STEP_KERNEL_INT8", "1") != "0"
 
 
+def set_prefetch(on: bool) -> bool:
+    """Whether the step function prefetches the next positions' table rows while the ones before them compute (on
+    unless turned off, which only `benchmarks/step_kernel.py --baseline no-prefetch` does; nothing computed
+    depends on it).
+    Returns the previous setting (False where the C module is not built)."""
+    return built() and hasattr(_stepkernel, "_prefetch") and bool(_stepkernel._prefetch(bool(on)))
+
+
 def _split(count: int, threads: int, run) -> None:
     """run(start, stop) over positions 0..count-1; with threads > 1, a batch of SPLIT_POSITIONS or more is shared
     with a helper thread, MAIN_SHARE of it here (each position's frequencies are its own: the same integers

@@ -82,3 +82,50 @@ def test_convnext_inference_in_chunks_matches_the_training_forward(monkeypatch, 
     if convnext.chunk_positions(16) >= 2 * 9 * 13:
         assert torch.equal(chunked, expected)
     assert not torch.allclose(chunked, x, atol=1e-3)  # the block did something
+
+
+def test_low_precision_decoder_runs_the_half_stage_in_bfloat16(tiny_model):
+    """The bfloat16 decoder runs the half-resolution stage in bfloat16 too (hvqcodec 0.19) and makes RGB in float32,
+    close to the float32 decoder; the float32 decoder stays float32; and the decode path leaves a caller's
+    autocast (bfloat16 training) on for that stage."""
+    dtypes = []
+    tiny_model.dec_half.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    with torch.no_grad():
+        codes = tiny_model.encode(torch.rand(1, 3, 32, 48))
+        exact = tiny_model.decode(codes)
+        low = tiny_model.decode(codes, low_precision=True)
+        tiny_model.half_stage_low_precision = False
+        half_in_float32 = tiny_model.decode(codes, low_precision=True)
+        tiny_model.half_stage_low_precision = True
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tiny_model.decode(codes)
+    assert dtypes == [torch.float32, torch.bfloat16, torch.float32, torch.bfloat16]
+    assert low.dtype == torch.float32 and not torch.equal(low, half_in_float32)
+    assert (low - exact).abs().max() < 0.05
+
+
+def test_convnext_bfloat16_inference_matches_and_follows_weight_changes():
+    """Under bfloat16 autocast a block's MLP runs all in bfloat16, its layer scale folded into cached bfloat16
+    weights: the same function to bfloat16 rounding, and weights changed in place (a state dict loaded into the
+    model) are picked up, not served stale from the cache."""
+    from hvqcodec.convnext import ConvNeXtBlock
+
+    torch.manual_seed(0)
+    block = ConvNeXtBlock(16).eval()
+    torch.nn.init.normal_(block.gamma, std=0.5)
+    x = torch.randn(1, 16, 12, 10)
+
+    def branches() -> tuple[torch.Tensor, torch.Tensor]:
+        exact = block(x) - x
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = block(x)
+        assert not torch.equal(low, exact + x)  # bfloat16 arithmetic did run
+        return exact, low.float() - x
+
+    with torch.no_grad():
+        exact, low = branches()
+        assert (low - exact).norm() < 0.03 * exact.norm()
+        block.load_state_dict({**block.state_dict(), "pwconv2.weight": -2 * block.pwconv2.weight})
+        changed, low_changed = branches()
+        assert (low_changed - changed).norm() < 0.03 * changed.norm()
+        assert (changed - exact).norm() > exact.norm()  # a stale cache would have matched the old branch
