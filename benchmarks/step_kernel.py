@@ -8,12 +8,15 @@ and the decoded pictures are compared byte for byte.
     python benchmarks/step_kernel.py --max-positions 1000000   # the C function for the encoder's batches too
     python benchmarks/step_kernel.py --baseline float32   # the int8 path (AVX-512 VNNI) against the float32 one
     python benchmarks/step_kernel.py --baseline no-prefetch   # with and without the C function's prefetching
+    python benchmarks/step_kernel.py --baseline torch-projections   # the conditioning projections in C or torch
 
 The baseline codec is built and warmed up with HVQ_STEP_KERNEL=0 (torch everywhere) or, with --baseline float32,
 HVQ_STEP_KERNEL_INT8=0 (the C float32 step function, torch conditioning stacks and stage heads: hvqcodec 0.17's
 path); with --baseline no-prefetch both are the same codec, the C function's prefetching turned off for the
-baseline's calls (`stepkernel.set_prefetch`; with HVQ_STEP_KERNEL_INT8=0 in the environment, the float32 path's). The
-other one takes every C function this CPU has. Both search candidates with the C `smallest`.
+baseline's calls (`stepkernel.set_prefetch`; with HVQ_STEP_KERNEL_INT8=0 in the environment, the float32 path's); with
+--baseline torch-projections the baseline computes the levels' conditioning projections with torch's int8 matmul
+and float32 passes instead of `stepkernel.LinearKernel` (hvqcodec 0.19). The other one takes every C function this
+CPU has. Both search candidates with the C `smallest`.
 """
 from __future__ import annotations
 
@@ -46,9 +49,10 @@ def main() -> None:
     parser.add_argument("--max-positions", type=int, default=stepkernel.max_positions(),
                         help="batches of this many positions or more use the torch version (default: "
                              "stepkernel.max_positions(), which depends on GOMP_SPINCOUNT)")
-    parser.add_argument("--baseline", choices=("torch", "float32", "no-prefetch"), default="torch",
+    parser.add_argument("--baseline", choices=("torch", "float32", "no-prefetch", "torch-projections"),
+                        default="torch",
                         help="what the C function is compared with: the torch step function, the C float32 path, "
-                             "or the C function without prefetching")
+                             "the C function without prefetching, or the conditioning projections in torch")
     parser.add_argument("--json")
     args = parser.parse_args()
     stepkernel.MAX_POSITIONS = args.max_positions
@@ -58,7 +62,7 @@ def main() -> None:
     model = args.model or default_model()
     paths = sorted(KODAK.glob("*.png"))[:args.images]
     base = args.baseline
-    if base == "float32" and not stepkernel.int8_available():
+    if base in ("float32", "torch-projections") and not stepkernel.int8_available():
         raise SystemExit("no int8 path here (AVX-512 VNNI, or HVQ_STEP_KERNEL_INT8=0): nothing to compare")
     # The baseline's switch is read as kernels are made: at load, and at first use (warm-up on one image). The
     # prefetching switch is the C module's, set before each call below.
@@ -69,6 +73,9 @@ def main() -> None:
     baseline.decompress(baseline.compress(paths[0]).data)
     if switch:
         del os.environ[switch]
+    if base == "torch-projections":  # the kernels made in the warm-up forgotten: the torch version from now on
+        for level in baseline.prior.levels:
+            level._linear_kernels = dict.fromkeys(level._linear_kernels)
     codecs = {base: baseline, "C": Codec(load_bundle(model), "cpu")}
     if any(level.kernel is None for level in codecs["C"].prior.levels):
         raise SystemExit(f"{model}'s priors do not use the C step function (16-bit tables?)")

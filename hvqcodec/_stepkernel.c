@@ -616,13 +616,39 @@ INT8_TARGET static int conv_positions_int8(const Level *level, int block, const 
     free(xq);
     return 1;
 }
+
+/* Rows start..stop-1 of x (rows, I) float32 on the activation grid through one layer on its own
+ * (IntNetwork.linear: the input rounded to the layer's 8 bits, the exact product, bias, 2^-shift, floor, clamp),
+ * written as int16 (rows, O): the values are integers within +-32767, so int16 holds them exactly. */
+INT8_TARGET static int linear_rows_int8(const Layer *layer, const float *x, Py_ssize_t start, Py_ssize_t stop,
+                                        int16_t *out) {
+    const int I = layer->inputs, O = layer->outputs;
+    float *buffer = malloc(sizeof(float) * GROUP * (size_t)(I + O));
+    if (!buffer) return 0;
+    float *in[GROUP], *result[GROUP];
+    for (int g = 0; g < GROUP; g++) {
+        in[g] = buffer + (size_t)g * (I + O);
+        result[g] = in[g] + I;
+    }
+    for (Py_ssize_t first = start; first < stop; first += GROUP) {
+        for (int g = 0; g < GROUP; g++) /* the last group repeats its first row where rows run out */
+            layer_input(layer, x + (size_t)(first + g < stop ? first + g : first) * I, in[g], I);
+        product_int8(layer, in, result);
+        for (int g = 0; g < GROUP && first + g < stop; g++) {
+            int16_t *row = out + (size_t)(first + g) * O;
+            for (int o = 0; o < O; o++) row[o] = (int16_t)result[g][o];
+        }
+    }
+    free(buffer);
+    return 1;
+}
 #else
 static int int8_supported(void) { return 0; }
 #endif
 
 static void free_level(PyObject *capsule) {
-    /* Level priors and head networks are "hvqcodec.level" capsules, conv stacks "hvqcodec.convs" (their layers
-     * differ, so neither is taken for the other). */
+    /* Level priors and head networks are "hvqcodec.level" capsules, conv stacks "hvqcodec.convs", row-wise layers
+     * "hvqcodec.linears" (their layers differ, so none is taken for another). */
     Level *level = PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule));
     for (int i = 0; i < MAX_LAYERS; i++) {
         free(level->layers[i].packed);
@@ -958,6 +984,57 @@ static PyObject *conv_block(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* linears(layers) -> capsule: layers applied to each row on their own (layers: (inputs, outputs, weight,
+ * bias_and_half, inv_scale, input_scale) each, as for level()), on the int8 path only (ValueError elsewhere: the
+ * torch version runs). */
+static PyObject *make_linears(PyObject *Py_UNUSED(self), PyObject *args) {
+    Level level;
+    PyObject *layers;
+    memset(&level, 0, sizeof(level));
+    if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &layers)) return NULL;
+    const Py_ssize_t count = PyTuple_GET_SIZE(layers);
+    if (count < 1 || count > MAX_LAYERS) {
+        PyErr_SetString(PyExc_ValueError, "linears: 1 to 16 layers");
+        return NULL;
+    }
+    level.causal_blocks = (int)count; /* here: how many layers */
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!parse_layer(PyTuple_GET_ITEM(layers, i), &level.layers[i])) return NULL;
+    PyObject *capsule = level_capsule(&level, "hvqcodec.linears", count, 1);
+    if (!capsule) return NULL;
+    if (!((const Level *)PyCapsule_GetPointer(capsule, "hvqcodec.linears"))->int8) {
+        Py_DECREF(capsule);
+        PyErr_SetString(PyExc_ValueError, "linears: the int8 path is not available for these layers");
+        return NULL;
+    }
+    return capsule;
+}
+
+/* linear_rows(linears, layer, x, start, stop, out): rows start..stop-1 of out (rows, O) int16 = layer `layer` of
+ * x's rows (rows, I) float32 on the activation grid (linear_rows_int8). Runs without the GIL. */
+static PyObject *linear_rows(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *capsule, *x_address, *out_address;
+    int layer;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "OiOnnO", &capsule, &layer, &x_address, &start, &stop, &out_address)) return NULL;
+    const Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.linears");
+    if (!level) return NULL;
+    if (layer < 0 || layer >= level->causal_blocks || start < 0 || start > stop) {
+        PyErr_SetString(PyExc_ValueError, "linear_rows: no such layer, or rows out of range");
+        return NULL;
+    }
+    const void *x, *out;
+    if (!address(x_address, &x) || !address(out_address, &out)) return NULL;
+    int done = 0;
+#ifdef HAVE_INT8_PATH
+    Py_BEGIN_ALLOW_THREADS
+    done = linear_rows_int8(&level->layers[layer], x, start, stop, (int16_t *)out);
+    Py_END_ALLOW_THREADS
+#endif
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_int8_supported(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
     return PyBool_FromLong(int8_supported());
 }
@@ -983,6 +1060,8 @@ static PyMethodDef methods[] = {
     {"convs", make_convs, METH_VARARGS, "Prepare a conditioning stack's 3x3 gated blocks (int8 path only)."},
     {"conv_grid", conv_grid, METH_VARARGS, "A block's inputs rounded to 8 bits, + 128, on a zero-padded grid."},
     {"conv_block", conv_block, METH_VARARGS, "Positions of a grid through one 3x3 gated block, in place."},
+    {"linears", make_linears, METH_VARARGS, "Prepare layers applied to each row on its own (int8 path only)."},
+    {"linear_rows", linear_rows, METH_VARARGS, "Rows through one of those layers, written as int16."},
     {"heads", heads, METH_VARARGS, "Integer frequencies of a head network for given activations (see intprior.py)."},
     {"level", make_level, METH_VARARGS, "Prepare a level prior's tables (addresses of contiguous tensors)."},
     {"frequencies", frequencies, METH_VARARGS, "Integer frequencies of a batch of positions (see intprior.py)."},

@@ -286,6 +286,7 @@ class _IntNetwork:
         self.exp = luts["exp"].to(self.device).double()
         self._luts = luts  # the C functions take the gate tables as stored ([-GATE_HALF, GATE_HALF])
         self._conv_kernels: dict[tuple[str, ...], stepkernel.ConvKernel | None] = {}  # made on first use
+        self._linear_kernels: dict[tuple[str, ...], stepkernel.LinearKernel | None] = {}
         self.temperature_milli = 1000  # 1.0: what coding uses; only sampling changes it
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -325,22 +326,35 @@ class _IntNetwork:
         the same integers; on a CPU with AMX, where torch's int8 matmuls are fast, about the torch version's time
         on a Kodak image's grid and 0.8x on a 1024 tile's, without its (positions, 9C) columns), else
         `conv3x3_block` after `conv3x3_block`."""
-        kernels = self._conv_kernels
-        key = tuple(names)
-        if key not in kernels:
-            kernels[key] = None
-            if (names and self.device.type == "cpu" and self.dtype == torch.float32 and stepkernel.available()
-                    and stepkernel.int8_available()):
-                try:
-                    kernels[key] = stepkernel.ConvKernel(self, names, GATE_HALF, self._luts["tanh"],
-                                                         self._luts["sigmoid"])
-                except ValueError:  # shapes or tables the C function does not take: the torch version
-                    pass
-        if kernels[key] is not None:
-            return kernels[key].run(x, h, w, torch.get_num_threads())
+        kernel = self._c_kernel(self._conv_kernels, names, lambda: stepkernel.ConvKernel(
+            self, names, GATE_HALF, self._luts["tanh"], self._luts["sigmoid"]))
+        if kernel is not None:
+            return kernel.run(x, h, w, torch.get_num_threads())
         for name in names:
             x = self.conv3x3_block(name, x, h, w)
         return x
+
+    def linears_int16(self, names: Sequence[str], x: torch.Tensor) -> list[torch.Tensor]:
+        """`linear` of x through each layer of `names` on its own, as int16 (exact: integers within +-32767): in C
+        where the int8 path runs (`stepkernel.LinearKernel`), else the torch version converted."""
+        kernel = self._c_kernel(self._linear_kernels, names, lambda: stepkernel.LinearKernel(self, names))
+        if kernel is not None:
+            return [kernel.run(x, i, torch.get_num_threads()).to(self.device) for i in range(len(names))]
+        return [self.linear(name, x).to(torch.int16) for name in names]
+
+    def _c_kernel(self, cache: dict, names: Sequence[str], make):
+        """The C kernel for `names` from `cache`, made by make() on first use; None where the int8 path does not
+        run here or make() refuses the shapes or tables (ValueError): the torch version then."""
+        key = tuple(names)
+        if key not in cache:
+            cache[key] = None
+            if (names and self.device.type == "cpu" and self.dtype == torch.float32 and stepkernel.available()
+                    and stepkernel.int8_available()):
+                try:
+                    cache[key] = make()
+                except ValueError:
+                    pass
+        return cache[key]
 
     def conv3x3_block(self, name: str, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """x + out(gate(conv3x3(x))) on an (h*w, C) grid; the 3x3 convolution is a gather + matmul. Band by
@@ -419,7 +433,8 @@ class IntLevelPrior(_IntNetwork):
     def conditioning(self, upper_codes: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
         """Upper levels' codes -> per gated unit a (h_u * w_u * cond_positions, 2C) projection: one row per cell
         of the nearest upper level's grid, or with sub-position conditioning one per cell and position
-        (row = cell * 4 + 2 * (row % 2) + column % 2 on this level's grid)."""
+        (row = cell * 4 + 2 * (row % 2) + column % 2 on this level's grid). int16: the activation grid's
+        integers (within +-32767) exactly, in a quarter of float64's memory (what `LevelState` keeps)."""
         if self.level == 0:
             return None
         h, w = upper_codes[-1].shape[-2:]
@@ -430,8 +445,8 @@ class IntLevelPrior(_IntNetwork):
             x = x + table[grid]  # (h, w, C)
         x = x.clamp(-ACT_MAX, ACT_MAX).reshape(h * w, -1).to(self.dtype)
         x = self.conv3x3_blocks([f"cond.block{i}" for i in range(self.cond_blocks)], x, h, w)
-        return [self.linear(f"cond.proj{i}", x).view(h * w * self.cond_positions, -1)
-                for i in range(1 + self.causal_blocks)]
+        return [unit.view(h * w * self.cond_positions, -1)
+                for unit in self.linears_int16([f"cond.proj{i}" for i in range(1 + self.causal_blocks)], x)]
 
     def kernel_runs(self, count: int) -> bool:
         """Whether a batch of `count` positions goes to the C step function: at temperature 1 (coding), below

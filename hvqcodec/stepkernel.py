@@ -207,6 +207,31 @@ class ConvKernel(_Tables):
         return x
 
 
+class LinearKernel(_Tables):
+    """Layers applied to each row on its own (`_IntNetwork.linear`: the input rounded to 8 bits, the exact product,
+    the rounding shift) in C, on the int8 path only, written as int16: one pass over the rows instead of an int8
+    matmul and some six torch passes over a (rows, outputs) float32 table (a level's conditioning projections).
+    Raises ValueError where it cannot run."""
+
+    def __init__(self, network, names: Sequence[str]) -> None:
+        super().__init__()
+        layers = self._layers(network, names)
+        self.inputs, self.outputs = [layer[0] for layer in layers], [layer[1] for layer in layers]
+        self.handle = _stepkernel.linears(layers)
+
+    def run(self, x: torch.Tensor, layer: int, threads: int = 1) -> torch.Tensor:
+        """x (rows, inputs) on the activation grid -> layer `layer` of each row, (rows, outputs) int16."""
+        import torch
+
+        x = x.to("cpu", torch.float32).contiguous()
+        if x.dim() != 2 or x.shape[1] != self.inputs[layer]:
+            raise ValueError(f"rows of {self.inputs[layer]} values expected, got {tuple(x.shape)}")
+        out = torch.empty((x.shape[0], self.outputs[layer]), dtype=torch.int16)
+        _split(x.shape[0], threads, lambda start, stop: _stepkernel.linear_rows(
+            self.handle, layer, x.data_ptr(), start, stop, out.data_ptr()))
+        return out
+
+
 class HeadKernel(_Tables):
     """A refinement stage group's head (`IntStagePrior.group_head`: one gated block and the head, each position
     on its own) in C, on the int8 path only (elsewhere the torch version runs, as fast as this in its own

@@ -216,7 +216,35 @@ def test_conditioning_stacks_same_integers_as_torch(channels, weight_scale, monk
         upper = [c for c in codes[:level]]
         with_c = prior.conditioning(upper)
         prior._conv_kernels = {names: None}
-        assert all(torch.equal(a, b) for a, b in zip(with_c, prior.conditioning(upper)))
+        prior._linear_kernels = {key: None for key in prior._linear_kernels}  # the projections in torch too
+        assert all(a.dtype == torch.int16 and torch.equal(a, b) for a, b in zip(with_c, prior.conditioning(upper)))
+
+
+@pytest.mark.skipif(not stepkernel.int8_supported(), reason="the int8 path needs AVX-512 VNNI")
+@pytest.mark.parametrize("channels,weight_scale", [(32, 1.0), (32, 40.0), (64, 3.0)])
+def test_conditioning_projections_same_integers_as_torch(channels, weight_scale, monkeypatch):
+    """A level's conditioning projections (layers applied to each row on its own) in C, written as int16, against
+    the torch version's integers: row counts in and off groups of four, one thread and two, inputs at the
+    activation grid's ends and (weight_scale 40) outputs at its clamps."""
+    monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1")
+    int_prior, _ = make_prior(64, channels, 2, weight_scale, True)
+    torch.manual_seed(channels + 1)
+    prior = int_prior.levels[2]
+    names = [f"cond.proj{i}" for i in range(1 + prior.causal_blocks)]
+    kernel = stepkernel.LinearKernel(prior, names)
+    saturated = 0
+    for rows in (1, 3, 4, 7, 130):
+        x = torch.randint(-32767, 32768, (rows, channels)).float()
+        x[::3] = x[::3].sign() * 32767.0
+        for i, name in enumerate(names):
+            want = prior.linear(name, x)
+            saturated += int((want.abs() == 32767).sum())
+            for threads in (1, 2):
+                got = kernel.run(x, i, threads)
+                assert got.dtype == torch.int16 and torch.equal(got.float(), want)
+    assert saturated > 0 or weight_scale < 40
+    with pytest.raises(ValueError, match="rows of"):
+        kernel.run(torch.zeros(3, channels + 1), 0)
 
 
 def test_conditioning_stacks_stay_on_torch_for_other_widths(monkeypatch):
