@@ -236,11 +236,12 @@ def decode_level(prior: IntLevelPrior, streams: Sequence[bytes], sizes: Sequence
     # that, torch's OpenMP threads would then spin beside the C function's helper thread).
     serial = (state.order.numel() < PARALLEL_STEP_POSITIONS * max(1, len(state.fronts))
               or (prior.kernel is not None and prior.temperature_milli == 1000))
-    with one_thread() if prior.device.type == "cpu" and serial else contextlib.nullcontext():
+    cpu = prior.device.type == "cpu"
+    with one_thread() if cpu and serial else contextlib.nullcontext():
         for start, stop in state.fronts:
             probabilities = state.probabilities(start, stop)
             symbols = np.empty(stop - start, dtype=np.int64)
             for tile, a, b in state.segments(start):
                 symbols[a - start:b - start] = decoders[tile].decode(family, probabilities[a - start:b - start])
-            state.paint(start, stop, torch.from_numpy(symbols).to(prior.device))
+            state.paint(start, stop, symbols if cpu else torch.from_numpy(symbols).to(prior.device))
     return state.codes()

@@ -612,6 +612,7 @@ class LevelState:
         self.fronts = _runs(t)  # [start, stop) of each wavefront
         # Each tile's run of positions, per wavefront (start), so the decoder can feed each tile's stream.
         self._bound: stepkernel.BoundLevel | None = None  # made on first use by `probabilities`
+        self._numpy_views: tuple[np.ndarray, np.ndarray] | None = None  # made on first use by `paint`
         self._segments: dict[int, list[tuple[int, int, int]]] = {}
         tile_of = self.tiles.tolist()
         for a, b in _runs(t * len(self.sizes) + self.tiles):
@@ -636,8 +637,17 @@ class LevelState:
         """(tile, start, stop) of each tile's run of positions within the wavefront beginning at start."""
         return self._segments[start]
 
-    def paint(self, start: int, stop: int, codes: torch.Tensor) -> None:
-        self.canvas[self.centres[start:stop]] = codes
+    def paint(self, start: int, stop: int, codes: torch.Tensor | np.ndarray) -> None:
+        """Codes of positions start..stop-1 (decoding order) onto the canvas. A numpy array (a CPU canvas: what
+        the range decoder gives) goes through numpy views of canvas and centres: a decoding step paints a few dozen
+        codes, where a torch indexing call's fixed cost is several times numpy's."""
+        if isinstance(codes, np.ndarray):
+            if self._numpy_views is None:
+                self._numpy_views = (self.canvas.numpy(), self.centres.numpy())
+            canvas, centres = self._numpy_views
+            canvas[centres[start:stop]] = codes
+        else:
+            self.canvas[self.centres[start:stop]] = codes
 
     def codes(self) -> list[torch.Tensor]:
         """Each tile's (h, w) grid as painted so far."""
