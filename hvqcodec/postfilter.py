@@ -51,8 +51,10 @@ class PostFilter(nn.Module):
         with torch.autocast(rgb.device.type, dtype=torch.bfloat16, enabled=low_precision):
             for conv in self.convs[:-1]:
                 # GELU on the channels-last tensor as a contiguous (N, H, W, C) one: the same values, about half
-                # the time of torch's strided kernel at full resolution.
-                x = F.gelu(conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+                # the time of torch's strided kernel at full resolution; in place at inference (the same values,
+                # no second full-resolution table to allocate and fill).
+                y = conv(x).permute(0, 2, 3, 1)
+                x = (F.gelu(y) if torch.is_grad_enabled() else torch.ops.aten.gelu_(y)).permute(0, 3, 1, 2)
             correction = self.convs[-1](x)
         return rgb + correction.to(rgb.dtype)
 
