@@ -216,8 +216,8 @@ def decode_stage(prior: IntStagePrior, data, codes: Sequence[torch.Tensor]) -> t
         context = prior.group_context(context, group, previous)
         previous = torch.empty(h * w, dtype=torch.int64)
         for a, b in spans(h * w, STAGE_CHUNK):
-            freq = prior.group_head(context[a:b], group)
-            previous[a:b] = torch.from_numpy(decoder.decode(family, _probabilities(freq)).astype(np.int64))
+            probabilities = prior.group_probabilities(context[a:b], group)
+            previous[a:b] = torch.from_numpy(decoder.decode(family, probabilities).astype(np.int64))
         groups.append(previous.view(h, w))
     return torch.stack(groups).to(codes[2].device)
 

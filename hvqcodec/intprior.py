@@ -442,7 +442,7 @@ class IntLevelPrior(_IntNetwork):
         for table, codes in zip(self.cond_embeddings, upper_codes):
             factor = h // codes.shape[-2]
             grid = codes.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
-            x = x + table[grid]  # (h, w, C)
+            x = x + F.embedding(grid, table)  # (h, w, C)
         x = x.clamp(-ACT_MAX, ACT_MAX).reshape(h * w, -1).to(self.dtype)
         x = self.conv3x3_blocks([f"cond.block{i}" for i in range(self.cond_blocks)], x, h, w)
         return [unit.view(h * w * self.cond_positions, -1)
@@ -509,12 +509,13 @@ class IntStagePrior(_IntNetwork):
         """One tile's [top, mid, bottom, earlier stages (G, h, w)...] -> context (h*w, C) on the bottom grid."""
         h, w = codes[2].shape[-2:]
         x = 0
-        for table, grid in zip(self.level_embeddings, codes[:3]):
+        for table, grid in zip(self.level_embeddings, codes[:3]):  # F.embedding: a third of indexing's time
             factor = h // grid.shape[-2]
-            x = x + table[grid.to(self.device).repeat_interleave(factor, -2).repeat_interleave(factor, -1)]
+            x = x + F.embedding(grid.to(self.device).repeat_interleave(factor, -2).repeat_interleave(factor, -1),
+                                table)
         for s, stage_codes in enumerate(codes[3:3 + self.stage]):
             for g in range(self.groups):
-                x = x + self.stage_embeddings[s * self.groups + g][stage_codes[g].to(self.device)]
+                x = x + F.embedding(stage_codes[g].to(self.device), self.stage_embeddings[s * self.groups + g])
         x = x.reshape(h * w, -1).clamp_(-ACT_MAX, ACT_MAX)
         return self.conv3x3_blocks([f"block{i}" for i in range(self.blocks)], x, h, w)
 
@@ -535,6 +536,13 @@ class IntStagePrior(_IntNetwork):
         h = (context + self.product(out, self.gate(self.linear(f"group{group}.in", context), out))
              ).clamp_(-ACT_MAX, ACT_MAX)
         return logits_to_frequencies(self.linear(f"head{group}", h), self.exp, self.temperature_milli)
+
+    def group_probabilities(self, context: torch.Tensor, group: int) -> np.ndarray:
+        """What the range coder takes for a group's rows: `group_head`'s frequencies / FREQ_TOTAL, exact float64
+        (the C head writes them so directly: no second pass over the (P, K) table)."""
+        if self.head_kernels is not None and self.temperature_milli == 1000:
+            return self.head_kernels[group].frequencies(context, torch.get_num_threads(), 1.0 / FREQ_TOTAL).numpy()
+        return (self.group_head(context, group).cpu().double() * (1.0 / FREQ_TOTAL)).numpy()
 
 
 class LevelState:
