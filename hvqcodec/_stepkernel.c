@@ -702,6 +702,19 @@ static PyObject *level_capsule(const Level *level, const char *name, Py_ssize_t 
     return capsule;
 }
 
+/* level_capsule for the kernels that exist on the int8 path only (conv stacks, row-wise layers): ValueError with
+ * `refusal` where the CPU or the layers do not allow it, so that the caller runs the torch version. */
+static PyObject *int8_only_capsule(const Level *level, const char *name, Py_ssize_t count, const char *refusal) {
+    PyObject *capsule = level_capsule(level, name, count, 1);
+    if (!capsule) return NULL;
+    if (!((const Level *)PyCapsule_GetPointer(capsule, name))->int8) {
+        Py_DECREF(capsule);
+        PyErr_SetString(PyExc_ValueError, refusal);
+        return NULL;
+    }
+    return capsule;
+}
+
 /* level(channels, codebook_size, taps, causal_blocks, exp_max, gate_half, tap_tables, masked_bias, masked_scale,
  *       tanh_table, sigmoid_table, exp_table, layers[, int8]) -> capsule; layers: ((inputs, outputs, weight,
  *       bias_and_half, inv_scale, input_scale), ...) for block0.in, block0.out, ..., head; int8: take the int8
@@ -909,14 +922,7 @@ static PyObject *make_convs(PyObject *Py_UNUSED(self), PyObject *args) {
             return NULL;
         }
     }
-    PyObject *capsule = level_capsule(&level, "hvqcodec.convs", count, 1);
-    if (!capsule) return NULL;
-    if (!((const Level *)PyCapsule_GetPointer(capsule, "hvqcodec.convs"))->int8) {
-        Py_DECREF(capsule);
-        PyErr_SetString(PyExc_ValueError, "convs: the int8 path is not available for this stack");
-        return NULL;
-    }
-    return capsule;
+    return int8_only_capsule(&level, "hvqcodec.convs", count, "convs: the int8 path is not available for this stack");
 }
 
 /* out[k] = x[k] rounded to 8 bits with scale (half to even, as IntNetwork.layer_input) + 128: in a clone for
@@ -1000,14 +1006,8 @@ static PyObject *make_linears(PyObject *Py_UNUSED(self), PyObject *args) {
     level.causal_blocks = (int)count; /* here: how many layers */
     for (Py_ssize_t i = 0; i < count; i++)
         if (!parse_layer(PyTuple_GET_ITEM(layers, i), &level.layers[i])) return NULL;
-    PyObject *capsule = level_capsule(&level, "hvqcodec.linears", count, 1);
-    if (!capsule) return NULL;
-    if (!((const Level *)PyCapsule_GetPointer(capsule, "hvqcodec.linears"))->int8) {
-        Py_DECREF(capsule);
-        PyErr_SetString(PyExc_ValueError, "linears: the int8 path is not available for these layers");
-        return NULL;
-    }
-    return capsule;
+    return int8_only_capsule(&level, "hvqcodec.linears", count,
+                             "linears: the int8 path is not available for these layers");
 }
 
 /* linear_rows(linears, layer, x, start, stop, out): rows start..stop-1 of out (rows, O) int16 = layer `layer` of

@@ -542,7 +542,7 @@ class IntStagePrior(_IntNetwork):
         (the C head writes them so directly: no second pass over the (P, K) table)."""
         if self.head_kernels is not None and self.temperature_milli == 1000:
             return self.head_kernels[group].frequencies(context, torch.get_num_threads(), 1.0 / FREQ_TOTAL).numpy()
-        return (self.group_head(context, group).cpu().double() * (1.0 / FREQ_TOTAL)).numpy()
+        return coder_probabilities(self.group_head(context, group))
 
 
 class LevelState:
@@ -694,6 +694,12 @@ def _front_start(fronts: list[tuple[int, int]], position: int) -> int:
 @functools.lru_cache(maxsize=16)
 def _column_numbers(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.arange(k, dtype=dtype, device=device)
+
+
+def coder_probabilities(freq: torch.Tensor) -> np.ndarray:
+    """Integer frequencies (P, K) -> what the range coder takes: freq / FREQ_TOTAL as float64 numpy, exact."""
+    # Times 2^-FREQ_BITS rather than / FREQ_TOTAL: the same (exact) values, three times faster.
+    return (freq.cpu().double() * (1.0 / FREQ_TOTAL)).numpy()
 
 
 def logits_to_frequencies(logits: torch.Tensor, exp_table: torch.Tensor, temperature_milli: int = 1000) -> torch.Tensor:
