@@ -135,6 +135,35 @@ def test_console_script_keeps_the_exit_status_and_freezes_before_exit(tmp_path, 
         assert done.stderr.strip().startswith("Error: ") and "Traceback" not in done.stderr
 
 
+def test_python_dash_m_runs_the_console_script():
+    """`python -m hvqcodec` is the `hvqcodec` command (for when the script is not on PATH)."""
+    import subprocess
+    import sys
+
+    from hvqcodec import __version__
+
+    done = subprocess.run([sys.executable, "-m", "hvqcodec", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and f" {__version__} (step function: " in done.stdout, done.stdout + done.stderr
+
+
+def test_codec_imports_collect_nothing_and_freeze_only_in_the_console_script():
+    """The codec commands' imports run with the garbage collector off and their objects frozen afterwards only
+    in the console script; elsewhere (tests, the Python API) the collector is left alone and nothing is frozen."""
+    import subprocess
+    import sys
+
+    script = ("import gc; from hvqcodec.cli import common\n"
+              "def seen():\n"
+              "    with common.codec_imports():\n"
+              "        inside = gc.isenabled()\n"
+              "    return inside, gc.isenabled(), gc.get_freeze_count() > 0\n"
+              "print(*seen())\n"
+              "common.console_script = True\n"
+              "print(*seen())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["True True False", "False True True"], done.stdout + done.stderr
+
+
 def test_calibrate_takes_the_residual_tilt_and_refuses_a_bad_one(tiny_models_dir, image_folder):
     """`models calibrate --residual-tilt` puts its slopes on every residual point of the ladder it writes."""
     from hvqcodec.zoo import read_manifest

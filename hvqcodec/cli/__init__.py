@@ -56,9 +56,14 @@ def run() -> None:
     `compress` or `decompress` (5.58 -> 4.95 s, 5.94 -> 5.31 s, medians of seven interleaved runs on a 2-core
     AVX2 machine: `benchmarks/cli_time.py`, results/cli-time.json). Freezing moves those objects out of the
     collector's reach; exit handlers and file closing still run as usual. Only the console script does this: in
-    a long-lived process (tests, the Python API) frozen objects would never be collected."""
+    a long-lived process (tests, the Python API) frozen objects would never be collected. For the same reason
+    only here do the codec commands import torch with the collector off and freeze what the imports made
+    (`common.codec_imports`)."""
     import gc
 
+    from . import common
+
+    common.console_script = True
     try:
         main()
     finally:

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from .common import (
     _about, _check_outputs, console, device_option, _file_progress, max_pixels_option, _output_paths, _read,
-    _read_header, _short_openmp_spin, _shown, STANDARD_STREAM, user_errors, _write_stdout)
+    _read_header, codec_imports, _shown, STANDARD_STREAM, user_errors, _write_stdout)
 
 
 @click.command()
@@ -44,14 +44,14 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
       hvqcodec compress photo.jpg -o out.hvq --force
       hvqcodec compress - < photo.png > photo.hvq  # standard input to standard output
     """
-    _short_openmp_spin()
     import os
 
-    from ..batch import compress_many
-    from ..codec import load_codec
-    from ..container import DEFAULT_MAX_PIXELS
-    from ..device import resolve_device
-    from ..fileio import atomic_write_bytes
+    with codec_imports():
+        from ..batch import compress_many
+        from ..codec import load_codec
+        from ..container import DEFAULT_MAX_PIXELS
+        from ..device import resolve_device
+        from ..fileio import atomic_write_bytes
 
     if quality is not None and target_bpp is not None:
         raise click.UsageError("give either --quality or --bpp, not both")
@@ -99,7 +99,6 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
       hvqcodec decompress photo.hvq --levels 2 -o preview.png
       hvqcodec decompress photo.hvq -o - > photo.png   # PNG on standard output ('-' reads standard input)
     """
-    _short_openmp_spin()
     from .. import container
 
     limit = max_pixels or container.DEFAULT_MAX_PIXELS
@@ -110,8 +109,9 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
             header = container.read_header(stdin) if source == STANDARD_STREAM else _read_header(source)
             container.check_limits(header, container.TILE_SIZE, limit)
     _check_outputs(targets, force)
-    from ..codec import codec_for
-    from ..imageio import encode_image, save_image
+    with codec_imports():
+        from ..codec import codec_for
+        from ..imageio import encode_image, save_image
 
     with _file_progress([_shown(f) for f in files], targets, "decompressing") as (parts, pairs):
         for source, (name, target) in zip(files, pairs):
@@ -276,12 +276,12 @@ def sample(count, size, seed, temperature, model, source, keep_levels, output, d
       hvqcodec sample -n 4 --temperature 0.8 -o calm.png
       hvqcodec sample --from photo.hvq --keep-levels 2 -n 4 -o variations.png
     """
-    _short_openmp_spin()
-    from PIL import Image
+    with codec_imports():
+        from PIL import Image
 
-    from ..codec import codec_for, load_codec
-    from ..fileio import atomic_write_bytes
-    from ..sampling import grid, sample_images
+        from ..codec import codec_for, load_codec
+        from ..fileio import atomic_write_bytes
+        from ..sampling import grid, sample_images
 
     target = Path(output)
     _check_outputs([target], force)

@@ -85,6 +85,34 @@ def _short_openmp_spin() -> None:
 
 OPENMP_SPIN_COUNT = 3000
 
+# Set by the console script (`cli.run`) only: a long-lived process (tests, the Python API) must never freeze its
+# objects, which would then never be collected. `benchmarks/cli_time.py` turns the import half off to measure it.
+console_script = False
+collect_during_imports = False
+
+
+@contextlib.contextmanager
+def codec_imports():
+    """Around a codec command's lazy imports (torch and the codec): libgomp's spin set first
+    (`_short_openmp_spin`), and in the console script no garbage collection during the imports, their objects
+    frozen afterwards. Importing torch makes a few hundred thousand objects that live as long as the process;
+    the collector's full passes over them while they are made, and again during coding, take 0.2-0.3 s of a
+    Kodak `compress` or `decompress` (`benchmarks/cli_time.py`)."""
+    _short_openmp_spin()
+    if not console_script or collect_during_imports:
+        yield
+        return
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
 
 
 max_pixels_option = click.option(
