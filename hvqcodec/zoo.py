@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
+from . import tensorfile
 from .autoencoder import AutoencoderConfig, HierarchicalVQVAE
 from .intprior import export_prior, tables_dtype
 from .priors import HierarchicalPrior, PriorConfig, level_blocks
@@ -343,7 +343,8 @@ class ModelBundle:
 
 def read_weights(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
     """The payload of an exported weights file (config, fp16 state dict, prior tables), checked to be one and,
-    when a hash is expected, to have it."""
+    when a hash is expected, to have it. Read by `tensorfile` (no torch.load: its pure-Python unpickler takes
+    longer than the rest of the loading), torch.load only for what that reader does not take."""
     if not path.is_file():
         raise ModelError(f"{path}: model weights not found")
     if expected_sha256 is not None:
@@ -352,14 +353,29 @@ def read_weights(path: Path, expected_sha256: str | None = None) -> dict[str, An
             raise ModelError(f"{path.name}: weights hash mismatch (expected {expected_sha256[:12]}, "
                              f"found {actual[:12]}); the file is corrupt or was replaced")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many exception types for corrupt files
-        raise ModelError(f"{path.name}: unreadable weights ({type(exc).__name__})") from None
+        payload = _as_tensors(tensorfile.load(path))
+    except tensorfile.TensorFileError:
+        # Whatever the torch-free reader does not take (a storage type it does not know, say), torch may.
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many exception types for corrupt files
+            raise ModelError(f"{path.name}: unreadable weights ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
         raise ModelError(f"{path.name}: not an hvqcodec weights file")
     if payload.get("version") not in READABLE_WEIGHTS_VERSIONS:
         raise ModelError(f"{path.name}: weights format version {payload.get('version')} is not supported")
     return payload
+
+
+def _as_tensors(value: Any) -> Any:
+    """`tensorfile.load`'s numpy arrays, wherever they are in a payload, as torch tensors (sharing their memory)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, dict):
+        return type(value)((key, _as_tensors(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_tensors(item) for item in value)
+    return value
 
 
 def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBundle:
