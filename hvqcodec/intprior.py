@@ -23,7 +23,6 @@ with every position at once, the decoder once per wavefront t = j + 3 i, and bot
 """
 from __future__ import annotations
 
-import bisect
 import functools
 import math
 
@@ -34,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import stepkernel
+from . import stepkernel, wavefront
 from .device import cpu_supports
-from .priors import KERNEL, WAVEFRONT_SLOPE, HierarchicalPrior, LevelPrior, StagePrior, causal_mask, level_blocks
+from .priors import HierarchicalPrior, LevelPrior, StagePrior, level_blocks
+from .wavefront import block_shape  # noqa: F401 (part of this module's interface)
 
 ACT_BITS = 10
 ACT_MAX = (1 << 15) - 1  # |activation| < 32 on the 2^-10 grid
@@ -53,12 +53,11 @@ EXP_BITS = 20
 FREQ_BITS = 20
 FREQ_TOTAL = 1 << FREQ_BITS
 assert stepkernel.PROBABILITY_SCALE == 1.0 / FREQ_TOTAL
-PAD = KERNEL // 2
 # Positions per band of a 3x3 convolution (conditioning and stage contexts): bounds the (positions, 9C) float64
 # columns to a few MB, which stay in cache.
 BAND_POSITIONS = 2048
-# The type-A taps of the masked kernel, as (row, column) offsets into a canvas padded by PAD on every side.
-TAPS = causal_mask().nonzero().tolist()
+# The type-A taps of the masked kernel, as (row, column) offsets into a canvas padded by wavefront.PAD.
+TAPS = wavefront.TAPS
 # Products of 8-bit tables with at least this many rows go through an int8 matmul (int32 accumulation, so the
 # same integers as float32), about 4x float32's throughput on a CPU for the conditioning stacks, the stage
 # contexts and the encoder's parallel passes; smaller ones (a decoding step) stay in float32, where the int8
@@ -547,19 +546,11 @@ class IntStagePrior(_IntNetwork):
 
 class LevelState:
     """One level's code grids while they are coded: a flat canvas of codes (the sentinel K where none is known
-    yet) and, for every position in wavefront order, the indices the step function reads.
-
-    Several tiles are laid side by side on one canvas, separated by 2 PAD sentinel columns, so no causal
-    neighbourhood reaches across a separator and each tile's frequencies are exactly those it gets alone. The
-    wavefront index is local to each tile, so all tiles advance together: one step per wavefront of the largest
-    tile, not of the whole row of tiles. Within a wavefront positions are grouped by tile, so each tile keeps its
-    own range-coder stream, its symbols in the order (wavefront, row) whatever the other tiles are.
-
-    A prior with a coding block (`prior.block`: rows and columns, a model property; see `block_shape`) also cuts
-    each tile into blocks, laid out on the canvas like tiles: a block's causal context stops at its edges (the
-    conditioning from the levels above still sees the whole tile), and every block of a tile advances in the
-    same step, so a level takes columns + 3 (rows - 1) steps instead of w + 3 (h - 1). Positions of a tile are
-    then ordered by (wavefront, block, row) in its stream.
+    yet) and, for every position in wavefront order, the indices the step function reads: tiles and coding blocks
+    side by side on one canvas, all advancing one wavefront per step, each tile with its own stream
+    (`wavefront.layout`, which says how). A prior's coding block (`prior.block`: rows and columns, a model
+    property; see `block_shape`) stops a block's causal context at its edges; the conditioning from the levels
+    above still sees the whole tile.
     """
 
     def __init__(self, prior: IntLevelPrior, sizes: Sequence[tuple[int, int]],
@@ -569,16 +560,14 @@ class LevelState:
         # Threads the C step function may use: torch's count when the state is made (decoding then runs its
         # small torch operations on one thread, `entropy.one_thread`).
         self.threads = torch.get_num_threads()
-        block = getattr(prior, "block", 0)
-        rows, cols, fronts, tiles, blocks, upper = [], [], [], [], [], []
-        left, cond_base, height, max_blocks = 0, 0, 0, 1
         # Each gated unit's conditioning, for all tiles one after the other, filled in tile by tile. int16
         # holds it exactly (integers of at most 15 bits) in a quarter of float64's memory: on a 12-megapixel
         # image the bottom level's conditioning is the largest thing the decoder keeps.
         self.cond: list[torch.Tensor] | None = None
         positions = getattr(prior, "cond_positions", 1)
         cond_rows = sum((h // 2) * (w // 2) for h, w in self.sizes) * positions
-        for tile, ((h, w), uppers) in enumerate(zip(self.sizes, upper_codes)):
+        cond_base = 0
+        for (h, w), uppers in zip(self.sizes, upper_codes):
             cond = prior.conditioning([u.to(device) for u in uppers])
             if cond is not None:
                 if self.cond is None:
@@ -586,45 +575,18 @@ class LevelState:
                 for target, unit in zip(self.cond, cond):
                     target[cond_base * positions:cond_base * positions + unit.shape[0]] = unit
             del cond
-            r = torch.arange(h, device=device).repeat_interleave(w)
-            c = torch.arange(w, device=device).repeat(h)
-            # Conditioning lives on the 2x coarser grid (with sub-positions: 4 rows per cell).
-            cell = cond_base + (r // 2) * (w // 2) + c // 2
-            upper.append(cell * 4 + 2 * (r % 2) + c % 2 if positions == 4 else cell)
             cond_base += (h // 2) * (w // 2)
-            bh, bw = block_shape(block, h, w)
-            blocks_x = -(-w // bw)
-            index = (r // bh) * blocks_x + c // bw  # the block of each position, in raster order
-            local_r, local_c = r % bh, c % bw
-            # Blocks side by side on the canvas (a full block's width, then the separator).
-            rows.append(local_r)
-            cols.append(local_c + left + index * (bw + 2 * PAD))
-            fronts.append(local_c + WAVEFRONT_SLOPE * local_r)
-            tiles.append(torch.full_like(r, tile))
-            blocks.append(index)
-            blocks_count = blocks_x * -(-h // bh)
-            left += blocks_count * (bw + 2 * PAD)
-            height = max(height, min(h, bh))
-            max_blocks = max(max_blocks, blocks_count)
-        rows, cols, t, tiles, blocks, upper = (torch.cat(x) for x in (rows, cols, fronts, tiles, blocks, upper))
-        canvas_width = left + 2 * PAD
-        self.canvas = torch.full(((height + 2 * PAD) * canvas_width,), prior.codebook_size, dtype=torch.int64,
-                                 device=device)
-        # Decoding order: by wavefront, then tile, then block, then row.
-        self.order = torch.argsort(((t * len(self.sizes) + tiles) * max_blocks + blocks) * max(height, 1) + rows)
-        rows, cols, self.tiles = rows[self.order], cols[self.order], tiles[self.order]
-        self.blocks, self.upper = blocks[self.order], upper[self.order]
-        self.centres = (rows + PAD) * canvas_width + cols + PAD
-        self.neighbours = (rows[:, None] + prior.tap_rows) * canvas_width + cols[:, None] + prior.tap_cols
-        t = t[self.order]
-        self.fronts = _runs(t)  # [start, stop) of each wavefront
+        # Where each position sits and in which order (numpy, shared with a runtime without torch).
+        laid = wavefront.layout(self.sizes, getattr(prior, "block", 0), positions, TAPS)
+        self.canvas = torch.full((laid.canvas_size,), prior.codebook_size, dtype=torch.int64, device=device)
+        self.order, self.centres, self.neighbours, self.upper, self.tiles, self.blocks = (
+            torch.from_numpy(x).to(device) for x in (laid.order, laid.centres, laid.neighbours, laid.upper,
+                                                     laid.tiles, laid.blocks))
+        self.fronts = laid.fronts  # [start, stop) of each wavefront
         # Each tile's run of positions, per wavefront (start), so the decoder can feed each tile's stream.
+        self._segments = laid.segments
         self._bound: stepkernel.BoundLevel | None = None  # made on first use by `probabilities`
         self._numpy_views: tuple[np.ndarray, np.ndarray] | None = None  # made on first use by `paint`
-        self._segments: dict[int, list[tuple[int, int, int]]] = {}
-        tile_of = self.tiles.tolist()
-        for a, b in _runs(t * len(self.sizes) + self.tiles):
-            self._segments.setdefault(_front_start(self.fronts, a), []).append((tile_of[a], a, b))
 
     def frequencies(self, start: int, stop: int, scale: float = 1.0) -> torch.Tensor:
         """Frequencies of positions start..stop-1 (in decoding order), times scale (`IntLevelPrior.frequencies`)."""
@@ -664,31 +626,11 @@ class LevelState:
         return [grid.view(size) for grid, size in zip(flat.split([h * w for h, w in self.sizes]), self.sizes)]
 
 
-def block_shape(block: int | tuple[int, int], h: int, w: int) -> tuple[int, int]:
-    """Rows and columns of a coding block in an h x w tile: `block` positions a side (0: the whole tile), or
-    (rows, columns), 0 standing for the tile's whole height or width."""
-    rows, cols = block if isinstance(block, tuple) else (block, block)
-    return (rows or max(h, 1), cols or max(w, 1))
-
-
 def _columns3x3(padded: torch.Tensor) -> torch.Tensor:
     """A zero-padded (h+2, w+2, C) grid -> (h*w, 9C) columns of its 3x3 neighbourhoods, tap-major: nine shifted
     copies side by side, several times faster than F.unfold on a channel-first copy."""
     h, w = padded.shape[0] - 2, padded.shape[1] - 2
     return torch.cat([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], 2).view(h * w, -1)
-
-
-def _runs(values: torch.Tensor) -> list[tuple[int, int]]:
-    """[start, stop) of each run of equal consecutive values."""
-    if values.numel() == 0:
-        return []
-    edges = [0] + (torch.nonzero(values[1:] != values[:-1]).flatten() + 1).tolist() + [values.numel()]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def _front_start(fronts: list[tuple[int, int]], position: int) -> int:
-    """Start of the wavefront that holds `position` (fronts sorted and contiguous)."""
-    return fronts[bisect.bisect_right(fronts, (position, float("inf"))) - 1][0]
 
 
 @functools.lru_cache(maxsize=16)

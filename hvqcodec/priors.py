@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KERNEL = 5  # masked kernel size; the wavefront below assumes its reach
-REACH = KERNEL // 2  # columns to the right (and rows above) that the causal field reaches
-WAVEFRONT_SLOPE = REACH + 1  # t = j + (R + 1) i
+from .wavefront import KERNEL  # the causal kernel (its reach sets the wavefront: wavefront.py)
+
 MAX_BLOCK = 1 << 16  # coding block sides: beyond any tile's grid
 
 
