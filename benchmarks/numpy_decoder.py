@@ -2,26 +2,33 @@
 checked against torch's and timed beside it.
 
 The command line spends 1.5-2 s importing torch; docs/DESIGN.md section 8 plans a runtime without it. This probe
-measures what the decoder part of such a runtime would cost in plain numpy (no C of our own):
+measures what the decoder part of such a runtime costs in numpy plus the runtime's C kernels
+(hvqcodec/decoderkernel.py: depthwise 7x7 conv + LayerNorm, bias + GELU, the post-filter's 3x3 convs; the
+matmuls stay in numpy's BLAS), and in plain numpy:
 
-- agreement: `numpy_decode` against torch's float32 decode of the same codes (kodim01 at the default quality):
-  the largest difference before rounding, and the PSNR of the numpy picture against torch's (both clamped,
-  x255, rounded to uint8);
-- time: medians of --repeats runs each of the numpy decoder on one thread and on two (bands of rows shared out
-  over two Python threads), torch's float32 decoder and torch's default one (bfloat16 where native,
-  `Codec.low_precision_decoder`), interleaved in one process (this 2-core machine's speed drifts and other work
-  may be running: the 1-minute load average, this process included, is recorded before and after), on kodim01 (768x512) and on a 1024x1024 crop
-  of a CLIC image (the codec's largest tile);
-- where the numpy decoder's time goes: context path, /4 stage, /2 stage, to_rgb + detail head, post-filter, and
-  per kind of numpy operation (medians over the same runs); beside it, torch's own kernels by kind (one profiled
-  decode at each precision): what C kernels reach on the same shapes;
+- agreement: `numpy_decode` (with the kernels, and plain) against torch's float32 decode of the same codes
+  (kodim01 at the default quality): the largest difference before rounding, and the PSNR of the numpy picture
+  against torch's (both clamped, x255, rounded to uint8);
+- time: medians of --repeats runs each of the numpy decoder with the kernels and plain, each on one thread and
+  on two (bands of rows shared out over two Python threads; the kernels release the GIL), torch's float32
+  decoder and torch's default one (bfloat16 where native, `Codec.low_precision_decoder`), interleaved in one
+  process (this 2-core machine's speed drifts and other work may be running: the 1-minute load average, this
+  process included, is recorded before and after), on kodim01 (768x512) and on a 1024x1024 crop of a CLIC image
+  (the codec's largest tile);
+- where the numpy decoders' time goes: context path, /4 stage, /2 stage, to_rgb + detail head, post-filter, and
+  per kind of operation on one thread (medians over the same runs); beside it, torch's own kernels by kind (one
+  profiled decode at each precision);
 - `python -c "import numpy"` against `python -c "import torch"`: medians of fresh processes, interleaved.
 
-    python benchmarks/numpy_decoder.py [--repeats 5] [--import-repeats 3] [--no-large] [--json out.json]
+    python benchmarks/numpy_decoder.py [--repeats 5] [--import-repeats 3] [--no-large] [--no-kernels]
+                                       [--json out.json]
 
-The decoder part of this file (down to the "measurement" line) needs numpy only; torch and hvqcodec are imported
-by the measurement functions. GELU is the exact (erf) form with erfc by Abramowitz & Stegun 7.1.26 (|error| <=
-1.5e-7), arranged as gelu(x) = max(x, 0) - |x|/2 * erfc(|x|/sqrt(2)), so no branch or sign is needed.
+--no-kernels: plain numpy only (also what runs where hvqcodec._decoderkernel is not built).
+
+The decoder part of this file (down to the "measurement" line) needs numpy (and hvqcodec.decoderkernel, numpy
+only) but not torch; torch and hvqcodec's codec are imported by the measurement functions. Plain numpy's GELU is
+the exact (erf) form with erfc by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), arranged as gelu(x) = max(x, 0)
+- |x|/2 * erfc(|x|/sqrt(2)), so no branch or sign is needed; the kernels' is described in _decoderkernel.c.
 """
 from __future__ import annotations
 
@@ -47,6 +54,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from hvqcodec import decoderkernel  # noqa: E402  (numpy only: `import hvqcodec` does not import torch)
+
 ROOT = Path(__file__).resolve().parents[1]
 KODIM01 = ROOT.parent / "shared" / "datasets" / "kodak" / "kodim01.png"
 CLIC = ROOT.parent / "shared" / "datasets" / "train" / "clic2025_finaltest"
@@ -66,6 +75,10 @@ GELU_CHUNK = 1 << 16
 CONV3X3_POSITIONS = 8192
 # Positions per pass of the depthwise conv (measured best of 256-4096 at 32 and 64 channels).
 DEPTHWISE_POSITIONS = 1024
+# With the C kernels, ConvNeXt blocks take bands of chunk_positions too (256-2048 measured within noise, 2048
+# ahead); the post-filter's three convs run together on bands of this many output positions (post_filter_kernels;
+# 8192-32768 measured, 16384 ahead on one thread: 21 rows at kodim01's width).
+KERNEL_POST_FILTER_POSITIONS = 16384
 LAYER_NORM_EPS = 1e-6
 
 # Abramowitz & Stegun 7.1.26: erfc(z) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-z^2), t = 1 / (1 + p z),
@@ -339,6 +352,40 @@ def convnext_block(x: np.ndarray, block: BlockWeights, pool=None, timings: dict 
     return out
 
 
+def convnext_block_kernels(x: np.ndarray, block: BlockWeights, pool=None, timings: dict | None = None) -> np.ndarray:
+    """convnext_block with the C kernels: the depthwise conv + LayerNorm, and the first Linear's bias + GELU (the
+    matmuls in numpy). Bands of rows as there; the kernels release the GIL, so `pool`'s threads run them at once."""
+    x = np.ascontiguousarray(x)
+    h, w, c = x.shape
+    kernel = block.depthwise.reshape(7, 7, c)
+    out = np.empty_like(x)
+    band_rows = max(1, chunk_positions(c) // w)
+    clock = time.perf_counter
+
+    def band(top: int) -> None:
+        rows = min(band_rows, h - top)
+        t0 = clock()
+        y = decoderkernel.depthwise7x7_layernorm(x, kernel, block.depthwise_bias, first_row=top, rows=rows)
+        t1 = clock()
+        hidden = y.reshape(rows * w, c) @ block.fc1
+        t2 = clock()
+        decoderkernel.bias_gelu_(hidden, block.fc1_bias)
+        t3 = clock()
+        y = hidden @ block.fc2
+        y += block.fc2_bias
+        t4 = clock()
+        np.add(x[top:top + rows], y.reshape(rows, w, c), out=out[top:top + rows])
+        t5 = clock()
+        if timings is not None:
+            for name, seconds in (("depthwise 7x7 + LayerNorm (C)", t1 - t0),
+                                  ("MLP matmuls + second bias", t2 - t1 + t4 - t3),
+                                  ("bias + GELU (C)", t3 - t2), ("residual add", t5 - t4)):
+                _add_time(timings, "ConvNeXt blocks: " + name, seconds)
+
+    _each(band, range(0, h, band_rows), pool)
+    return out
+
+
 def _add_time(timings: dict, name: str, seconds: float) -> None:
     timings[name] = timings.get(name, 0.0) + seconds
 
@@ -412,34 +459,70 @@ def conv3x3(x: np.ndarray, matrix: np.ndarray, bias: np.ndarray, gelu: bool, poo
     return out
 
 
+def post_filter_kernels(rgb: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]], pool=None,
+                        timings: dict | None = None) -> np.ndarray:
+    """The post-filter's correction (its 3x3 convs, GELU between them) with the C kernel, every layer a band of
+    rows at a time: for a band of output rows, layer k computes those rows and the L-1-k rows on each side that
+    the layers after it read, from the rows of layer k-1 held for the band (given to the kernel as its whole
+    input: its zero padding then falls only at the image's top and bottom, where it is the image's). The same
+    sums as one layer at a time over the whole image, but the 32-channel intermediates stay in cache instead of
+    two full-resolution tables (50 MB each at kodim01's size); the halo rows cost a little more arithmetic.
+    Bands shared out over `pool`'s threads if given."""
+    h, w, _ = rgb.shape
+    weights = [matrix.reshape(3, 3, matrix.shape[0] // 9, matrix.shape[1]) for matrix, _ in layers]
+    out = np.empty((h, w, weights[-1].shape[3]), np.float32)
+    band_rows = max(1, KERNEL_POST_FILTER_POSITIONS // w)
+    last = len(layers) - 1
+    clock = time.perf_counter
+
+    def band(top: int) -> None:
+        bottom = min(h, top + band_rows)
+        x, x_top = rgb, 0  # layer k-1's rows x_top .. x_top + len(x) - 1
+        for index, (weight, (_, bias)) in enumerate(zip(weights, layers)):
+            halo = last - index
+            first, stop = max(0, top - halo), min(h, bottom + halo)
+            rows = out[top:bottom] if index == last else np.empty((stop - first, w, weight.shape[3]), np.float32)
+            t0 = clock()
+            decoderkernel.conv3x3(x, weight, bias, rows, first_row=first - x_top, gelu=index < last)
+            if timings is not None:
+                _add_time(timings, f"post-filter: 3x3 conv {weight.shape[2]}->{weight.shape[3]}"
+                                   f"{' + GELU' if index < last else ''} (C)", clock() - t0)
+            x, x_top = rows, first
+
+    _each(band, range(0, h, band_rows), pool)
+    return out
+
+
 # --- the decoder ----------------------------------------------------------------------------------------------
 
 PARTS = ("context path", "/4 stage", "/2 stage", "to_rgb + detail", "post-filter")
 
 
 def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], timings: dict | None = None,
-                    pool=None) -> np.ndarray:
+                    pool=None, kernels: bool = False) -> np.ndarray:
     """A prefix of the code grids [top (h, w), mid (2h, 2w), bottom (4h, 4w), stages (G, 4h, 4w)...] -> RGB
     (16h, 16w, 3) float32, about [0, 1] (not clamped): HierarchicalVQVAE.decode in float32, channels last.
     timings, if given, gets seconds per part (PARTS) and, without a pool, per kind of operation in the ConvNeXt
-    blocks and the post-filter (under "operations"). pool: a concurrent.futures executor to share the bands of rows out over (numpy's elementwise
-    operations run on one core; its ufuncs release the GIL)."""
+    blocks and the post-filter (under "operations"). pool: a concurrent.futures executor to share the bands of
+    rows out over (numpy's elementwise operations run on one core; its ufuncs and the C kernels release the
+    GIL). kernels: the C kernels (hvqcodec.decoderkernel) for the ConvNeXt blocks and the post-filter."""
     clock = time.perf_counter
     started = clock()
     top = weights.codebooks[0][codes[0]]
     h, w = codes[0].shape
     ops = {} if timings is not None and pool is None else None
+    convnext_block_ = convnext_block_kernels if kernels else convnext_block
 
     x = conv1x1(top, weights.top_proj, weights.top_proj_bias)
     for block in weights.top_blocks:
-        x = convnext_block(x, block, pool, ops)
+        x = convnext_block_(x, block, pool, ops)
     c2 = upsample(x, weights.top_up)  # (2h, 2w, w2)
     mid = (weights.codebooks[1][codes[1]] if len(codes) > 1
            else np.broadcast_to(weights.absent[0], (2 * h, 2 * w, weights.absent.shape[1])))
     x = conv1x1(mid, weights.mid_proj_codes, weights.mid_proj_bias)
     x += conv1x1(c2, weights.mid_proj_context, np.float32(0))
     for block in weights.mid_blocks:
-        x = convnext_block(x, block, pool, ops)
+        x = convnext_block_(x, block, pool, ops)
     c1 = upsample(x, weights.mid_up)  # (4h, 4w, w1)
     context_done = clock()
 
@@ -452,13 +535,13 @@ def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], timings: d
     x = conv1x1(bottom, weights.dec_in_codes, weights.dec_in_bias)
     x += conv1x1(c1, weights.dec_in_context, np.float32(0))
     for block in weights.quarter_blocks:
-        x = convnext_block(x, block, pool, ops)
+        x = convnext_block_(x, block, pool, ops)
     quarter = x
     quarter_done = clock()
 
     half = upsample(quarter, weights.half_up)
     for block in weights.half_blocks:
-        half = convnext_block(half, block, pool, ops)
+        half = convnext_block_(half, block, pool, ops)
     half_done = clock()
 
     rgb = upsample(half, weights.to_rgb)
@@ -469,7 +552,9 @@ def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], timings: d
     rgb *= 0.5
     rgb_done = clock()
 
-    if weights.post_filter:
+    if weights.post_filter and kernels:
+        rgb += post_filter_kernels(rgb, weights.post_filter, pool, ops)
+    elif weights.post_filter:
         x = rgb
         for index, (matrix, bias) in enumerate(weights.post_filter):
             x = conv3x3(x, matrix, bias, index < len(weights.post_filter) - 1, pool, ops)
@@ -484,11 +569,15 @@ def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], timings: d
     return rgb
 
 
-def numpy_decode(weights: dict[str, np.ndarray], config, codes: list[np.ndarray], pool=None) -> np.ndarray:
+def numpy_decode(weights: dict[str, np.ndarray], config, codes: list[np.ndarray], pool=None,
+                 kernels: bool | None = None) -> np.ndarray:
     """HierarchicalVQVAE.decode in numpy: the autoencoder's state dict as numpy arrays, its config (or
     config.to_dict()) and a prefix of one image's code grids (no batch axis) -> RGB (H, W, 3) float32 of the
-    padded size, about [0, 1] (torch's (N, 3, H, W) channels last). pool: as decode_prepared."""
-    return decode_prepared(prepare_weights(weights, config), codes, pool=pool)
+    padded size, about [0, 1] (torch's (N, 3, H, W) channels last). pool: as decode_prepared. kernels: whether
+    to use the C kernels; None: where they are built (decoderkernel.available())."""
+    if kernels is None:
+        kernels = decoderkernel.available()
+    return decode_prepared(prepare_weights(weights, config), codes, pool=pool, kernels=kernels)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -515,8 +604,23 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def measure_image(codec, name: str, codes, repeats: int, pool: ThreadPoolExecutor) -> dict:
-    """Agreement with torch's float32 decode, then interleaved timings of the four decoders."""
+NUMPY_DECODERS = {"numpy + C kernels": True, "numpy float32": False}  # label -> kernels
+
+
+def agreement_with(reference: np.ndarray, ours: np.ndarray, ours_threaded: np.ndarray) -> dict:
+    """How a numpy decode (and its two-thread run) compares with torch's float32 decode."""
+    difference = np.abs(ours - reference)
+    ours8, reference8 = to_uint8(ours), to_uint8(reference)
+    return {"max_abs_difference": float(difference.max()), "mean_abs_difference": float(difference.mean()),
+            "uint8_psnr_vs_torch_float32": psnr_uint8(ours8, reference8),
+            "uint8_values_differing": float(np.mean(ours8 != reference8)),
+            "uint8_max_difference": int(np.abs(ours8.astype(np.int16) - reference8).max()),
+            "two_threads_max_abs_difference_vs_one": float(np.abs(ours_threaded - ours).max())}
+
+
+def measure_image(codec, name: str, codes, repeats: int, pool: ThreadPoolExecutor, kernels: bool) -> dict:
+    """Agreement with torch's float32 decode, then interleaved timings of the decoders (the numpy ones with the C
+    kernels if `kernels`, and plain)."""
     import torch
 
     autoencoder = codec.autoencoder
@@ -524,32 +628,29 @@ def measure_image(codec, name: str, codes, repeats: int, pool: ThreadPoolExecuto
     config = autoencoder.config.to_dict()
     numpy_codes = [c.numpy() for c in codes]
     batched = [c[None] for c in codes]
+    numpy_decoders = {label: use for label, use in NUMPY_DECODERS.items() if kernels or not use}
     with torch.no_grad():
         reference = autoencoder.decode(batched, low_precision=False)[0].permute(1, 2, 0).numpy()
-    ours = numpy_decode(state, config, numpy_codes)
-    ours_threaded = numpy_decode(state, config, numpy_codes, pool)
-    difference = np.abs(ours - reference)
-    ours8, reference8 = to_uint8(ours), to_uint8(reference)
-    agreement = {"max_abs_difference": float(difference.max()), "mean_abs_difference": float(difference.mean()),
-                 "uint8_psnr_vs_torch_float32": psnr_uint8(ours8, reference8),
-                 "uint8_values_differing": float(np.mean(ours8 != reference8)),
-                 "uint8_max_difference": int(np.abs(ours8.astype(np.int16) - reference8).max()),
-                 "two_threads_max_abs_difference_vs_one": float(np.abs(ours_threaded - ours).max())}
-    print(f"{name}: numpy vs torch float32: max |diff| {agreement['max_abs_difference']:.2e}, mean "
-          f"{agreement['mean_abs_difference']:.2e}; uint8: PSNR {agreement['uint8_psnr_vs_torch_float32']:.2f} dB, "
-          f"{100 * agreement['uint8_values_differing']:.4f}% of values differ (by <= "
-          f"{agreement['uint8_max_difference']}); numpy 2 threads vs 1: max |diff| "
-          f"{agreement['two_threads_max_abs_difference_vs_one']:.1e}")
+    agreement = {}
+    for label, use in numpy_decoders.items():
+        ours = numpy_decode(state, config, numpy_codes, kernels=use)
+        agreement[label] = found = agreement_with(reference, ours, numpy_decode(state, config, numpy_codes, pool,
+                                                                                 kernels=use))
+        print(f"{name}: {label} vs torch float32: max |diff| {found['max_abs_difference']:.2e}, mean "
+              f"{found['mean_abs_difference']:.2e}; uint8: PSNR {found['uint8_psnr_vs_torch_float32']:.2f} dB, "
+              f"{100 * found['uint8_values_differing']:.4f}% of values differ (by <= "
+              f"{found['uint8_max_difference']}); 2 threads vs 1: max |diff| "
+              f"{found['two_threads_max_abs_difference_vs_one']:.1e}")
 
     prepare_times: list[float] = []
     part_times: dict[str, list[dict]] = {}
 
-    def run_numpy(label: str, executor) -> None:
+    def run_numpy(label: str, executor, use_kernels: bool) -> None:
         start = time.perf_counter()
         prepared = prepare_weights(state, config)
         prepare_times.append(time.perf_counter() - start)
         timings: dict = {}
-        decode_prepared(prepared, numpy_codes, timings, executor)
+        decode_prepared(prepared, numpy_codes, timings, executor, use_kernels)
         part_times.setdefault(label, []).append(timings)
 
     def run_torch(low_precision: bool) -> None:
@@ -557,10 +658,13 @@ def measure_image(codec, name: str, codes, repeats: int, pool: ThreadPoolExecuto
             autoencoder.decode(batched, low_precision=low_precision)
 
     default_label = f"torch default ({'bfloat16' if codec.low_precision_decoder else 'float32'})"
-    runners = {"numpy float32, 1 thread": lambda: run_numpy("numpy float32, 1 thread", None),
-               "numpy float32, 2 threads": lambda: run_numpy("numpy float32, 2 threads", pool),
-               "torch float32": lambda: run_torch(False),
-               default_label: lambda: run_torch(codec.low_precision_decoder)}
+    runners = {}
+    for label, use in numpy_decoders.items():
+        for threads, executor in ((1, None), (2, pool)):
+            thread_label = f"{label}, {threads} thread{'s' if threads > 1 else ''}"
+            runners[thread_label] = (lambda l=thread_label, e=executor, u=use: run_numpy(l, e, u))
+    runners["torch float32"] = lambda: run_torch(False)
+    runners[default_label] = lambda: run_torch(codec.low_precision_decoder)
     for runner in runners.values():  # warm-up: allocators, oneDNN's kernels, caches
         runner()
     prepare_times.clear()
@@ -576,22 +680,26 @@ def measure_image(codec, name: str, codes, repeats: int, pool: ThreadPoolExecuto
     medians = {label: statistics.median(values) for label, values in seconds.items()}
     parts = {label: {part: statistics.median(t[part] for t in runs) for part in PARTS}
              for label, runs in part_times.items()}
-    single = part_times["numpy float32, 1 thread"]
-    operations = {op: statistics.median(t["operations"][op] for t in single) for op in single[0]["operations"]}
-    height, width = ours.shape[:2]
+    operations = {}
+    for label in numpy_decoders:
+        single = part_times[f"{label}, 1 thread"]
+        operations[label] = {op: statistics.median(t["operations"][op] for t in single)
+                             for op in single[0]["operations"]}
+    height, width = reference.shape[:2]
     print(f"{name} ({width}x{height}, {len(codes)} streams), median of {repeats} (load average "
           f"{load_before:.2f} before, {load_after:.2f} after):")
     for label, values in seconds.items():
-        print(f"  {label:28s} {medians[label]:.3f} s  ({medians[label] / medians[default_label]:.2f}x torch "
+        print(f"  {label:33s} {medians[label]:.3f} s  ({medians[label] / medians[default_label]:.2f}x torch "
               f"default; runs: {', '.join(f'{v:.3f}' for v in values)})")
     for label, part_seconds in parts.items():
         print(f"  {label} by part: " + ", ".join(f"{part} {value:.3f}" for part, value in part_seconds.items()))
     print(f"  weights prepared in {statistics.median(prepare_times):.4f} s (in each numpy time)")
-    print("  numpy float32, 1 thread, by operation: " + ", ".join(
-        f"{op} {value:.3f}" for op, value in sorted(operations.items(), key=lambda item: -item[1])))
-    kernels = {label: torch_kernels(autoencoder, batched, low) for label, low in
-               (("torch float32", False), (default_label, codec.low_precision_decoder))}
-    for label, kinds in kernels.items():
+    for label, kinds in operations.items():
+        print(f"  {label}, 1 thread, by operation: " + ", ".join(
+            f"{op} {value:.3f}" for op, value in sorted(kinds.items(), key=lambda item: -item[1])))
+    kernels_seconds = {label: torch_kernels(autoencoder, batched, low) for label, low in
+                       (("torch float32", False), (default_label, codec.low_precision_decoder))}
+    for label, kinds in kernels_seconds.items():
         print(f"  {label} kernels (profiler, one run): " + ", ".join(f"{k} {v:.3f}" for k, v in kinds.items()))
     return {"image": name, "width": width, "height": height, "streams": len(codes), "agreement": agreement,
             "load_average_before_after": [load_before, load_after],
@@ -600,7 +708,7 @@ def measure_image(codec, name: str, codes, repeats: int, pool: ThreadPoolExecuto
             "numpy_parts_seconds_median": parts,
             "numpy_prepare_weights_seconds_median": statistics.median(prepare_times),
             "numpy_1_thread_operations_seconds_median": operations,
-            "torch_kernels_seconds_one_profiled_run": kernels}
+            "torch_kernels_seconds_one_profiled_run": kernels_seconds}
 
 
 def torch_kernel_kind(name: str, shapes) -> str:
@@ -651,6 +759,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--import-repeats", type=int, default=3)
     parser.add_argument("--no-large", action="store_true", help="skip the 1024x1024 crop")
+    parser.add_argument("--no-kernels", action="store_true",
+                        help="plain numpy only, without the C kernels (hvqcodec.decoderkernel)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -667,22 +777,31 @@ def main() -> None:
     import torch
     from hvqcodec.codec import load_codec
 
+    kernels = decoderkernel.available() and not args.no_kernels
+    if not decoderkernel.available() and not args.no_kernels:
+        print("hvqcodec._decoderkernel is not built: plain numpy only")
     codec = load_codec()
     with ThreadPoolExecutor(2) as pool:
-        images = [measure_image(codec, "kodim01", codec.compress(str(KODIM01)).codes[0], args.repeats, pool)]
+        images = [measure_image(codec, "kodim01", codec.compress(str(KODIM01)).codes[0], args.repeats, pool,
+                                kernels)]
         if not args.no_large:
-            images.append(measure_image(codec, *large_tile_codes(codec), args.repeats, pool))
+            images.append(measure_image(codec, *large_tile_codes(codec), args.repeats, pool, kernels))
     results = {"model": codec.name, "torch": torch.__version__, "numpy": np.__version__,
                "torch_threads": torch.get_num_threads(), "numpy_blas_threads": os.environ["OPENBLAS_NUM_THREADS"],
                "machine": platform.machine(), "cpus": os.cpu_count(),
                "low_precision_decoder": codec.low_precision_decoder,
-               "gelu": "exact (erf) form; erfc by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7",
+               "decoder_kernels": decoderkernel.path() if kernels else None,
+               "gelu": {"numpy float32": "exact (erf) form; erfc by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7",
+                        **({"numpy + C kernels": "exact (erf) form; erfc(z) = 2u exp(-z^2 + Q(u)), u = 1/(2 + z), "
+                                                 "Q of degree 7 (hvqcodec/_decoderkernel.c), |error| < 2e-8 "
+                                                 "before float32 rounding"} if kernels else {})},
                "imports": imports, "images": images}
     if args.json:
         command = "python benchmarks/numpy_decoder.py" + "".join(
             flag for flag, on in ((f" --repeats {args.repeats}", args.repeats != 5),
                                   (f" --import-repeats {args.import_repeats}", args.import_repeats != 3),
-                                  (" --no-large", args.no_large), (f" --json {args.json}", True)) if on)
+                                  (" --no-large", args.no_large), (" --no-kernels", args.no_kernels),
+                                  (f" --json {args.json}", True)) if on)
         Path(args.json).write_text(json.dumps({
             "name": "numpy-decoder", "description": " ".join(__doc__.split("\n\n")[0].split()),
             "command": command, "results": results}, indent=1) + "\n")

@@ -1,0 +1,889 @@
+/* Decoder kernels of the torch-free runtime (docs/DESIGN.md section 8): the operations of the autoencoder's
+ * decoder (HierarchicalVQVAE.decode) that plain numpy runs slowly, in float32 on channels-last (H, W, C) arrays.
+ * benchmarks/numpy_decoder.py runs the rest (the matmuls in BLAS, the 2x2 upsamplings, the code lookups) in numpy.
+ *
+ * - depthwise_layernorm: a ConvNeXt block's depthwise 7x7 convolution (zero padding 3) + bias, and the LayerNorm
+ *   over channels that follows it. Fused: each position is normalised as soon as its C sums are done, while they
+ *   are in L1, instead of a second pass over the band (and numpy's padded copy of the input is not needed: the
+ *   taps outside the image are skipped).
+ * - bias_gelu: the block's first Linear's bias + exact GELU (erf form), in place on its (positions, 4C) output.
+ *   Fused: the bias is one more add on a value already in a register; numpy needed two dozen passes over the
+ *   table for the same thing.
+ * - conv3x3: the post-filter's 3x3 convolutions (zero padding 1) + bias, optionally GELU. Fused: GELU runs on the
+ *   sums in registers before they are stored, so the full-resolution 32-channel tables are written once.
+ *
+ * Every kernel computes a band of rows (the convolutions: first_row, and rows = the output's first dimension),
+ * so Python threads can share an image's rows; the GIL is released while they run.
+ *
+ * Vector paths: the kernels are written once (the "vector template" at the end of this file) for vectors of
+ * LANES floats with GCC/Clang vector extensions, and this file includes itself to compile them for AVX-512 (16
+ * lanes), AVX2 + FMA (8) and the compiler's baseline (4: SSE2 on x86-64, NEON on arm64). GCC emulates vectors
+ * wider than the instruction set through memory (AVX2 ran 16-float code 2-5x slower than 8-float code), so each
+ * instruction set gets its own width. The best build this CPU runs is chosen at import (__builtin_cpu_supports).
+ * A vector path needs the vectorised channel count to be a multiple of LANES (all widths of the shipped models
+ * are multiples of 16); other shapes, and compilers without vector extensions, take the plain C loops, which are
+ * also the reference the tests hold the vector paths to.
+ *
+ * Arrays come in through the buffer protocol (float32, C-contiguous, shapes checked): a wrong argument is a
+ * Python exception, never a crash. The module is optional: without it the numpy decoder runs plain numpy.
+ */
+#ifndef VECTOR_TEMPLATE
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#define HAVE_VECTORS 1
+#else
+#define INLINE static inline
+#endif
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define HAVE_X86_TARGETS 1
+#include <immintrin.h>
+#endif
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * What each kernel is asked to do
+ * ------------------------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *x;           /* (height, width, channels) */
+    const float *kernel;      /* (7, 7, channels) */
+    const float *bias;        /* (channels) */
+    const float *norm_weight; /* (channels), or NULL: no affine after the normalisation */
+    const float *norm_bias;   /* (channels), or NULL */
+    float eps;
+    float *out;               /* (rows, width, channels): output rows first_row .. first_row + rows - 1 */
+    ptrdiff_t height, width, channels, first_row, rows;
+} Depthwise;
+
+typedef struct {
+    float *x;                       /* (rows, columns), in place */
+    const float *bias;              /* (columns), or NULL */
+    ptrdiff_t columns, start, stop; /* rows start .. stop - 1 */
+} BiasGelu;
+
+typedef struct {
+    const float *x;      /* (height, width, inputs) */
+    const float *weight; /* (3, 3, inputs, outputs) */
+    const float *bias;   /* (outputs) */
+    float *out;          /* (rows, width, outputs): output rows first_row .. first_row + rows - 1 */
+    ptrdiff_t height, width, inputs, outputs, first_row, rows;
+    int gelu;
+} Conv3x3;
+
+INLINE ptrdiff_t max_index(ptrdiff_t a, ptrdiff_t b) { return a > b ? a : b; }
+INLINE ptrdiff_t min_index(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
+
+/* The taps of a size x size kernel (size odd, centred) that land inside an extent for output index y:
+ * [*first, *stop). */
+INLINE void taps_inside(ptrdiff_t y, ptrdiff_t extent, int size, ptrdiff_t *first, ptrdiff_t *stop) {
+    const ptrdiff_t half = size / 2;
+    *first = max_index(0, half - y);
+    *stop = min_index(size, extent + half - y);
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Plain C: any shape, any compiler
+ * ------------------------------------------------------------------------------------------------------------- */
+
+static float gelu_exact(float x) { return 0.5f * x * erfcf(-x * 0.70710678118654752f); }
+
+/* LayerNorm over one position's channels, in place (two passes: the mean, then the variance about it). */
+static void normalise_plain(float *v, const Depthwise *a) {
+    const ptrdiff_t C = a->channels;
+    float sum = 0.0f, squares = 0.0f;
+    for (ptrdiff_t c = 0; c < C; c++) sum += v[c];
+    const float mean = sum / (float)C;
+    for (ptrdiff_t c = 0; c < C; c++) squares += (v[c] - mean) * (v[c] - mean);
+    const float scale = 1.0f / sqrtf(squares / (float)C + a->eps);
+    for (ptrdiff_t c = 0; c < C; c++) {
+        const float n = (v[c] - mean) * scale;
+        v[c] = a->norm_weight ? n * a->norm_weight[c] + a->norm_bias[c] : n;
+    }
+}
+
+static void depthwise_rows_plain(const Depthwise *a) {
+    const ptrdiff_t W = a->width, C = a->channels;
+    for (ptrdiff_t r = 0; r < a->rows; r++) {
+        const ptrdiff_t y = a->first_row + r;
+        ptrdiff_t i0, i1;
+        taps_inside(y, a->height, 7, &i0, &i1);
+        for (ptrdiff_t x = 0; x < W; x++) {
+            float *sums = a->out + (r * W + x) * C;
+            ptrdiff_t j0, j1;
+            taps_inside(x, W, 7, &j0, &j1);
+            memcpy(sums, a->bias, (size_t)C * sizeof(float));
+            for (ptrdiff_t i = i0; i < i1; i++)
+                for (ptrdiff_t j = j0; j < j1; j++) {
+                    const float *in = a->x + ((y + i - 3) * W + x + j - 3) * C, *k = a->kernel + (i * 7 + j) * C;
+                    for (ptrdiff_t c = 0; c < C; c++) sums[c] += in[c] * k[c];
+                }
+            normalise_plain(sums, a);
+        }
+    }
+}
+
+static void bias_gelu_rows_plain(const BiasGelu *a) {
+    for (ptrdiff_t r = a->start; r < a->stop; r++) {
+        float *row = a->x + r * a->columns;
+        for (ptrdiff_t c = 0; c < a->columns; c++) row[c] = gelu_exact(row[c] + (a->bias ? a->bias[c] : 0.0f));
+    }
+}
+
+/* Always 1 (done): the vector builds' conv3x3_rows return 0 when out of memory. */
+static int conv3x3_rows_plain(const Conv3x3 *a) {
+    const ptrdiff_t W = a->width, I = a->inputs, O = a->outputs;
+    for (ptrdiff_t r = 0; r < a->rows; r++) {
+        const ptrdiff_t y = a->first_row + r;
+        ptrdiff_t i0, i1;
+        taps_inside(y, a->height, 3, &i0, &i1);
+        for (ptrdiff_t x = 0; x < W; x++) {
+            float *sums = a->out + (r * W + x) * O;
+            ptrdiff_t j0, j1;
+            taps_inside(x, W, 3, &j0, &j1);
+            memcpy(sums, a->bias, (size_t)O * sizeof(float));
+            for (ptrdiff_t i = i0; i < i1; i++)
+                for (ptrdiff_t j = j0; j < j1; j++) {
+                    const float *in = a->x + ((y + i - 1) * W + x + j - 1) * I;
+                    const float *w = a->weight + (i * 3 + j) * I * O;
+                    for (ptrdiff_t c = 0; c < I; c++)
+                        for (ptrdiff_t o = 0; o < O; o++) sums[o] += in[c] * w[c * O + o];
+                }
+            if (a->gelu)
+                for (ptrdiff_t o = 0; o < O; o++) sums[o] = gelu_exact(sums[o]);
+        }
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * The vector builds: the template at the end of this file, once per instruction set. Its parameters: LANES
+ * (floats a vector), NAME (the suffix of its functions), TARGET (the instruction set of its entry points; the
+ * helpers are inlined into them and compiled for it too), and how many positions a block keeps in registers:
+ * DEPTHWISE_BLOCK (sums + the 7 taps of a kernel row + an input), CONV_BLOCK (x 2 vectors of outputs, + 2
+ * weights + an input) and NARROW_BLOCK (x 3 outputs, + 3 weights + an input), sized to each register file.
+ * ------------------------------------------------------------------------------------------------------------- */
+#ifdef HAVE_VECTORS
+#define VECTOR_TEMPLATE
+
+#ifdef HAVE_X86_TARGETS
+/* AVX-512: 32 registers of 16 floats. */
+#define LANES 16
+#define NAME(name) name##_avx512
+#define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define DEPTHWISE_BLOCK 16
+#define CONV_BLOCK 12
+#define NARROW_BLOCK 4
+#include "_decoderkernel.c"
+
+/* AVX2 + FMA: 16 registers of 8 floats. */
+#define LANES 8
+#define NAME(name) name##_avx2
+#define TARGET __attribute__((target("avx2,fma")))
+#define DEPTHWISE_BLOCK 6
+#define CONV_BLOCK 6
+#define NARROW_BLOCK 3
+#include "_decoderkernel.c"
+#endif
+
+/* The compiler's baseline: 16 registers of 4 floats on x86-64 (SSE2), 32 on arm64 (NEON). */
+#define LANES 4
+#define NAME(name) name##_baseline
+#define TARGET
+#define DEPTHWISE_BLOCK 4
+#define CONV_BLOCK 4
+#define NARROW_BLOCK 2
+#include "_decoderkernel.c"
+
+#undef VECTOR_TEMPLATE
+#endif /* HAVE_VECTORS */
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Choosing a build
+ * ------------------------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    void (*depthwise_rows)(const Depthwise *);
+    void (*bias_gelu_rows)(const BiasGelu *);
+    int (*conv3x3_rows)(const Conv3x3 *);
+} Path;
+
+static const Path paths[] = {
+#ifdef HAVE_X86_TARGETS
+    {"avx512", depthwise_rows_avx512, bias_gelu_rows_avx512, conv3x3_rows_avx512},
+    {"avx2", depthwise_rows_avx2, bias_gelu_rows_avx2, conv3x3_rows_avx2},
+#endif
+#ifdef HAVE_VECTORS
+    {"baseline", depthwise_rows_baseline, bias_gelu_rows_baseline, conv3x3_rows_baseline},
+#endif
+    {"plain", depthwise_rows_plain, bias_gelu_rows_plain, conv3x3_rows_plain},
+};
+#define PATH_COUNT ((int)(sizeof(paths) / sizeof(paths[0])))
+
+static int cpu_runs(const Path *path) {
+#ifdef HAVE_X86_TARGETS
+    __builtin_cpu_init();
+    if (!strcmp(path->name, "avx512"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!strcmp(path->name, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    (void)path;
+    return 1;
+}
+
+static const Path *current_path = NULL; /* set at import: the first of `paths` this CPU runs */
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Python glue
+ * ------------------------------------------------------------------------------------------------------------- */
+
+static int is_native_float32(const char *format) {
+    if (!format) return 0;
+    if (*format == '@' || *format == '=') format++;
+#if PY_LITTLE_ENDIAN
+    else if (*format == '<') format++;
+#else
+    else if (*format == '>') format++;
+#endif
+    return !strcmp(format, "f");
+}
+
+/* A C-contiguous float32 buffer of ndim dimensions (writable if asked) from obj; else ValueError naming it. */
+static int get_floats(PyObject *obj, const char *name, int ndim, int writable, Py_buffer *view) {
+    const int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s: not a C-contiguous%s float32 array", name, writable ? " writable" : "");
+        return 0;
+    }
+    if (view->itemsize != 4 || !is_native_float32(view->format) || view->ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: a C-contiguous float32 array of %d dimensions is needed", name, ndim);
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
+/* As get_floats for a 1-D array of `length` floats; None gives a NULL view->buf when optional. */
+static int get_vector(PyObject *obj, const char *name, Py_ssize_t length, int optional, Py_buffer *view) {
+    if (optional && obj == Py_None) {
+        view->obj = NULL;
+        view->buf = NULL;
+        return 1;
+    }
+    if (!get_floats(obj, name, 1, 0, view)) return 0;
+    if (view->shape[0] != length) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd values needed, not %zd", name, length, view->shape[0]);
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
+static void release_all(Py_buffer *views, int count) {
+    for (int k = 0; k < count; k++)
+        if (views[k].obj) PyBuffer_Release(&views[k]);
+}
+
+static int overlap(const Py_buffer *a, const Py_buffer *b) {
+    const char *a0 = a->buf, *b0 = b->buf;
+    return a0 < b0 + b->len && b0 < a0 + a->len;
+}
+
+/* Output rows first_row .. first_row + out_rows - 1 exist in an input of `height` rows. */
+static int check_rows(Py_ssize_t first_row, Py_ssize_t out_rows, Py_ssize_t height, const char *kernel) {
+    if (first_row < 0 || first_row + out_rows > height) {
+        PyErr_Format(PyExc_ValueError, "%s: output rows %zd .. %zd are outside the input's %zd rows", kernel,
+                     first_row, first_row + out_rows - 1, height);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *py_depthwise_layernorm(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *x, *kernel, *bias, *out, *norm_weight, *norm_bias;
+    Py_ssize_t first_row;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOnOOf", &x, &kernel, &bias, &out, &first_row, &norm_weight, &norm_bias, &eps))
+        return NULL;
+    if ((norm_weight == Py_None) != (norm_bias == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "depthwise_layernorm: give both norm_weight and norm_bias, or neither");
+        return NULL;
+    }
+    Py_buffer views[6] = {{0}};
+    enum { X, KERNEL, BIAS, OUT, NORM_WEIGHT, NORM_BIAS };
+    if (!get_floats(x, "x", 3, 0, &views[X])) return NULL;
+    const Py_ssize_t H = views[X].shape[0], W = views[X].shape[1], C = views[X].shape[2];
+    int ok = get_floats(kernel, "kernel", 3, 0, &views[KERNEL]) && get_vector(bias, "bias", C, 0, &views[BIAS]) &&
+             get_floats(out, "out", 3, 1, &views[OUT]) &&
+             get_vector(norm_weight, "norm_weight", C, 1, &views[NORM_WEIGHT]) &&
+             get_vector(norm_bias, "norm_bias", C, 1, &views[NORM_BIAS]);
+    if (ok && (views[KERNEL].shape[0] != 7 || views[KERNEL].shape[1] != 7 || views[KERNEL].shape[2] != C)) {
+        PyErr_Format(PyExc_ValueError, "kernel: shape (7, 7, %zd) needed", C);
+        ok = 0;
+    }
+    if (ok && (views[OUT].shape[1] != W || views[OUT].shape[2] != C)) {
+        PyErr_Format(PyExc_ValueError, "out: shape (rows, %zd, %zd) needed", W, C);
+        ok = 0;
+    }
+    if (ok && overlap(&views[OUT], &views[X])) {
+        PyErr_SetString(PyExc_ValueError, "out: must not share memory with x");
+        ok = 0;
+    }
+    ok = ok && check_rows(first_row, views[OUT].shape[0], H, "depthwise_layernorm");
+    if (ok && !(eps > 0.0f)) {
+        PyErr_SetString(PyExc_ValueError, "eps: must be positive");
+        ok = 0;
+    }
+    if (ok) {
+        const Depthwise a = {views[X].buf, views[KERNEL].buf, views[BIAS].buf, views[NORM_WEIGHT].buf,
+                             views[NORM_BIAS].buf, eps, views[OUT].buf, H, W, C, first_row, views[OUT].shape[0]};
+        Py_BEGIN_ALLOW_THREADS
+        current_path->depthwise_rows(&a);
+        Py_END_ALLOW_THREADS
+    }
+    release_all(views, 6);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bias_gelu(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *x, *bias;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "OOnn", &x, &bias, &start, &stop)) return NULL;
+    Py_buffer views[2] = {{0}};
+    if (!get_floats(x, "x", 2, 1, &views[0])) return NULL;
+    const Py_ssize_t rows = views[0].shape[0], columns = views[0].shape[1];
+    int ok = get_vector(bias, "bias", columns, 1, &views[1]);
+    if (ok && (start < 0 || stop > rows || start > stop)) {
+        PyErr_Format(PyExc_ValueError, "bias_gelu: rows %zd .. %zd are not a range of x's %zd rows", start, stop - 1,
+                     rows);
+        ok = 0;
+    }
+    if (ok) {
+        const BiasGelu a = {views[0].buf, views[1].buf, columns, start, stop};
+        Py_BEGIN_ALLOW_THREADS
+        current_path->bias_gelu_rows(&a);
+        Py_END_ALLOW_THREADS
+    }
+    release_all(views, 2);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_conv3x3(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *x, *weight, *bias, *out;
+    Py_ssize_t first_row;
+    int gelu;
+    if (!PyArg_ParseTuple(args, "OOOOnp", &x, &weight, &bias, &out, &first_row, &gelu)) return NULL;
+    Py_buffer views[4] = {{0}};
+    enum { X, WEIGHT, BIAS, OUT };
+    if (!get_floats(x, "x", 3, 0, &views[X])) return NULL;
+    const Py_ssize_t H = views[X].shape[0], W = views[X].shape[1], I = views[X].shape[2];
+    int ok = get_floats(weight, "weight", 4, 0, &views[WEIGHT]);
+    const Py_ssize_t O = ok ? views[WEIGHT].shape[3] : 0;
+    ok = ok && get_vector(bias, "bias", O, 0, &views[BIAS]) && get_floats(out, "out", 3, 1, &views[OUT]);
+    if (ok && (views[WEIGHT].shape[0] != 3 || views[WEIGHT].shape[1] != 3 || views[WEIGHT].shape[2] != I)) {
+        PyErr_Format(PyExc_ValueError, "weight: shape (3, 3, %zd, outputs) needed", I);
+        ok = 0;
+    }
+    if (ok && (views[OUT].shape[1] != W || views[OUT].shape[2] != O)) {
+        PyErr_Format(PyExc_ValueError, "out: shape (rows, %zd, %zd) needed", W, O);
+        ok = 0;
+    }
+    if (ok && overlap(&views[OUT], &views[X])) {
+        PyErr_SetString(PyExc_ValueError, "out: must not share memory with x");
+        ok = 0;
+    }
+    ok = ok && check_rows(first_row, views[OUT].shape[0], H, "conv3x3");
+    int done = 1;
+    if (ok) {
+        const Conv3x3 a = {views[X].buf, views[WEIGHT].buf, views[BIAS].buf, views[OUT].buf, H, W, I, O, first_row,
+                           views[OUT].shape[0], gelu};
+        Py_BEGIN_ALLOW_THREADS
+        done = current_path->conv3x3_rows(&a);
+        Py_END_ALLOW_THREADS
+    }
+    release_all(views, 4);
+    if (!ok) return NULL;
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_paths(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
+    PyObject *names = PyList_New(0);
+    if (!names) return NULL;
+    for (int k = 0; k < PATH_COUNT; k++) {
+        if (!cpu_runs(&paths[k])) continue;
+        PyObject *name = PyUnicode_FromString(paths[k].name);
+        if (!name || PyList_Append(names, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    return names;
+}
+
+static PyObject *py_path(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
+    return PyUnicode_FromString(current_path->name);
+}
+
+static PyObject *py_use_path(PyObject *Py_UNUSED(self), PyObject *name) {
+    const char *wanted = PyUnicode_AsUTF8(name);
+    if (!wanted) return NULL;
+    for (int k = 0; k < PATH_COUNT; k++)
+        if (!strcmp(paths[k].name, wanted) && cpu_runs(&paths[k])) {
+            const char *previous = current_path->name;
+            current_path = &paths[k];
+            return PyUnicode_FromString(previous);
+        }
+    PyErr_Format(PyExc_ValueError, "no build %R of the kernels runs on this CPU", name);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"depthwise_layernorm", py_depthwise_layernorm, METH_VARARGS,
+     "depthwise_layernorm(x, kernel, bias, out, first_row, norm_weight, norm_bias, eps): depthwise 7x7 conv + bias, "
+     "then LayerNorm over channels, for out's rows."},
+    {"bias_gelu", py_bias_gelu, METH_VARARGS,
+     "bias_gelu(x, bias, start, stop): x[start:stop] = gelu(x[start:stop] + bias), in place."},
+    {"conv3x3", py_conv3x3, METH_VARARGS,
+     "conv3x3(x, weight, bias, out, first_row, gelu): 3x3 conv + bias (then GELU) for out's rows."},
+    {"paths", py_paths, METH_NOARGS, "The builds of the kernels this CPU runs, best first."},
+    {"path", py_path, METH_NOARGS, "The build in use."},
+    {"_use_path", py_use_path, METH_O, "Use another build (tests, measurements); returns the previous one's name."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_decoderkernel", "Decoder kernels of the torch-free runtime (hvqcodec/decoderkernel.py).",
+    -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__decoderkernel(void) {
+    for (int k = 0; k < PATH_COUNT && !current_path; k++)
+        if (cpu_runs(&paths[k])) current_path = &paths[k];
+    return PyModule_Create(&module);
+}
+
+#else /* VECTOR_TEMPLATE */
+/* ---------------------------------------------------------------------------------------------------------------
+ * The vector template: the kernels for vectors of LANES floats (included above once per instruction set, with
+ * LANES, NAME, TARGET, DEPTHWISE_BLOCK, CONV_BLOCK and NARROW_BLOCK defined; they are undefined at the end).
+ * Each function's name below stands for its copy in this build (the #defines just below).
+ * ------------------------------------------------------------------------------------------------------------- */
+#define vec NAME(vec)
+#define vec_bits NAME(vec_bits)
+#define vec_unaligned NAME(vec_unaligned)
+#define load NAME(load)
+#define store NAME(store)
+#define splat NAME(splat)
+#define choose NAME(choose)
+#define vmax NAME(vmax)
+#define vabs NAME(vabs)
+#define reciprocal NAME(reciprocal)
+#define sum_lanes NAME(sum_lanes)
+#define exp_vec NAME(exp_vec)
+#define gelu_vec NAME(gelu_vec)
+#define bias_gelu_span NAME(bias_gelu_span)
+#define depthwise_inner NAME(depthwise_inner)
+#define depthwise_clipped NAME(depthwise_clipped)
+#define normalise NAME(normalise)
+#define depthwise_rows_vector NAME(depthwise_rows_vector)
+#define conv3x3_wide_block NAME(conv3x3_wide_block)
+#define conv3x3_wide_positions NAME(conv3x3_wide_positions)
+#define conv3x3_rows_wide NAME(conv3x3_rows_wide)
+#define conv3x3_narrow_block NAME(conv3x3_narrow_block)
+#define conv3x3_narrow_positions NAME(conv3x3_narrow_positions)
+#define conv3x3_rows_narrow NAME(conv3x3_rows_narrow)
+#define UNROLL _Pragma("GCC unroll 32")
+/* The helpers are compiled for the build's instruction set too (they are inlined into its entry points anyway;
+ * this way GCC does not warn that vectors passed by value would change the baseline's calling convention). */
+#define VECTOR_INLINE TARGET INLINE
+
+typedef float vec __attribute__((vector_size(4 * LANES)));
+typedef int32_t vec_bits __attribute__((vector_size(4 * LANES)));
+typedef float vec_unaligned __attribute__((vector_size(4 * LANES), aligned(4)));
+
+VECTOR_INLINE vec load(const float *p) { return *(const vec_unaligned *)p; }
+VECTOR_INLINE void store(float *p, vec v) { *(vec_unaligned *)p = v; }
+VECTOR_INLINE vec splat(float x) { return (vec){0} + x; }
+/* a where mask is set, else b (a comparison's lanes are all ones or all zeros). */
+VECTOR_INLINE vec choose(vec_bits mask, vec a, vec b) { return (vec)((mask & (vec_bits)a) | (~mask & (vec_bits)b)); }
+VECTOR_INLINE vec vmax(vec a, vec b) { return choose(a > b, a, b); }
+VECTOR_INLINE vec vabs(vec a) { return (vec)((vec_bits)a & 0x7fffffff); }
+
+/* 1 / d for d >= 1 (GELU's 2 + z), to a few units in the last place: on AVX-512 and AVX2 the CPU's reciprocal
+ * estimate (14 and 12 bits) and one Newton step, r (2 - d r): the division's throughput bounded GELU there (it
+ * ran 1.2-1.5x faster without); elsewhere the division. */
+VECTOR_INLINE vec reciprocal(vec d) {
+#if defined(HAVE_X86_TARGETS) && LANES == 16
+    const vec r = (vec)_mm512_rcp14_ps((__m512)d);
+    return r * (2.0f - d * r);
+#elif defined(HAVE_X86_TARGETS) && LANES == 8
+    const vec r = (vec)_mm256_rcp_ps((__m256)d);
+    return r * (2.0f - d * r);
+#else
+    return 1.0f / d;
+#endif
+}
+
+/* The sum of a vector's lanes, by halves (on x86 with the shuffles GCC did not find for generic code: it went
+ * through memory, and the LayerNorm then took a third of the depthwise kernel's time). */
+VECTOR_INLINE float sum_lanes(vec v) {
+#if defined(HAVE_X86_TARGETS) && LANES == 16
+    return _mm512_reduce_add_ps((__m512)v);
+#elif defined(HAVE_X86_TARGETS) && LANES == 8
+    const __m128 halves = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+    const __m128 quarters = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+    return _mm_cvtss_f32(_mm_add_ss(quarters, _mm_shuffle_ps(quarters, quarters, 1)));
+#elif LANES == 4
+    return (v[0] + v[2]) + (v[1] + v[3]);
+#else
+#error "sum_lanes: no reduction for this LANES"
+#endif
+}
+
+/* exp(a) to about 1 ulp for a in [-80, 0] (what GELU asks; up to 88 would do), and 0 below -80: GELU's term is
+ * then under 1e-34, and where it went on to denormal numbers (as exp near -87 times GELU's u does) the CPU slows
+ * down a hundredfold (GELU after a conv of large values measured 10x slower).
+ * exp(a) = 2^n exp(r), n = round(a / ln 2), |r| <= ln(2) / 2 (ln 2 in two parts, so r is exact in float32),
+ * exp(r) by its Taylor series to r^7 (relative truncation error under 6e-9), 2^n put in the exponent bits. */
+VECTOR_INLINE vec exp_vec(vec a) {
+    const float rounder = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits */
+    const vec_bits above_floor = a > -80.0f;
+    a = vmax(a, splat(-80.0f));
+    const vec shifted = a * 1.44269504088896341f + rounder;
+    const vec n = shifted - rounder;
+    vec r = a - n * 0.693145751953125f;  /* ln 2's first 16 bits: n times it is exact */
+    r = r - n * 1.42860682030941723e-6f; /* the rest of ln 2 */
+    vec p = splat(1.0f / 5040);
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const vec_bits two_to_n = ((vec_bits)shifted - (vec_bits)splat(rounder) + 127) << 23;
+    return (vec)(above_floor & (vec_bits)(p * (vec)two_to_n));
+}
+
+/* Exact GELU, x Phi(x) = x erfc(-x / sqrt 2) / 2, as max(x, 0) - |x| erfc(z) / 2 with z = |x| / sqrt 2 >= 0
+ * (no branch on the sign). erfc(z) = 2u exp(-z^2 + Q(u)), u = 1 / (2 + z) in (0, 1/2]: Q is smooth there (it
+ * tends to -log(2 sqrt(pi)) as z grows), and the degree-7 polynomial below was fitted for this kernel (weighted
+ * least squares on Chebyshev nodes for z in [0, 10], weighted by the size of the GELU term |x| erfc(z) / 2).
+ * With these float32 coefficients in exact arithmetic, |GELU error| < 2e-8 for every x; in float32 the results
+ * are within a few roundings of the true values (tests/test_decoderkernel.py). */
+VECTOR_INLINE vec gelu_vec(vec x) {
+    const vec magnitude = vabs(x);
+    const vec u = reciprocal(magnitude * 0.70710678118654752f + 2.0f);
+    vec q = splat(-17.7359524f);
+    q = q * u + 33.9992981f;
+    q = q * u - 18.9822998f;
+    q = q * u - 0.837940216f;
+    q = q * u + 1.49436641f;
+    q = q * u + 1.28765726f;
+    q = q * u + 2.02084303f;
+    q = q * u - 1.26624191f;
+    const vec half_erfc = u * exp_vec(q - 0.5f * x * x);
+    return vmax(x, splat(0.0f)) - magnitude * half_erfc;
+}
+
+/* GELU in place on count floats, bias[0 .. count) added first (bias may be NULL); the last count % LANES go
+ * through a padded copy, so every value takes the same vector code. */
+VECTOR_INLINE void bias_gelu_span(float *x, const float *bias, ptrdiff_t count) {
+    ptrdiff_t k = 0;
+    for (; k + LANES <= count; k += LANES) store(x + k, gelu_vec(bias ? load(x + k) + load(bias + k) : load(x + k)));
+    if (k < count) {
+        float values[LANES] = {0}, biases[LANES] = {0};
+        memcpy(values, x + k, (size_t)(count - k) * sizeof(float));
+        if (bias) memcpy(biases, bias + k, (size_t)(count - k) * sizeof(float));
+        store(values, gelu_vec(load(values) + load(biases)));
+        memcpy(x + k, values, (size_t)(count - k) * sizeof(float));
+    }
+}
+
+TARGET static void NAME(bias_gelu_rows)(const BiasGelu *a) {
+    for (ptrdiff_t r = a->start; r < a->stop; r++) bias_gelu_span(a->x + r * a->columns, a->bias, a->columns);
+}
+
+/* --- depthwise 7x7 + LayerNorm --- */
+
+/* Channels [c, c + LANES) of `count` consecutive positions of output row y from column x0, all 7 tap columns
+ * inside the image, kernel rows [i0, i1): each input vector is loaded once and multiplied by the taps of the
+ * (up to 7) positions it reaches, the kernel row's 7 taps held in registers. */
+VECTOR_INLINE void depthwise_inner(const Depthwise *a, ptrdiff_t y, ptrdiff_t x0, const int count, ptrdiff_t c,
+                            ptrdiff_t i0, ptrdiff_t i1, float *out_row) {
+    const ptrdiff_t W = a->width, C = a->channels;
+    vec sums[DEPTHWISE_BLOCK];
+    UNROLL for (int p = 0; p < count; p++) sums[p] = load(a->bias + c);
+    for (ptrdiff_t i = i0; i < i1; i++) {
+        const float *in = a->x + ((y + i - 3) * W + x0 - 3) * C + c;
+        vec taps[7];
+        UNROLL for (int j = 0; j < 7; j++) taps[j] = load(a->kernel + (i * 7 + j) * C + c);
+        UNROLL for (int t = 0; t < count + 6; t++) {
+            const vec input = load(in + t * C);
+            UNROLL for (int j = 0; j < 7; j++)
+                if (t - j >= 0 && t - j < count) sums[t - j] += input * taps[j];
+        }
+    }
+    UNROLL for (int p = 0; p < count; p++) store(out_row + (x0 + p) * C + c, sums[p]);
+}
+
+/* Channels [c, c + LANES) of position x of output row y near the left or right edge: tap columns clipped. */
+VECTOR_INLINE void depthwise_clipped(const Depthwise *a, ptrdiff_t y, ptrdiff_t x, ptrdiff_t c, ptrdiff_t i0,
+                              ptrdiff_t i1, float *out_row) {
+    const ptrdiff_t W = a->width, C = a->channels;
+    ptrdiff_t j0, j1;
+    taps_inside(x, W, 7, &j0, &j1);
+    vec sum = load(a->bias + c);
+    for (ptrdiff_t i = i0; i < i1; i++)
+        for (ptrdiff_t j = j0; j < j1; j++)
+            sum += load(a->x + ((y + i - 3) * W + x + j - 3) * C + c) * load(a->kernel + (i * 7 + j) * C + c);
+    store(out_row + x * C + c, sum);
+}
+
+/* LayerNorm over the channels of one position, in place (as normalise_plain, LANES channels at a time). */
+VECTOR_INLINE void normalise(float *v, const Depthwise *a) {
+    const ptrdiff_t C = a->channels;
+    vec sum = {0}, squares = {0};
+    for (ptrdiff_t c = 0; c < C; c += LANES) sum += load(v + c);
+    const vec mean = splat(sum_lanes(sum) / (float)C);
+    for (ptrdiff_t c = 0; c < C; c += LANES) {
+        const vec d = load(v + c) - mean;
+        squares += d * d;
+    }
+    const vec scale = splat(1.0f / sqrtf(sum_lanes(squares) / (float)C + a->eps));
+    for (ptrdiff_t c = 0; c < C; c += LANES) {
+        const vec n = (load(v + c) - mean) * scale;
+        store(v + c, a->norm_weight ? n * load(a->norm_weight + c) + load(a->norm_bias + c) : n);
+    }
+}
+
+/* Output rows: each position's channels, then its LayerNorm while they are in L1. Inside, DEPTHWISE_BLOCK
+ * positions at a time, then 4, then 1; the 3 positions at each edge one at a time with their columns clipped. */
+VECTOR_INLINE void depthwise_rows_vector(const Depthwise *a) {
+    const ptrdiff_t W = a->width, C = a->channels;
+    const ptrdiff_t inner_first = min_index(3, W), inner_stop = max_index(inner_first, W - 3);
+    for (ptrdiff_t r = 0; r < a->rows; r++) {
+        const ptrdiff_t y = a->first_row + r;
+        float *out_row = a->out + r * W * C;
+        ptrdiff_t i0, i1, x = 0;
+        taps_inside(y, a->height, 7, &i0, &i1);
+        for (; x < inner_first; x++) {
+            for (ptrdiff_t c = 0; c < C; c += LANES) depthwise_clipped(a, y, x, c, i0, i1, out_row);
+            normalise(out_row + x * C, a);
+        }
+        for (; x + DEPTHWISE_BLOCK <= inner_stop; x += DEPTHWISE_BLOCK) {
+            for (ptrdiff_t c = 0; c < C; c += LANES) depthwise_inner(a, y, x, DEPTHWISE_BLOCK, c, i0, i1, out_row);
+            for (int p = 0; p < DEPTHWISE_BLOCK; p++) normalise(out_row + (x + p) * C, a);
+        }
+        for (; x + 4 <= inner_stop; x += 4) {
+            for (ptrdiff_t c = 0; c < C; c += LANES) depthwise_inner(a, y, x, 4, c, i0, i1, out_row);
+            for (int p = 0; p < 4; p++) normalise(out_row + (x + p) * C, a);
+        }
+        for (; x < W; x++) {
+            for (ptrdiff_t c = 0; c < C; c += LANES) depthwise_clipped(a, y, x, c, i0, i1, out_row);
+            normalise(out_row + x * C, a);
+        }
+    }
+}
+
+TARGET static void NAME(depthwise_rows)(const Depthwise *a) {
+    if (a->channels % LANES == 0)
+        depthwise_rows_vector(a);
+    else
+        depthwise_rows_plain(a);
+}
+
+/* --- 3x3 convolution --- */
+
+/* Outputs [o, o + vectors * LANES) of `count` consecutive positions of output row y from column x0, kernel rows
+ * [i0, i1) and columns [j0, j1) inside the image for all of them: per input channel and tap, `vectors` weight
+ * vectors times each position's input, broadcast; GELU on the sums if asked, then stored. */
+VECTOR_INLINE void conv3x3_wide_block(const Conv3x3 *a, ptrdiff_t y, ptrdiff_t x0, const int count, const int vectors,
+                               ptrdiff_t o, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, float *out_row) {
+    const ptrdiff_t W = a->width, I = a->inputs, O = a->outputs;
+    vec sums[CONV_BLOCK][2];
+    UNROLL for (int p = 0; p < count; p++)
+        UNROLL for (int v = 0; v < vectors; v++) sums[p][v] = load(a->bias + o + v * LANES);
+    for (ptrdiff_t i = i0; i < i1; i++)
+        for (ptrdiff_t j = j0; j < j1; j++) {
+            const float *in = a->x + ((y + i - 1) * W + x0 + j - 1) * I;
+            const float *w = a->weight + (i * 3 + j) * I * O + o;
+            for (ptrdiff_t c = 0; c < I; c++) {
+                vec weights[2];
+                UNROLL for (int v = 0; v < vectors; v++) weights[v] = load(w + c * O + v * LANES);
+                UNROLL for (int p = 0; p < count; p++) {
+                    const float input = in[p * I + c];
+                    UNROLL for (int v = 0; v < vectors; v++) sums[p][v] += input * weights[v];
+                }
+            }
+        }
+    if (a->gelu)
+        UNROLL for (int p = 0; p < count; p++)
+            UNROLL for (int v = 0; v < vectors; v++) sums[p][v] = gelu_vec(sums[p][v]);
+    UNROLL for (int p = 0; p < count; p++)
+        UNROLL for (int v = 0; v < vectors; v++) store(out_row + (x0 + p) * O + o + v * LANES, sums[p][v]);
+}
+
+/* All outputs of `count` positions: two vectors at a time, then one if a vector is left. */
+VECTOR_INLINE void conv3x3_wide_positions(const Conv3x3 *a, ptrdiff_t y, ptrdiff_t x0, const int count, ptrdiff_t i0,
+                                   ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, float *out_row) {
+    ptrdiff_t o = 0;
+    for (; o + 2 * LANES <= a->outputs; o += 2 * LANES)
+        conv3x3_wide_block(a, y, x0, count, 2, o, i0, i1, j0, j1, out_row);
+    if (o < a->outputs) conv3x3_wide_block(a, y, x0, count, 1, o, i0, i1, j0, j1, out_row);
+}
+
+/* Outputs a multiple of LANES (the post-filter's 3 -> 32 and 32 -> 32): the outputs vectorised; inside,
+ * CONV_BLOCK positions at a time, then 4, then 1; the edge columns one at a time with their taps clipped. */
+VECTOR_INLINE void conv3x3_rows_wide(const Conv3x3 *a) {
+    const ptrdiff_t W = a->width;
+    const ptrdiff_t inner_first = min_index(1, W), inner_stop = max_index(inner_first, W - 1);
+    for (ptrdiff_t r = 0; r < a->rows; r++) {
+        const ptrdiff_t y = a->first_row + r;
+        float *out_row = a->out + r * W * a->outputs;
+        ptrdiff_t i0, i1, j0, j1, x = 0;
+        taps_inside(y, a->height, 3, &i0, &i1);
+        for (; x < inner_first; x++) {
+            taps_inside(x, W, 3, &j0, &j1);
+            conv3x3_wide_positions(a, y, x, 1, i0, i1, j0, j1, out_row);
+        }
+        for (; x + CONV_BLOCK <= inner_stop; x += CONV_BLOCK)
+            conv3x3_wide_positions(a, y, x, CONV_BLOCK, i0, i1, 0, 3, out_row);
+        for (; x + 4 <= inner_stop; x += 4) conv3x3_wide_positions(a, y, x, 4, i0, i1, 0, 3, out_row);
+        for (; x < W; x++) {
+            taps_inside(x, W, 3, &j0, &j1);
+            conv3x3_wide_positions(a, y, x, 1, i0, i1, j0, j1, out_row);
+        }
+    }
+}
+
+/* `outputs` outputs from o of `count` consecutive positions from x0 (taps as conv3x3_wide_block), each a dot
+ * product over (tap, input channel) with the input channels vectorised; transposed: the weight as
+ * (outputs, 3, 3, inputs). Each input vector is loaded once for all `outputs`, each weight vector once for all
+ * `count` positions. */
+VECTOR_INLINE void conv3x3_narrow_block(const Conv3x3 *a, const float *transposed, ptrdiff_t y, ptrdiff_t x0,
+                                 const int count, const int outputs, ptrdiff_t o, ptrdiff_t i0, ptrdiff_t i1,
+                                 ptrdiff_t j0, ptrdiff_t j1, float *out_row) {
+    const ptrdiff_t W = a->width, I = a->inputs, O = a->outputs;
+    vec sums[NARROW_BLOCK][3];
+    UNROLL for (int p = 0; p < count; p++)
+        UNROLL for (int k = 0; k < outputs; k++) sums[p][k] = (vec){0};
+    for (ptrdiff_t i = i0; i < i1; i++)
+        for (ptrdiff_t j = j0; j < j1; j++) {
+            const float *in = a->x + ((y + i - 1) * W + x0 + j - 1) * I;
+            const float *w = transposed + (o * 9 + i * 3 + j) * I;
+            for (ptrdiff_t c = 0; c < I; c += LANES) {
+                vec weights[3];
+                UNROLL for (int k = 0; k < outputs; k++) weights[k] = load(w + k * 9 * I + c);
+                UNROLL for (int p = 0; p < count; p++) {
+                    const vec input = load(in + p * I + c);
+                    UNROLL for (int k = 0; k < outputs; k++) sums[p][k] += input * weights[k];
+                }
+            }
+        }
+    UNROLL for (int p = 0; p < count; p++)
+        UNROLL for (int k = 0; k < outputs; k++) out_row[(x0 + p) * O + o + k] = sum_lanes(sums[p][k]) + a->bias[o + k];
+}
+
+/* All outputs of `count` positions: three at a time (RGB), then one at a time. */
+VECTOR_INLINE void conv3x3_narrow_positions(const Conv3x3 *a, const float *transposed, ptrdiff_t y, ptrdiff_t x0,
+                                     const int count, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,
+                                     float *out_row) {
+    ptrdiff_t o = 0;
+    for (; o + 3 <= a->outputs; o += 3)
+        conv3x3_narrow_block(a, transposed, y, x0, count, 3, o, i0, i1, j0, j1, out_row);
+    for (; o < a->outputs; o++) conv3x3_narrow_block(a, transposed, y, x0, count, 1, o, i0, i1, j0, j1, out_row);
+}
+
+/* Few outputs, inputs a multiple of LANES (the post-filter's last conv, 32 -> 3): NARROW_BLOCK positions at a
+ * time inside, the edge columns one at a time; GELU (if asked) over each finished row. */
+VECTOR_INLINE void conv3x3_rows_narrow(const Conv3x3 *a, const float *transposed) {
+    const ptrdiff_t W = a->width, O = a->outputs;
+    const ptrdiff_t inner_first = min_index(1, W), inner_stop = max_index(inner_first, W - 1);
+    for (ptrdiff_t r = 0; r < a->rows; r++) {
+        const ptrdiff_t y = a->first_row + r;
+        float *out_row = a->out + r * W * O;
+        ptrdiff_t i0, i1, j0, j1, x = 0;
+        taps_inside(y, a->height, 3, &i0, &i1);
+        for (; x < inner_first; x++) {
+            taps_inside(x, W, 3, &j0, &j1);
+            conv3x3_narrow_positions(a, transposed, y, x, 1, i0, i1, j0, j1, out_row);
+        }
+        for (; x + NARROW_BLOCK <= inner_stop; x += NARROW_BLOCK)
+            conv3x3_narrow_positions(a, transposed, y, x, NARROW_BLOCK, i0, i1, 0, 3, out_row);
+        for (; x < W; x++) {
+            taps_inside(x, W, 3, &j0, &j1);
+            conv3x3_narrow_positions(a, transposed, y, x, 1, i0, i1, j0, j1, out_row);
+        }
+        if (a->gelu) bias_gelu_span(out_row, NULL, W * O);
+    }
+}
+
+/* Outputs a multiple of LANES: the wide form; else inputs a multiple of LANES: the narrow form (the weight
+ * transposed first); else plain C. 0 when out of memory. */
+TARGET static int NAME(conv3x3_rows)(const Conv3x3 *a) {
+    if (a->outputs % LANES == 0) {
+        conv3x3_rows_wide(a);
+        return 1;
+    }
+    if (a->inputs % LANES != 0) return conv3x3_rows_plain(a);
+    const ptrdiff_t I = a->inputs, O = a->outputs;
+    float *transposed = malloc((size_t)(9 * I * O) * sizeof(float));
+    if (!transposed) return 0;
+    for (ptrdiff_t tap = 0; tap < 9; tap++)
+        for (ptrdiff_t c = 0; c < I; c++)
+            for (ptrdiff_t o = 0; o < O; o++) transposed[(o * 9 + tap) * I + c] = a->weight[(tap * I + c) * O + o];
+    conv3x3_rows_narrow(a, transposed);
+    free(transposed);
+    return 1;
+}
+
+/* The template's parameters and names, ready for the next build. */
+#undef vec
+#undef vec_bits
+#undef vec_unaligned
+#undef load
+#undef store
+#undef splat
+#undef choose
+#undef vmax
+#undef vabs
+#undef reciprocal
+#undef sum_lanes
+#undef exp_vec
+#undef gelu_vec
+#undef bias_gelu_span
+#undef depthwise_inner
+#undef depthwise_clipped
+#undef normalise
+#undef depthwise_rows_vector
+#undef conv3x3_wide_block
+#undef conv3x3_wide_positions
+#undef conv3x3_rows_wide
+#undef conv3x3_narrow_block
+#undef conv3x3_narrow_positions
+#undef conv3x3_rows_narrow
+#undef UNROLL
+#undef VECTOR_INLINE
+#undef LANES
+#undef NAME
+#undef TARGET
+#undef DEPTHWISE_BLOCK
+#undef CONV_BLOCK
+#undef NARROW_BLOCK
+#endif /* VECTOR_TEMPLATE */

@@ -1,0 +1,157 @@
+"""The torch-free runtime's decoder kernels (hvqcodec/_decoderkernel.c, docs/DESIGN.md section 8): the parts of
+the autoencoder's decoder that plain numpy runs slowly, in C, on float32 channels-last (H, W, C) arrays.
+
+- `depthwise7x7_layernorm`: a ConvNeXt block's depthwise 7x7 convolution + bias, then LayerNorm over channels;
+- `bias_gelu_`: the block's first Linear's bias + exact (erf) GELU, in place;
+- `conv3x3`: the post-filter's 3x3 convolutions + bias, optionally GELU.
+
+The convolutions compute a band of output rows (`first_row` and the output's first dimension), and every kernel
+runs without the GIL, so Python threads can share an image's rows. This module needs numpy only (no torch);
+the C module is optional (no C compiler at install): `available()` says whether it is here. Arguments are
+checked here (ValueError) and again in C.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:
+    from . import _decoderkernel
+except ImportError:  # built without a C compiler: the numpy decoder runs plain numpy
+    _decoderkernel = None
+
+LAYER_NORM_EPS = 1e-6
+
+
+def available() -> bool:
+    """Whether the C module was built and imports."""
+    return _decoderkernel is not None
+
+
+def path() -> str:
+    """The build of the kernels in use: "avx512" (vectors of 16 floats), "avx2" (8), "baseline" (4: the
+    compiler's default instruction set) or "plain" (scalar C). A vector build falls back to plain C where the
+    vectorised channel count is not a multiple of its width."""
+    return _module().path()
+
+
+def paths() -> list[str]:
+    """The builds this CPU runs, best first (tests run each)."""
+    return list(_module().paths())
+
+
+def use_path(name: str) -> str:
+    """Use another build of the kernels (tests, measurements); returns the previous one's name."""
+    return _module()._use_path(name)
+
+
+def _module():
+    if _decoderkernel is None:
+        raise RuntimeError("hvqcodec._decoderkernel is not built (no C compiler at install?)")
+    return _decoderkernel
+
+
+def _check_floats(name: str, array, ndim: int, writable: bool = False) -> None:
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{name}: a numpy array is needed, not {type(array).__name__}")
+    if array.dtype != np.float32:
+        raise ValueError(f"{name}: float32 is needed, not {array.dtype}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: {ndim} dimensions are needed, not shape {array.shape}")
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{name}: a C-contiguous array is needed (np.ascontiguousarray)")
+    if writable and not array.flags.writeable:
+        raise ValueError(f"{name}: a writable array is needed")
+
+
+def _check_shape(name: str, array: np.ndarray, shape: tuple) -> None:
+    """shape: None for any size on that axis."""
+    if len(array.shape) != len(shape) or any(want is not None and have != want
+                                             for have, want in zip(array.shape, shape)):
+        wanted = ", ".join("any" if want is None else str(want) for want in shape)
+        raise ValueError(f"{name}: shape ({wanted}) is needed, not {array.shape}")
+
+
+def _check_vector(name: str, array, length: int) -> None:
+    _check_floats(name, array, 1)
+    _check_shape(name, array, (length,))
+
+
+def _output_rows(name: str, x: np.ndarray, out, first_row: int, rows: int | None, channels: int) -> np.ndarray:
+    """out as given (checked), or a new (rows, W, channels) array; rows default: to the bottom of x."""
+    height, width = x.shape[:2]
+    if out is None:
+        rows = height - first_row if rows is None else rows
+        if rows < 0:
+            raise ValueError(f"{name}: first_row {first_row} is below the input's {height} rows")
+        out = np.empty((rows, width, channels), np.float32)
+    else:
+        _check_floats("out", out, 3, writable=True)
+        _check_shape("out", out, (None if rows is None else rows, width, channels))
+        if np.may_share_memory(out, x):
+            raise ValueError("out: must not share memory with x")
+    if first_row < 0 or first_row + out.shape[0] > height:
+        raise ValueError(f"{name}: output rows {first_row} .. {first_row + out.shape[0] - 1} are outside the "
+                         f"input's {height} rows")
+    return out
+
+
+def depthwise7x7_layernorm(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None,
+                           first_row: int = 0, rows: int | None = None, norm_weight: np.ndarray | None = None,
+                           norm_bias: np.ndarray | None = None, eps: float = LAYER_NORM_EPS) -> np.ndarray:
+    """A ConvNeXt block's depthwise 7x7 convolution (zero padding 3) + bias, then LayerNorm over channels.
+
+    x: (H, W, C); kernel: (7, 7, C) (torch's dwconv.weight (C, 1, 7, 7) as kernel[i, j, c]); bias: (C,);
+    norm_weight, norm_bias: the LayerNorm's affine (C,) each, or None for none (when it is folded into the next
+    matmul). Computes output rows first_row .. first_row + rows - 1 into out (rows, W, C), made if None (rows
+    default: to the bottom), which must not overlap x; returns it."""
+    _check_floats("x", x, 3)
+    channels = x.shape[2]
+    _check_floats("kernel", kernel, 3)
+    _check_shape("kernel", kernel, (7, 7, channels))
+    _check_vector("bias", bias, channels)
+    if (norm_weight is None) != (norm_bias is None):
+        raise ValueError("give both norm_weight and norm_bias, or neither")
+    if norm_weight is not None:
+        _check_vector("norm_weight", norm_weight, channels)
+        _check_vector("norm_bias", norm_bias, channels)
+    if not eps > 0:
+        raise ValueError(f"eps: must be positive, not {eps}")
+    out = _output_rows("depthwise7x7_layernorm", x, out, first_row, rows, channels)
+    _module().depthwise_layernorm(x, kernel, bias, out, first_row, norm_weight, norm_bias, eps)
+    return out
+
+
+def bias_gelu_(x: np.ndarray, bias: np.ndarray | None = None, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """x[start:stop] = gelu(x[start:stop] + bias), in place on a (rows, N) array (rows of any C-contiguous
+    array, its last axis as N); exact GELU, x Phi(x), to within a few float32 roundings. bias: (N,) or None.
+    Returns x."""
+    if not isinstance(x, np.ndarray) or x.ndim < 1:
+        raise ValueError("x: a numpy array of at least 1 dimension is needed")
+    _check_floats("x", x, x.ndim, writable=True)
+    table = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+    if bias is not None:
+        _check_vector("bias", bias, table.shape[1])
+    stop = table.shape[0] if stop is None else stop
+    if not 0 <= start <= stop <= table.shape[0]:
+        raise ValueError(f"bias_gelu_: rows {start} .. {stop - 1} are not a range of x's {table.shape[0]} rows")
+    _module().bias_gelu(table, bias, start, stop)
+    return x
+
+
+def conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None, first_row: int = 0,
+            rows: int | None = None, gelu: bool = False) -> np.ndarray:
+    """A 3x3 convolution (zero padding 1) + bias, then exact GELU if `gelu`, as the post-filter's.
+
+    x: (H, W, Cin); weight: (3, 3, Cin, Cout) (torch's conv.weight (Cout, Cin, 3, 3) transposed (2, 3, 1, 0));
+    bias: (Cout,). Computes output rows first_row .. first_row + rows - 1 into out (rows, W, Cout), made if
+    None (rows default: to the bottom), which must not overlap x; returns it."""
+    _check_floats("x", x, 3)
+    _check_floats("weight", weight, 4)
+    _check_shape("weight", weight, (3, 3, x.shape[2], None))
+    out_channels = weight.shape[3]
+    _check_vector("bias", bias, out_channels)
+    out = _output_rows("conv3x3", x, out, first_row, rows, out_channels)
+    _module().conv3x3(x, weight, bias, out, first_row, bool(gelu))
+    return out

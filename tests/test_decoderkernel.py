@@ -1,0 +1,199 @@
+"""The torch-free runtime's decoder kernels (hvqcodec/_decoderkernel.c via hvqcodec/decoderkernel.py) against
+straightforward float64 numpy references, on every build of the kernels this CPU runs (AVX-512, AVX2, baseline
+vectors, plain C), in bands of rows and whole; and their argument checks."""
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from hvqcodec import decoderkernel
+
+pytestmark = pytest.mark.skipif(not decoderkernel.available(), reason="hvqcodec._decoderkernel is not built here")
+
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(params=decoderkernel.paths() if decoderkernel.available() else ["none"])
+def path(request):
+    """Each build of the kernels in turn."""
+    previous = decoderkernel.use_path(request.param)
+    yield request.param
+    decoderkernel.use_path(previous)
+
+
+def random(rng, shape, scale=1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def exact_gelu(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1 + np.vectorize(math.erf, otypes=[float])(x / math.sqrt(2)))
+
+
+def reference_depthwise_layernorm(x, kernel, bias, norm_weight=None, norm_bias=None, eps=1e-6):
+    h, w, _ = x.shape
+    padded = np.pad(x.astype(np.float64), ((3, 3), (3, 3), (0, 0)))
+    y = np.zeros(x.shape) + bias
+    for i in range(7):
+        for j in range(7):
+            y += padded[i:i + h, j:j + w] * kernel[i, j]
+    mean = y.mean(axis=-1, keepdims=True)
+    variance = ((y - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = (y - mean) / np.sqrt(variance + eps)
+    return y if norm_weight is None else y * norm_weight + norm_bias
+
+
+def reference_conv3x3(x, weight, bias, gelu):
+    h, w, _ = x.shape
+    padded = np.pad(x.astype(np.float64), ((1, 1), (1, 1), (0, 0)))
+    y = np.zeros((h, w, weight.shape[3])) + bias
+    for i in range(3):
+        for j in range(3):
+            y += padded[i:i + h, j:j + w] @ weight[i, j].astype(np.float64)
+    return exact_gelu(y) if gelu else y
+
+
+def bands(height: int) -> list[tuple[int, int]]:
+    """Uneven bands of rows covering the height: a single row, a band at the top edge, one in the middle."""
+    cuts = sorted({0, 1, min(height, 3), min(height, height // 2 + 2), height})
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+# (H, W, C): odd grids, narrower than the kernel, C a multiple of 16 (every vector build) or not (plain C)
+DEPTHWISE_SHAPES = [(5, 9, 16), (9, 5, 32), (7, 23, 64), (4, 3, 16), (1, 1, 32), (6, 10, 12), (3, 30, 96)]
+
+
+@pytest.mark.parametrize("shape", DEPTHWISE_SHAPES)
+@pytest.mark.parametrize("affine", [False, True])
+def test_depthwise_layernorm(path, shape, affine):
+    rng = np.random.default_rng(sum(shape))
+    channels = shape[2]
+    x, kernel, bias = random(rng, shape), random(rng, (7, 7, channels), 0.2), random(rng, channels)
+    norm = (random(rng, channels), random(rng, channels)) if affine else (None, None)
+    expected = reference_depthwise_layernorm(x, kernel, bias, *norm)
+    whole = decoderkernel.depthwise7x7_layernorm(x, kernel, bias, norm_weight=norm[0], norm_bias=norm[1])
+    np.testing.assert_allclose(whole, expected, **TOLERANCE)
+    out = np.full_like(x, np.nan)
+    for top, bottom in bands(shape[0]):
+        decoderkernel.depthwise7x7_layernorm(x, kernel, bias, out[top:bottom], top, norm_weight=norm[0],
+                                             norm_bias=norm[1])
+    np.testing.assert_allclose(out, expected, **TOLERANCE)
+
+
+def test_gelu_accuracy(path):
+    """Within a few float32 roundings of the exact GELU everywhere, tails included (no NaN or overflow)."""
+    x = np.concatenate([np.linspace(-30, 30, 40001), [0.0, -0.0, 1e-30, -1e-30, 80.0, -80.0, 1e4, -1e4]])
+    x = x.astype(np.float32)
+    y = decoderkernel.bias_gelu_(x.reshape(1, -1).copy()).reshape(-1)
+    np.testing.assert_allclose(y, exact_gelu(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 64), (7, 37), (3, 128), (3, 5)])
+def test_bias_gelu_rows(path, shape):
+    """bias + GELU on rows start .. stop - 1 only, columns not a multiple of any vector width included."""
+    rng = np.random.default_rng(shape[1])
+    x, bias = random(rng, shape, 3.0), random(rng, shape[1])
+    start, stop = 1, shape[0] - 1
+    out = decoderkernel.bias_gelu_(x.copy(), bias, start, stop)
+    np.testing.assert_array_equal(out[:start], x[:start])
+    np.testing.assert_array_equal(out[stop:], x[stop:])
+    np.testing.assert_allclose(out[start:stop], exact_gelu(x[start:stop] + bias.astype(np.float64)), **TOLERANCE)
+    np.testing.assert_allclose(decoderkernel.bias_gelu_(x.copy()), exact_gelu(x), **TOLERANCE)
+
+
+# (H, W, Cin, Cout, gelu): the post-filter's 3 -> 32 -> 32 -> 3, and other shapes of each form
+CONV_SHAPES = [(5, 9, 3, 32, True), (7, 6, 32, 32, True), (5, 9, 32, 3, False), (4, 4, 32, 3, True),
+               (6, 13, 16, 16, False), (3, 2, 5, 7, True), (1, 17, 32, 48, False), (9, 25, 32, 32, False)]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+def test_conv3x3(path, shape):
+    h, w, inputs, outputs, gelu = shape
+    rng = np.random.default_rng(h * w + inputs + outputs)
+    x = random(rng, (h, w, inputs))
+    weight = random(rng, (3, 3, inputs, outputs), 1 / math.sqrt(9 * inputs))
+    bias = random(rng, outputs, 0.1)
+    expected = reference_conv3x3(x, weight, bias, gelu)
+    np.testing.assert_allclose(decoderkernel.conv3x3(x, weight, bias, gelu=gelu), expected, **TOLERANCE)
+    out = np.full((h, w, outputs), np.nan, np.float32)
+    for top, bottom in bands(h):
+        decoderkernel.conv3x3(x, weight, bias, out[top:bottom], top, gelu=gelu)
+    np.testing.assert_allclose(out, expected, **TOLERANCE)
+
+
+def test_conv3x3_band_input():
+    """A band of input rows as the whole input (what the numpy decoder's post-filter does): output rows away
+    from the band's edges are those of the whole image."""
+    rng = np.random.default_rng(3)
+    x, weight, bias = random(rng, (12, 10, 32)), random(rng, (3, 3, 32, 32), 0.06), random(rng, 32)
+    whole = decoderkernel.conv3x3(x, weight, bias, gelu=True)
+    band = decoderkernel.conv3x3(x[4:9], weight, bias, first_row=1, rows=3, gelu=True)
+    np.testing.assert_array_equal(band, whole[5:8])
+
+
+def test_threads_share_rows():
+    """Two Python threads computing halves of the rows at once (the kernels release the GIL) give what one
+    call gives."""
+    rng = np.random.default_rng(4)
+    x, kernel, bias = random(rng, (40, 33, 64)), random(rng, (7, 7, 64), 0.2), random(rng, 64)
+    whole = decoderkernel.depthwise7x7_layernorm(x, kernel, bias)
+    out = np.empty_like(x)
+    threads = [threading.Thread(target=decoderkernel.depthwise7x7_layernorm,
+                                args=(x, kernel, bias, out[top:top + 20], top)) for top in (0, 20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    np.testing.assert_array_equal(out, whole)
+
+
+def test_arguments_are_checked():
+    rng = np.random.default_rng(5)
+    x, kernel, bias = random(rng, (5, 6, 16)), random(rng, (7, 7, 16)), random(rng, 16)
+    bad_calls = [
+        lambda: decoderkernel.depthwise7x7_layernorm(x.astype(np.float64), kernel, bias),
+        lambda: decoderkernel.depthwise7x7_layernorm(x[:, ::2], kernel, bias),
+        lambda: decoderkernel.depthwise7x7_layernorm(x, kernel[:, :, :8], bias),
+        lambda: decoderkernel.depthwise7x7_layernorm(x, kernel, bias[:8]),
+        lambda: decoderkernel.depthwise7x7_layernorm(x, kernel, bias, first_row=3, rows=3),
+        lambda: decoderkernel.depthwise7x7_layernorm(x, kernel, bias, np.empty((2, 6, 8), np.float32)),
+        lambda: decoderkernel.depthwise7x7_layernorm(x, kernel, bias, x[1:3]),
+        lambda: decoderkernel.depthwise7x7_layernorm(x, kernel, bias, norm_weight=bias),
+        lambda: decoderkernel.bias_gelu_(x.reshape(30, 16), bias[:4]),
+        lambda: decoderkernel.bias_gelu_(x.reshape(30, 16), start=3, stop=31),
+        lambda: decoderkernel.bias_gelu_(np.zeros(4, np.int32)),
+        lambda: decoderkernel.conv3x3(x, random(rng, (3, 3, 8, 4)), random(rng, 4)),
+        lambda: decoderkernel.conv3x3(x, random(rng, (3, 3, 16, 4)), random(rng, 5)),
+        lambda: decoderkernel.conv3x3(x, random(rng, (3, 3, 16, 4)), random(rng, 4), first_row=-1),
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError):
+            call()
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError):
+        decoderkernel.depthwise7x7_layernorm(x, kernel, bias, read_only)
+
+
+def test_c_module_checks_its_arguments():
+    """Called directly (past the wrapper's checks), the C module raises rather than reading out of bounds."""
+    module = decoderkernel._decoderkernel
+    x, kernel, bias = (np.zeros(shape, np.float32) for shape in ((4, 5, 16), (7, 7, 16), (16,)))
+    out = np.zeros((4, 5, 16), np.float32)
+    bad_calls = [
+        (module.depthwise_layernorm, (x, kernel, bias, out, 1, None, None, 1e-6)),  # rows 1 .. 4 of 4
+        (module.depthwise_layernorm, (x, kernel, bias, out[:, :4], 0, None, None, 1e-6)),
+        (module.depthwise_layernorm, (x, kernel.astype(np.float64), bias, out, 0, None, None, 1e-6)),
+        (module.depthwise_layernorm, (x.tolist(), kernel, bias, out, 0, None, None, 1e-6)),
+        (module.depthwise_layernorm, (x, kernel, bias, x, 0, None, None, 1e-6)),  # out is x
+        (module.bias_gelu, (out.reshape(20, 16), bias[:8], 0, 20)),
+        (module.bias_gelu, (out.reshape(20, 16), None, 5, 21)),
+        (module.conv3x3, (x, np.zeros((3, 3, 16, 4), np.float32), bias, out, 0, False)),
+        (module.conv3x3, (x, np.zeros((3, 3, 8, 16), np.float32), bias, out, 0, False)),
+        (module.conv3x3, (x, np.zeros((3, 3, 16, 16), np.float32), bias, out[:2], 3, False)),
+        (module._use_path, ("no such build",)),
+    ]
+    for function, arguments in bad_calls:
+        with pytest.raises(ValueError):
+            function(*arguments)
