@@ -10,28 +10,16 @@ import numpy as np
 import torch
 
 from .intprior import IntLevelPrior, IntStagePrior, LevelState, coder_probabilities
+from .rangecoding import (EXHAUSTED_BITS_MAX, STAGE_CHUNK, StreamDecoder, decode_fronts,  # noqa: F401 (part of
+                          decode_groups, family, spans, stream_decoder)  # this module's interface)
 
 # Positions per batch in the encoder's parallel pass: bounds memory, changes no result; small enough that
 # the (chunk, K) float64 intermediates stay in cache (1024: about 15% faster than 8192 here).
 ENCODE_CHUNK = 1024
-# Positions per batch of a refinement stage's prior (encoder and decoder): a 1024 x 1024 tile's stage would
-# otherwise hold several (65536, K) float64 tables at once, about 0.5 GB; 2048 rather than 8192 keeps them in
-# cache (a quarter less time for kodim01's three stages).
-STAGE_CHUNK = 2048
 # Positions per decoding step (on average) from which the wavefront loop keeps all intra-op threads: measured
 # with 2 threads, one or two 1024-pixel tiles (up to ~130 positions a step) decode faster on one thread, four
 # (~260) faster on two.
 PARALLEL_STEP_POSITIONS = 192
-
-
-def spans(total: int, chunk: int) -> list[tuple[int, int]]:
-    """[start, stop) of consecutive runs of at most `chunk` of `total` positions."""
-    return [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
-
-
-def _family() -> "constriction.stream.model.Categorical":
-    # perfect=False always, explicitly: the quantisation of our (exact, dyadic) probabilities is then fixed.
-    return constriction.stream.model.Categorical(perfect=False)
 
 
 @dataclass
@@ -89,7 +77,7 @@ def _encode_probabilities(encoder, symbols: np.ndarray, probabilities: np.ndarra
     """Appends symbols (P,) int32 with their probabilities (P, K), the frequencies / FREQ_TOTAL, to a queue
     encoder; returns their information in bits. numpy only: a torch operation on a (P, K) table between two
     calls of the C step function would wake torch's OpenMP threads, which then spin beside its helper thread."""
-    encoder.encode(symbols, _family(), probabilities)
+    encoder.encode(symbols, family(), probabilities)
     return float(-np.log2(probabilities[np.arange(len(symbols)), symbols]).sum())
 
 
@@ -99,36 +87,6 @@ def _range_encode(symbols: torch.Tensor, freq: torch.Tensor) -> EncodedLevel:
     encoder = constriction.stream.queue.RangeEncoder()
     bits = _encode_chunk(encoder, symbols, freq)
     return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
-
-
-# Once a range decoder has read its last word, its state holds at most 64 bits: decoding more information than
-# that (plus slack for constriction's own rounding of the probabilities) means reading past the stream's end.
-EXHAUSTED_BITS_MAX = 96
-
-
-class StreamDecoder:
-    """A range decoder over one stream that fails as soon as it reads past the stream's end.
-
-    constriction pads a finished stream with zeros and keeps decoding; for a damaged or hostile file that is
-    garbage at full cost. Here every batch decoded after the last word was consumed is charged its information
-    content, and more than the final state can hold is an error at once.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        if len(data) % 4:
-            raise ValueError("range-coded stream length is not a multiple of 4")
-        self.decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-        self.bits_after_end = 0.0
-
-    def decode(self, family, probabilities: np.ndarray) -> np.ndarray:
-        exhausted = self.decoder.maybe_exhausted()
-        symbols = self.decoder.decode(family, probabilities)
-        if exhausted:
-            chosen = probabilities[np.arange(len(symbols)), symbols]
-            self.bits_after_end += float(-np.log2(np.maximum(chosen, 1e-300)).sum())
-            if self.bits_after_end > EXHAUSTED_BITS_MAX:
-                raise ValueError("stream ends before its codes do (truncated or corrupt)")
-        return symbols
 
 
 @contextlib.contextmanager
@@ -146,14 +104,6 @@ def one_thread():
     finally:
         if threads > 1:
             torch.set_num_threads(threads)
-
-
-def _decoder(source) -> StreamDecoder:
-    """A decoder for a stream's bytes; anything else with the same decode(family, probabilities) method (the
-    sampler) is used as it is, so sampling runs through the very same loops as decoding."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return StreamDecoder(bytes(source))
-    return source
 
 
 def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
@@ -203,18 +153,9 @@ def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_code
 
 def decode_stage(prior: IntStagePrior, data, codes: Sequence[torch.Tensor]) -> torch.Tensor:
     """Range-coded bytes of one tile's refinement stage -> its codes (G, h, w)."""
-    decoder = _decoder(data)
     h, w = codes[2].shape[-2:]
-    context, previous, groups = prior.context(codes), None, []
-    family = _family()
-    for group in range(prior.groups):
-        context = prior.group_context(context, group, previous)
-        previous = torch.empty(h * w, dtype=torch.int64)
-        for a, b in spans(h * w, STAGE_CHUNK):
-            probabilities = prior.group_probabilities(context[a:b], group)
-            previous[a:b] = torch.from_numpy(decoder.decode(family, probabilities).astype(np.int64))
-        groups.append(previous.view(h, w))
-    return torch.stack(groups).to(codes[2].device)
+    groups = decode_groups(prior, stream_decoder(data), prior.context(codes), h * w, STAGE_CHUNK)
+    return torch.stack([torch.from_numpy(group).view(h, w) for group in groups]).to(codes[2].device)
 
 
 def decode_level(prior: IntLevelPrior, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
@@ -224,19 +165,14 @@ def decode_level(prior: IntLevelPrior, streams: Sequence[bytes], sizes: Sequence
     A step of one or two tiles is a few dozen positions: its operations run on one thread (`one_thread`).
     Several tiles in lockstep make steps of hundreds of positions, which the threads share with profit
     (a 12-megapixel image's levels with 2 threads took about two thirds of the one-thread time)."""
-    decoders = [_decoder(data) for data in streams]
+    decoders = [stream_decoder(data) for data in streams]
     state = LevelState(prior, sizes, upper_codes)
-    family = _family()
     # With the C step function a step's torch work is only painting the codes in: one thread always (woken for
     # that, torch's OpenMP threads would then spin beside the C function's helper thread).
     serial = (state.order.numel() < PARALLEL_STEP_POSITIONS * max(1, len(state.fronts))
               or (prior.kernel is not None and prior.temperature_milli == 1000))
     cpu = prior.device.type == "cpu"
     with one_thread() if cpu and serial else contextlib.nullcontext():
-        for start, stop in state.fronts:
-            probabilities = state.probabilities(start, stop)
-            symbols = np.empty(stop - start, dtype=np.int64)
-            for tile, a, b in state.segments(start):
-                symbols[a - start:b - start] = decoders[tile].decode(family, probabilities[a - start:b - start])
-            state.paint(start, stop, symbols if cpu else torch.from_numpy(symbols).to(prior.device))
+        decode_fronts(state, decoders, None if cpu else
+                      lambda start, stop, symbols: state.paint(start, stop, torch.from_numpy(symbols).to(prior.device)))
     return state.codes()

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .wavefront import KERNEL  # the causal kernel (its reach sets the wavefront: wavefront.py)
+from .wavefront import KERNEL, MAX_BLOCK, level_blocks  # noqa: F401 (the causal kernel; coding blocks)
 
-MAX_BLOCK = 1 << 16  # coding block sides: beyond any tile's grid
 
 
 def causal_mask(kernel: int = KERNEL) -> torch.Tensor:
@@ -67,22 +66,6 @@ class PriorConfig:
         if unknown:
             raise ValueError(f"unknown prior config keys: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-def level_blocks(coding_block: int | Sequence) -> list[tuple[int, int]]:
-    """PriorConfig.coding_block -> (rows, columns) of each level's coding block (top, mid, bottom), 0 for the
-    tile's whole height or width. ValueError for anything else than the forms PriorConfig describes."""
-    entries = list(coding_block) if isinstance(coding_block, (list, tuple)) else [coding_block] * 3
-    if len(entries) != 3:
-        raise ValueError(f"coding block: one entry per level (top, mid, bottom), not {len(entries)}")
-    blocks = []
-    for entry in entries:
-        shape = list(entry) if isinstance(entry, (list, tuple)) else [entry, entry]
-        if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_BLOCK
-                                      for n in shape):
-            raise ValueError(f"coding block {entry!r}: positions a side, or rows and columns, from 0 to {MAX_BLOCK}")
-        blocks.append((shape[0], shape[1]))
-    return blocks
 
 
 def parse_coding_block(spec: str) -> int | list[list[int]]:

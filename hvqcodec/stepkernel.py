@@ -151,20 +151,52 @@ def smallest(table: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] |
     return values, indices
 
 
+def _address(array: "torch.Tensor | np.ndarray") -> int:
+    """Where a CPU tensor's or a numpy array's data starts (the C functions take addresses, whoever owns them:
+    the torch codec and the runtime without torch share these classes)."""
+    import numpy as np
+
+    return array.ctypes.data if isinstance(array, np.ndarray) else array.data_ptr()
+
+
+def _contiguous(array: "torch.Tensor | np.ndarray", dtype_name: str, copy: bool = False):
+    """A C-contiguous CPU copy or view of `array` in the dtype named (numpy stays numpy, torch stays torch)."""
+    import numpy as np
+
+    if isinstance(array, np.ndarray):
+        return np.array(array, dtype=dtype_name, copy=True, order="C") if copy else \
+            np.ascontiguousarray(array, dtype=dtype_name)
+    import torch
+
+    return array.detach().to("cpu", getattr(torch, dtype_name), copy=copy).contiguous()
+
+
+def _empty_like_input(given: "torch.Tensor | np.ndarray", shape: tuple, dtype_name: str):
+    """A new CPU table of the same kind as `given` (numpy array or tensor)."""
+    import numpy as np
+
+    if isinstance(given, np.ndarray):
+        return np.empty(shape, dtype=dtype_name)
+    import torch
+
+    return torch.empty(shape, dtype=getattr(torch, dtype_name))
+
+
 class _Tables:
-    """Holds the tensors whose addresses the C function keeps."""
+    """Holds the tables (tensors or numpy arrays) whose addresses the C function keeps."""
 
     def __init__(self) -> None:
-        self._keep: list[torch.Tensor] = []
+        self._keep: list = []
 
-    def _keep_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _keep_tensor(self, tensor):
         self._keep.append(tensor)
         return tensor
 
-    def _float32(self, tensor: torch.Tensor) -> torch.Tensor:
-        import torch
+    def _float32(self, tensor):
+        return self._keep_tensor(_contiguous(tensor, "float32"))
 
-        return self._keep_tensor(tensor.detach().to("cpu", torch.float32).contiguous())
+    def _float64(self, tensor):
+        return self._keep_tensor(_contiguous(tensor, "float64"))
 
     def _layers(self, network, names: Sequence[str]) -> tuple:
         """(inputs, outputs, weight, bias_and_half, inv_scale, input_scale) per layer, as the C function takes."""
@@ -172,8 +204,8 @@ class _Tables:
         for name in names:
             weight, bias_and_half, inv_scale, input_scale, _ = network.layers[name]
             weight, bias_and_half, inv_scale = (self._float32(t) for t in (weight, bias_and_half, inv_scale))
-            layers.append((weight.shape[0], weight.shape[1], weight.data_ptr(), bias_and_half.data_ptr(),
-                           inv_scale.data_ptr(), float(input_scale or 0.0)))
+            layers.append((weight.shape[0], weight.shape[1], _address(weight), _address(bias_and_half),
+                           _address(inv_scale), float(input_scale or 0.0)))
         return tuple(layers)
 
 
@@ -191,19 +223,21 @@ class ConvKernel(_Tables):
         if [tuple(t.shape) for t in tables] != [(2 * gate_half + 1,)] * 2:
             raise ValueError("gate tables of unexpected sizes for the C conv function")
         self.channels, self.blocks = network.channels, len(blocks)
-        self.handle = _stepkernel.convs(self.channels, self.blocks, gate_half, *(t.data_ptr() for t in tables),
+        self.handle = _stepkernel.convs(self.channels, self.blocks, gate_half, *(_address(t) for t in tables),
                                         layers)
 
-    def run(self, x: torch.Tensor, h: int, w: int, threads: int = 1) -> torch.Tensor:
-        """x (h * w, C) on the activation grid -> the same through every block (a new float32 tensor)."""
-        import torch
-
-        x = x.to("cpu", torch.float32, copy=True).contiguous()
-        grid = torch.empty(((h + 2) * (w + 2) * self.channels,), dtype=torch.uint8)
+    def run(self, x: torch.Tensor | np.ndarray, h: int, w: int, threads: int = 1) -> torch.Tensor | np.ndarray:
+        """x (h * w, C) on the activation grid -> the same through every block (a new float32 table, numpy for
+        numpy)."""
+        if tuple(x.shape) != (h * w, self.channels):
+            raise ValueError(f"a grid of {h} x {w} positions of {self.channels} values expected, got {tuple(x.shape)}")
+        x = _contiguous(x, "float32", copy=True)
+        grid = _empty_like_input(x, ((h + 2) * (w + 2) * self.channels,), "uint8")
+        x_address, grid_address = _address(x), _address(grid)
         for block in range(self.blocks):
-            _stepkernel.conv_grid(self.handle, block, x.data_ptr(), h, w, grid.data_ptr())
+            _stepkernel.conv_grid(self.handle, block, x_address, h, w, grid_address)
             _split(h * w, threads, lambda start, stop: _stepkernel.conv_block(
-                self.handle, block, grid.data_ptr(), x.data_ptr(), h, w, start, stop))
+                self.handle, block, grid_address, x_address, h, w, start, stop))
         return x
 
 
@@ -219,16 +253,16 @@ class LinearKernel(_Tables):
         self.inputs, self.outputs = [layer[0] for layer in layers], [layer[1] for layer in layers]
         self.handle = _stepkernel.linears(layers)
 
-    def run(self, x: torch.Tensor, layer: int, threads: int = 1) -> torch.Tensor:
-        """x (rows, inputs) on the activation grid -> layer `layer` of each row, (rows, outputs) int16."""
-        import torch
-
-        x = x.to("cpu", torch.float32).contiguous()
-        if x.dim() != 2 or x.shape[1] != self.inputs[layer]:
+    def run(self, x: torch.Tensor | np.ndarray, layer: int, threads: int = 1) -> torch.Tensor | np.ndarray:
+        """x (rows, inputs) on the activation grid -> layer `layer` of each row, (rows, outputs) int16 (numpy for
+        numpy)."""
+        x = _contiguous(x, "float32")
+        if len(x.shape) != 2 or x.shape[1] != self.inputs[layer]:
             raise ValueError(f"rows of {self.inputs[layer]} values expected, got {tuple(x.shape)}")
-        out = torch.empty((x.shape[0], self.outputs[layer]), dtype=torch.int16)
+        out = _empty_like_input(x, (x.shape[0], self.outputs[layer]), "int16")
+        x_address, out_address = _address(x), _address(out)
         _split(x.shape[0], threads, lambda start, stop: _stepkernel.linear_rows(
-            self.handle, layer, x.data_ptr(), start, stop, out.data_ptr()))
+            self.handle, layer, x_address, start, stop, out_address))
         return out
 
 
@@ -242,24 +276,27 @@ class HeadKernel(_Tables):
         super().__init__()
         layers = self._layers(prior, [f"group{group}.in", f"group{group}.out", f"head{group}"])
         tables = [self._float32(t) for t in (tanh, sigmoid)]
-        exp = self._keep_tensor(prior.exp.double().contiguous())
+        exp = self._float64(prior.exp)
         if [tuple(t.shape) for t in tables] != [(2 * gate_half + 1,)] * 2 or tuple(exp.shape) != (exp_max + 1,):
             raise ValueError("stage prior tables of unexpected sizes for the C head function")
         self.channels, self.codebook_size = prior.channels, layers[-1][1]
         self.handle = _stepkernel.level(self.channels, self.codebook_size, 0, 1, exp_max, gate_half, 0, 0, 0,
-                                        *(t.data_ptr() for t in tables), exp.data_ptr(), layers, True)
+                                        *(_address(t) for t in tables), _address(exp), layers, True)
         self.usable = int8_supported() and bool(_stepkernel.uses_int8(self.handle))
 
-    def frequencies(self, given: torch.Tensor, threads: int = 1, scale: float = 1.0) -> torch.Tensor:
-        """Frequencies (P, K) float64 times scale for the group's context rows given (P, C) (activations)."""
-        import torch
-
-        given = given.to("cpu", torch.float32).contiguous()
-        out = torch.empty((given.shape[0], self.codebook_size), dtype=torch.float64)
+    def frequencies(self, given: torch.Tensor | np.ndarray, threads: int = 1,
+                    scale: float = 1.0) -> torch.Tensor | np.ndarray:
+        """Frequencies (P, K) float64 times scale for the group's context rows given (P, C) (activations); numpy
+        for numpy."""
+        given = _contiguous(given, "float32")
+        if len(given.shape) != 2 or given.shape[1] != self.channels:
+            raise ValueError(f"rows of {self.channels} values expected, got {tuple(given.shape)}")
+        out = _empty_like_input(given, (given.shape[0], self.codebook_size), "float64")
+        given_address, out_address = _address(given), _address(out)
 
         def run(start: int, stop: int) -> None:  # 4-byte rows in, 8-byte rows out
-            _stepkernel.heads(self.handle, given.data_ptr() + 4 * self.channels * start, stop - start,
-                              out.data_ptr() + 8 * self.codebook_size * start, scale)
+            _stepkernel.heads(self.handle, given_address + 4 * self.channels * start, stop - start,
+                              out_address + 8 * self.codebook_size * start, scale)
         _split(given.shape[0], threads, run)
         return out
 
@@ -274,9 +311,9 @@ class LevelKernel(_Tables):
         layers = self._layers(prior, names)
         bias_and_half, inv_scale = prior.masked_scale
         tables = [self._float32(t) for t in (prior.tap_tables, bias_and_half, inv_scale, tanh, sigmoid)]
-        exp = self._keep_tensor(prior.exp.double().contiguous())
+        exp = self._float64(prior.exp)
         # The C code indexes these without bounds checks: their sizes are checked here, once.
-        channels, taps, codebook = prior.channels, prior.tap_offsets.numel(), prior.codebook_size
+        channels, taps, codebook = prior.channels, len(prior.tap_offsets), prior.codebook_size
         expected = [(taps * (codebook + 1), 2 * channels), (2 * channels,), (2 * channels,), (2 * gate_half + 1,),
                     (2 * gate_half + 1,)]
         if [tuple(t.shape) for t in tables] != expected or tuple(exp.shape) != (exp_max + 1,):
@@ -284,7 +321,7 @@ class LevelKernel(_Tables):
                              f"{[tuple(t.shape) for t in tables]}, exp {tuple(exp.shape)}")
         self.codebook_size = codebook
         self.handle = _stepkernel.level(channels, codebook, taps, prior.causal_blocks, exp_max, gate_half,
-                                        *(t.data_ptr() for t in tables), exp.data_ptr(), tuple(layers),
+                                        *(_address(t) for t in tables), _address(exp), tuple(layers),
                                         int8_available())
         # Whether the products run on int8 weights (the CPU and every layer's shape allow it).
         self.int8 = int8_supported() and bool(_stepkernel.uses_int8(self.handle))
@@ -317,16 +354,22 @@ class BoundLevel:
     their addresses taken once: a decoding step is then one C call into a numpy table (the decoder runs some
     400 steps a Kodak image, and each conversion or tensor costs microseconds)."""
 
-    def __init__(self, kernel: LevelKernel, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
-                 cond: Sequence[torch.Tensor] | None) -> None:
-        import torch
+    def __init__(self, kernel: LevelKernel, canvas: torch.Tensor | np.ndarray, neighbours: torch.Tensor | np.ndarray,
+                 upper: torch.Tensor | np.ndarray, cond: Sequence[torch.Tensor | np.ndarray] | None) -> None:
+        import numpy as np
 
-        if canvas.dtype != torch.int64 or not canvas.is_contiguous() or canvas.device.type != "cpu":
-            raise ValueError("a bound level paints into its canvas: an int64 contiguous CPU tensor")
+        if isinstance(canvas, np.ndarray):
+            paints_in_place = canvas.dtype == np.int64 and canvas.flags.c_contiguous
+        else:
+            import torch
+
+            paints_in_place = canvas.dtype == torch.int64 and canvas.is_contiguous() and canvas.device.type == "cpu"
+        if not paints_in_place:
+            raise ValueError("a bound level paints into its canvas: an int64 contiguous CPU tensor or array")
         self.kernel, self.canvas = kernel, canvas
-        self.neighbours, self.upper = (t.to("cpu", torch.int64).contiguous() for t in (neighbours, upper))
-        self.cond = None if cond is None else [unit.to("cpu", torch.int16).contiguous() for unit in cond]
-        self.cond_addresses = None if self.cond is None else tuple(unit.data_ptr() for unit in self.cond)
+        self.neighbours, self.upper = (_contiguous(t, "int64") for t in (neighbours, upper))
+        self.cond = None if cond is None else [_contiguous(unit, "int16") for unit in cond]
+        self.cond_addresses = None if self.cond is None else tuple(_address(unit) for unit in self.cond)
         self.taps = self.neighbours.shape[1]
 
     def probabilities(self, start: int, stop: int, threads: int = 1) -> np.ndarray:
@@ -340,10 +383,11 @@ class BoundLevel:
         stop = max(start, stop)
         codebook = self.kernel.codebook_size
         out = np.empty((stop - start, codebook))
-        base, neighbours, upper = out.ctypes.data, self.neighbours.data_ptr(), self.upper.data_ptr()
+        base, neighbours, upper = out.ctypes.data, _address(self.neighbours), _address(self.upper)
+        canvas = _address(self.canvas)
 
         def run(a: int, b: int) -> None:  # positions start + a .. start + b - 1
-            _stepkernel.frequencies(self.kernel.handle, self.canvas.data_ptr(),
+            _stepkernel.frequencies(self.kernel.handle, canvas,
                                     neighbours + 8 * self.taps * (start + a), upper + 8 * (start + a),
                                     self.cond_addresses, b - a, base + 8 * codebook * a, PROBABILITY_SCALE)
         _split(stop - start, threads, run)

@@ -14,6 +14,7 @@ KERNEL = 5  # the causal (type-A) kernel's size; the wavefront below assumes its
 REACH = KERNEL // 2  # columns to the right (and rows above) that the causal field reaches
 WAVEFRONT_SLOPE = REACH + 1  # t = j + (R + 1) i
 PAD = KERNEL // 2  # sentinel rows and columns around each tile or block on the canvas
+MAX_BLOCK = 1 << 16  # coding block sides: beyond any tile's grid
 
 
 def causal_taps(kernel: int = KERNEL) -> list[tuple[int, int]]:
@@ -24,6 +25,22 @@ def causal_taps(kernel: int = KERNEL) -> list[tuple[int, int]]:
 
 
 TAPS = causal_taps()
+
+
+def level_blocks(coding_block: int | Sequence) -> list[tuple[int, int]]:
+    """PriorConfig.coding_block -> (rows, columns) of each level's coding block (top, mid, bottom), 0 for the
+    tile's whole height or width. ValueError for anything else than the forms PriorConfig describes."""
+    entries = list(coding_block) if isinstance(coding_block, (list, tuple)) else [coding_block] * 3
+    if len(entries) != 3:
+        raise ValueError(f"coding block: one entry per level (top, mid, bottom), not {len(entries)}")
+    blocks = []
+    for entry in entries:
+        shape = list(entry) if isinstance(entry, (list, tuple)) else [entry, entry]
+        if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_BLOCK
+                                      for n in shape):
+            raise ValueError(f"coding block {entry!r}: positions a side, or rows and columns, from 0 to {MAX_BLOCK}")
+        blocks.append((shape[0], shape[1]))
+    return blocks
 
 
 def block_shape(block: int | tuple[int, int], h: int, w: int) -> tuple[int, int]:

@@ -22,14 +22,11 @@ from .intprior import export_prior, tables_dtype
 from .priors import HierarchicalPrior, PriorConfig, level_blocks
 from .errors import ModelError
 from .fileio import atomic_torch_save
-from .manifest import (DEFAULT_MODEL, MANIFEST_NAME, available_models, default_model, models_dir,  # noqa: F401
-                       read_manifest, write_manifest)
+from .manifest import (DEFAULT_MODEL, MANIFEST_NAME, READABLE_WEIGHTS_VERSIONS, VARIANT_SETTINGS,  # noqa: F401
+                       WEIGHTS_FORMAT, WEIGHTS_VERSION, available_models, check_coding, check_payload,
+                       check_weights_file, default_model, model_entry, unknown_model, models_dir, read_manifest, sha256_file,
+                       variant_sha256, write_manifest)
 
-WEIGHTS_FORMAT = "hvqcodec-weights"
-# Version 2: the priors' tables may be 8-bit (intprior: computed in float32). A release that only knows
-# version 1 (16-bit tables) refuses such a file instead of computing different probabilities from it.
-WEIGHTS_VERSION = 2
-READABLE_WEIGHTS_VERSIONS = (1, 2)
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -45,14 +42,6 @@ def record_metrics(name: str, metrics: dict[str, Any], section: str | None = Non
         target = target.setdefault(section, {})
     target.update(metrics)
     write_manifest(manifest, folder)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def half_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -188,7 +177,7 @@ def add_post_filter(base: str, name: str, filter_path: Path, folder: Path | None
     manifest = _manifest_for_new_entry(name, folder, force)
     models = manifest["models"]
     if base not in models:
-        raise _unknown_model(base, models)
+        raise unknown_model(base, models)
     source = models[base]
     try:
         checkpoint, post_filter = load_post_filter(filter_path)
@@ -205,7 +194,7 @@ def add_post_filter(base: str, name: str, filter_path: Path, folder: Path | None
     payload.update(name=name, config=config.to_dict(), state_dict={
         **payload["state_dict"], **half_state({f"post_filter.{k}": v for k, v in post_filter.state_dict().items()})})
     if "coding" in source:  # a variant: its coding settings become the new file's own
-        payload["prior_config"] = {**payload["prior_config"], **_check_coding(source["coding"], f"model {base}")}
+        payload["prior_config"] = {**payload["prior_config"], **check_coding(source["coding"], f"model {base}")}
     filename, digest = _write_weights(payload, name, folder, manifest)
     options = checkpoint.get("options", {})
     entry = {key: value for key, value in source.items()
@@ -229,7 +218,7 @@ def _take_priors(base: str, config: AutoencoderConfig, half: dict[str, torch.Ten
     entry."""
     models = read_manifest(folder)["models"]
     if base not in models:
-        raise _unknown_model(base, models)
+        raise unknown_model(base, models)
     source = models[base]
     if not source.get("priors"):
         raise ModelError(f"model {base!r} has no priors to take")
@@ -239,7 +228,7 @@ def _take_priors(base: str, config: AutoencoderConfig, half: dict[str, torch.Ten
         raise ModelError(f"this autoencoder chooses other codes than {base!r}, so {base}'s priors do not fit it "
                          f"(train its decoder alone: --decoder-only --init-from {base})")
     base_payload = read_weights(folder / source["file"], source.get("file_sha256", source["sha256"]))
-    coding = _check_coding(source["coding"], f"model {base}") if "coding" in source else {}
+    coding = check_coding(source["coding"], f"model {base}") if "coding" in source else {}
     payload.update(version=base_payload["version"], prior_tables=base_payload["prior_tables"],
                    prior_config={**base_payload["prior_config"], **coding})
     return dict(source["priors"], config=payload["prior_config"], taken_from=base)
@@ -274,33 +263,9 @@ def _manifest_for_new_entry(name: str, folder: Path, force: bool) -> dict[str, A
     return manifest
 
 
-def _unknown_model(name: str, models: dict[str, Any]) -> ModelError:
-    return ModelError(f"unknown model {name!r} (available: {', '.join(sorted(models)) or 'none'})")
-
-
 def _file_users(manifest: dict[str, Any], filename: str, besides: str) -> list[str]:
     """Models other than `besides` whose entries use the weights file `filename` (variants share one)."""
     return [other for other, entry in manifest["models"].items() if other != besides and entry.get("file") == filename]
-
-
-# What a variant may change: how codes are ordered into streams, never what the codes or their probabilities are.
-VARIANT_SETTINGS = ("coding_block",)
-
-
-def variant_sha256(file_sha256: str, coding: dict[str, Any]) -> str:
-    """The hash a variant is named by in .hvq headers: its weights file's hash and its coding settings together,
-    so that files made with different settings (whose streams differ) name different hashes."""
-    return hashlib.sha256(f"{file_sha256}\n{json.dumps(coding, sort_keys=True)}".encode()).hexdigest()
-
-
-def _check_coding(coding: Any, where: str) -> dict[str, Any]:
-    if not isinstance(coding, dict) or not set(coding) <= set(VARIANT_SETTINGS):
-        raise ModelError(f"{where}: a variant may only set {', '.join(VARIANT_SETTINGS)}")
-    try:
-        level_blocks(coding.get("coding_block", 0))
-    except ValueError as exc:
-        raise ModelError(f"{where}: {exc}") from None
-    return coding
 
 
 def make_variant(base: str, name: str, coding: dict[str, Any], folder: Path | None = None,
@@ -312,13 +277,13 @@ def make_variant(base: str, name: str, coding: dict[str, Any], folder: Path | No
     manifest = _manifest_for_new_entry(name, folder, force)
     models = manifest["models"]
     if base not in models:
-        raise _unknown_model(base, models)
+        raise unknown_model(base, models)
     if name == base:
         raise ModelError("a variant needs a name of its own")
     source = models[base]
     if not source.get("priors"):
         raise ModelError(f"model {base!r} has no priors: nothing to code differently")
-    coding = _check_coding(dict(coding or source.get("coding", {})), f"variant {name}")
+    coding = check_coding(dict(coding or source.get("coding", {})), f"variant {name}")
     file_sha256 = source.get("file_sha256", source["sha256"])
     priors = dict(source["priors"], config={**source["priors"]["config"], **coding})
     entry = {key: value for key, value in source.items()
@@ -345,13 +310,7 @@ def read_weights(path: Path, expected_sha256: str | None = None) -> dict[str, An
     """The payload of an exported weights file (config, fp16 state dict, prior tables), checked to be one and,
     when a hash is expected, to have it. Read by `tensorfile` (no torch.load: its pure-Python unpickler takes
     longer than the rest of the loading), torch.load only for what that reader does not take."""
-    if not path.is_file():
-        raise ModelError(f"{path}: model weights not found")
-    if expected_sha256 is not None:
-        actual = sha256_file(path)
-        if actual != expected_sha256:
-            raise ModelError(f"{path.name}: weights hash mismatch (expected {expected_sha256[:12]}, "
-                             f"found {actual[:12]}); the file is corrupt or was replaced")
+    check_weights_file(path, expected_sha256)
     try:
         payload = _as_tensors(tensorfile.load(path))
     except tensorfile.TensorFileError:
@@ -360,11 +319,7 @@ def read_weights(path: Path, expected_sha256: str | None = None) -> dict[str, An
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many exception types for corrupt files
             raise ModelError(f"{path.name}: unreadable weights ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise ModelError(f"{path.name}: not an hvqcodec weights file")
-    if payload.get("version") not in READABLE_WEIGHTS_VERSIONS:
-        raise ModelError(f"{path.name}: weights format version {payload.get('version')} is not supported")
-    return payload
+    return check_payload(payload, path)
 
 
 def _as_tensors(value: Any) -> Any:
@@ -391,25 +346,13 @@ def load_bundle_file(path: Path, expected_sha256: str | None = None) -> ModelBun
 
 def load_bundle(name: str | None = None, folder: Path | None = None) -> ModelBundle:
     """Load a model by name (default: the default model); unknown names and hash mismatches raise ModelError."""
-    folder = folder or models_dir()
-    name = name or default_model(folder)
-    models = available_models(folder)
-    if name not in models:
-        raise _unknown_model(name, models)
-    entry = models[name]
-    if "coding" not in entry:
-        bundle = load_bundle_file(folder / entry["file"], entry["sha256"])
-    else:  # a variant: another model's weights file, coded with its own settings
-        coding = _check_coding(entry["coding"], f"model {name}")
-        if variant_sha256(entry.get("file_sha256", ""), coding) != entry["sha256"]:
-            raise ModelError(f"model {name}: its coding settings do not match its hash (the manifest was edited)")
-        bundle = load_bundle_file(folder / entry["file"], entry["file_sha256"])
+    entry = model_entry(name, folder)
+    bundle = load_bundle_file(entry.path, entry.file_sha256)
+    if entry.coding is not None:  # a variant: another model's weights file, coded with its own settings
         if bundle.prior_config is None:
-            raise ModelError(f"model {name}: its weights file has no priors")
-        bundle.prior_config = PriorConfig.from_dict({**bundle.prior_config.to_dict(), **coding})
-        bundle.sha256 = entry["sha256"]
-    bundle.name = name
-    bundle.ladder = entry.get("ladder")
+            raise ModelError(f"model {entry.name}: its weights file has no priors")
+        bundle.prior_config = PriorConfig.from_dict({**bundle.prior_config.to_dict(), **entry.coding})
+    bundle.name, bundle.sha256, bundle.ladder = entry.name, entry.sha256, entry.ladder
     return bundle
 
 

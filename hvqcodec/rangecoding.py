@@ -1,0 +1,108 @@
+"""Range decoding of code grids, without torch: the stream decoder and the two decoding loops (a level's
+wavefronts, a refinement stage's groups) that the torch codec (`entropy`) and the runtime without torch
+(`runtime`, DESIGN section 8) both run, each on its own state and prior objects (constriction's queue coder:
+decode order = encode order)."""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import constriction
+import numpy as np
+
+# Positions per batch of a refinement stage's prior (encoder and decoder): a 1024 x 1024 tile's stage would
+# otherwise hold several (65536, K) float64 tables at once, about 0.5 GB; 2048 rather than 8192 keeps them in
+# cache (a quarter less time for kodim01's three stages).
+STAGE_CHUNK = 2048
+
+
+def spans(total: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive runs of at most `chunk` of `total` positions."""
+    return [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
+
+
+def family() -> "constriction.stream.model.Categorical":
+    # perfect=False always, explicitly: the quantisation of our (exact, dyadic) probabilities is then fixed.
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+# Once a range decoder has read its last word, its state holds at most 64 bits: decoding more information than
+# that (plus slack for constriction's own rounding of the probabilities) means reading past the stream's end.
+EXHAUSTED_BITS_MAX = 96
+
+
+class StreamDecoder:
+    """A range decoder over one stream that fails as soon as it reads past the stream's end.
+
+    constriction pads a finished stream with zeros and keeps decoding; for a damaged or hostile file that is
+    garbage at full cost. Here every batch decoded after the last word was consumed is charged its information
+    content, and more than the final state can hold is an error at once.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) % 4:
+            raise ValueError("range-coded stream length is not a multiple of 4")
+        self.decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        self.bits_after_end = 0.0
+
+    def decode(self, family, probabilities: np.ndarray) -> np.ndarray:
+        exhausted = self.decoder.maybe_exhausted()
+        symbols = self.decoder.decode(family, probabilities)
+        if exhausted:
+            chosen = probabilities[np.arange(len(symbols)), symbols]
+            self.bits_after_end += float(-np.log2(np.maximum(chosen, 1e-300)).sum())
+            if self.bits_after_end > EXHAUSTED_BITS_MAX:
+                raise ValueError("stream ends before its codes do (truncated or corrupt)")
+        return symbols
+
+
+def stream_decoder(source) -> StreamDecoder:
+    """A decoder for a stream's bytes; anything else with the same decode(family, probabilities) method (the
+    sampler) is used as it is, so sampling runs through the very same loops as decoding."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return StreamDecoder(bytes(source))
+    return source
+
+
+class WavefrontState(Protocol):
+    """What the level loop needs of a level's state (intprior.LevelState, npprior.LevelState)."""
+    fronts: list[tuple[int, int]]
+
+    def probabilities(self, start: int, stop: int) -> np.ndarray: ...
+    def segments(self, start: int) -> list[tuple[int, int, int]]: ...
+    def paint(self, start: int, stop: int, codes: np.ndarray) -> None: ...
+
+
+def decode_fronts(state: WavefrontState, decoders: Sequence, paint=None) -> None:
+    """Decode every wavefront of a level's state in turn, each tile's positions from its own decoder, painting the
+    codes in (`paint(start, stop, codes)`, default the state's: a caller on another device converts first)."""
+    categorical = family()
+    paint = paint or state.paint
+    for start, stop in state.fronts:
+        probabilities = state.probabilities(start, stop)
+        symbols = np.empty(stop - start, dtype=np.int64)
+        for tile, a, b in state.segments(start):
+            symbols[a - start:b - start] = decoders[tile].decode(categorical, probabilities[a - start:b - start])
+        paint(start, stop, symbols)
+
+
+def decode_groups(prior, decoder, context, positions: int, chunk: int = STAGE_CHUNK) -> list[np.ndarray]:
+    """A refinement stage's groups from one stream: each group's codes (positions,) int64 in raster order,
+    `chunk` positions at a time, the group after the first predicted from the one before (`prior.group_context`)."""
+    categorical, previous, groups = family(), None, []
+    for group in range(prior.groups):
+        context = prior.group_context(context, group, previous)
+        codes = np.empty(positions, dtype=np.int64)
+        for a, b in spans(positions, chunk):
+            codes[a:b] = decoder.decode(categorical, prior.group_probabilities(context[a:b], group))
+        groups.append(codes)
+        previous = _as_context_index(context, codes)
+    return groups
+
+
+def _as_context_index(context, codes: np.ndarray):
+    """The codes as the prior indexes with them: numpy for a numpy context, a tensor for a tensor's."""
+    if isinstance(context, np.ndarray):
+        return codes
+    import torch
+
+    return torch.from_numpy(codes)
