@@ -19,8 +19,7 @@ from .convnext import ConvNeXtBlock, Downsample, LayerNorm2d, Upsample, convnext
 from .postfilter import PostFilter
 from .quantiser import EMAQuantiser
 
-from .names import LEVEL_NAMES, LEVEL_STRIDES, stream_names  # noqa: F401 (re-exported)
-PAD_MULTIPLE = 16
+from .names import LEVEL_NAMES, LEVEL_STRIDES, PAD_MULTIPLE, stream_names  # noqa: F401 (re-exported)
 
 
 @dataclass

@@ -10,25 +10,24 @@ on large images; each tile's three levels are coded as separate streams, top fir
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from . import container
-from .autoencoder import LEVEL_STRIDES, PAD_MULTIPLE
 from .entropy import (STAGE_CHUNK, candidate_frequencies, decode_level, decode_stage, encode_level, encode_stage,
                       spans)
 from .errors import ModelError
-from .imageio import ImageError, LoadedImage, decode_alpha, encode_alpha, load_image, to_pil
+from .imageio import ImageError, LoadedImage, encode_alpha, load_image
 from .intprior import FREQ_TOTAL, IntPrior, LevelState
 from .refine import refine_bottom_latent
-from .residual import FLAT, MAX_STEP as MAX_RESIDUAL_STEP, add_residual_tiles, encode_residual, is_tilted
+from .residual import FLAT, MAX_STEP as MAX_RESIDUAL_STEP, encode_residual, is_tilted
+from .runtime import DecodedImage, decode_file, grid_sizes  # noqa: F401 (grid_sizes: part of this interface)
 from .device import decoder_low_precision, resolve_device
 from .zoo import ModelBundle, default_model, load_bundle
 
@@ -134,19 +133,6 @@ class CompressedImage:
     @property
     def bpp(self) -> float:
         return 8 * len(self.data) / (self.width * self.height)
-
-
-@dataclass
-class DecodedImage:
-    image: Image.Image
-    levels: int  # levels used for the reconstruction
-    codes: list[list[torch.Tensor]]  # [tile][level] decoded code grids
-    warnings: list[str] = field(default_factory=list)
-
-
-def grid_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    padded_h, padded_w = (math.ceil(height / PAD_MULTIPLE) * PAD_MULTIPLE, math.ceil(width / PAD_MULTIPLE) * PAD_MULTIPLE)
-    return [(padded_h // s, padded_w // s) for s in LEVEL_STRIDES]
 
 
 class Codec:
@@ -343,65 +329,15 @@ class Codec:
 
         Files over max_pixels, or tiled otherwise than this codec tiles, are refused from their header.
         `progress(done, total)` is called as each stream (all tiles together) and then each tile's picture is
-        done."""
-        container.check_limits(container.read_header(data), self.tile_size, max_pixels)
-        parsed = container.unpack(data)
-        header = parsed.header
-        if header.model_name != self.name or header.model_hash != self.sha256[:container.HASH_CHARS]:
-            raise ModelError(f"file was made with model {header.model_name} ({header.model_hash}) but this is "
-                             f"{self.name}, which has hash {self.sha256[:container.HASH_CHARS]}: install the matching hvqcodec")
-        notes = []
-        if parsed.truncated_levels:
-            notes.append(f"file is truncated: decoding {header.levels} of {header.levels + parsed.truncated_levels} "
-                         "levels (a preview)")
-        elif parsed.truncated:
-            notes.append("file is truncated after its last level: decoded without checksum verification")
-        use = min(levels or header.levels, header.levels)
-        code_streams = min(use, header.code_streams)
-        tiles = container.tile_grid(header.width, header.height, header.tile_size)
-        all_codes: list[list[torch.Tensor]] = [[] for _ in tiles]  # [tile][level]
-        if header.code_streams > self.num_streams:
-            raise container.ContainerError(f"corrupt hvq file ({header.code_streams} streams of codes, but model "
-                                           f"{self.name} codes at most {self.num_streams})")
-        for level in range(code_streams):
-            try:
-                if level < 3:
-                    sizes = [grid_sizes(h, w)[level] for _, _, h, w in tiles]
-                    grids = decode_level(self.prior.levels[level], parsed.streams[level], sizes, all_codes)
-                else:
-                    grids = [decode_stage(self.prior.stages[level - 3], data, codes)
-                             for data, codes in zip(parsed.streams[level], all_codes)]
-            except container.ContainerError:
-                raise
-            except Exception as exc:  # the range decoder's own failures on damaged data, whatever their type
-                raise container.ContainerError(f"corrupt hvq stream ({_one_line(exc)})") from None
-            for codes, grid in zip(all_codes, grids):
-                codes.append(grid)
-            if progress is not None:
-                progress(level + 1, use + len(tiles))
-        with_residual = use > code_streams
-        rgb = self.reconstruct(all_codes, header.width, header.height, header.tile_size,
-                               None if progress is None else lambda done, _: progress(use + done, use + len(tiles)),
-                               float32=with_residual)
-        if with_residual:  # the residual layer on top of the picture, tile by tile
-            try:
-                add_residual_tiles(rgb, parsed.streams[code_streams], header.tile_size, header.tilted)
-            except Exception as exc:  # damaged data: the range decoder's failures, whatever their type
-                raise container.ContainerError(f"corrupt hvq residual stream ({_one_line(exc)})") from None
-        alpha = None
-        mode = header.mode
-        if mode in container.ALPHA_MODES:
-            if parsed.alpha:
-                alpha = decode_alpha(parsed.alpha, header.width, header.height)
-            else:
-                notes.append("file is truncated: its alpha channel is lost, the image is returned without it")
-                mode = "RGB" if mode == "RGBA" else "L"
-        return DecodedImage(to_pil(rgb, mode, alpha), use, all_codes, notes)
+        done. The file's structure is `runtime.decode_file`'s, shared with the runtime without torch."""
+        return decode_file(self, data, levels, max_pixels, progress)
 
+    def decode_level_streams(self, level: int, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
+                             tile_codes: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+        return decode_level(self.prior.levels[level], streams, sizes, tile_codes)
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
+    def decode_stage_stream(self, stage: int, data: bytes, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        return decode_stage(self.prior.stages[stage], data, codes)
 
 
 @functools.lru_cache(maxsize=4)

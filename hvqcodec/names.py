@@ -3,6 +3,7 @@ from __future__ import annotations
 
 LEVEL_NAMES = ("top", "mid", "bottom")
 LEVEL_STRIDES = (16, 8, 4)
+PAD_MULTIPLE = 16  # images are padded to multiples of the coarsest stride
 
 
 def stream_names(refine_stages: int) -> tuple[str, ...]:

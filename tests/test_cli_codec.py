@@ -216,9 +216,10 @@ def test_standard_input_and_output(photo, hvq_file, tmp_path):
 
 
 def piped_bytes(image):
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
+    """The PNG the command line writes for these pixels (its own PNG options: imageio.encode_image)."""
+    from hvqcodec.imageio import encode_image
+
+    return encode_image(image, "PNG")
 
 
 def test_standard_streams_misuse_gives_one_line_errors(photo, hvq_file, monkeypatch):

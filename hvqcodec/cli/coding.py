@@ -8,7 +8,7 @@ from rich.console import Console
 
 from .common import (
     _about, _check_outputs, console, device_option, _file_progress, max_pixels_option, _output_paths, _read,
-    _read_header, codec_imports, _shown, STANDARD_STREAM, user_errors, _write_stdout)
+    _numpy_blas_one_thread, _read_header, codec_imports, _shown, STANDARD_STREAM, user_errors, _write_stdout)
 
 
 @click.command()
@@ -90,7 +90,9 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
 def decompress(files, output, levels, max_pixels, device, force) -> None:
     """Decompress .hvq files into images.
 
-    A truncated file decodes to the preview its complete levels allow, with a warning.
+    A truncated file decodes to the preview its complete levels allow, with a warning. On a CPU the default
+    models decode without importing torch (numpy and the C modules: the same codes, float32 pixels); elsewhere,
+    or with HVQ_RUNTIME=torch, the torch codec decodes (--device cuda: on the GPU).
 
     \b
     Examples:
@@ -99,6 +101,7 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
       hvqcodec decompress photo.hvq --levels 2 -o preview.png
       hvqcodec decompress photo.hvq -o - > photo.png   # PNG on standard output ('-' reads standard input)
     """
+    _numpy_blas_one_thread()
     from .. import container
 
     limit = max_pixels or container.DEFAULT_MAX_PIXELS
@@ -109,15 +112,13 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
             header = container.read_header(stdin) if source == STANDARD_STREAM else _read_header(source)
             container.check_limits(header, container.TILE_SIZE, limit)
     _check_outputs(targets, force)
-    with codec_imports():
-        from ..codec import codec_for
-        from ..imageio import encode_image, save_image
+    from ..imageio import encode_image, save_image
 
     with _file_progress([_shown(f) for f in files], targets, "decompressing") as (parts, pairs):
         for source, (name, target) in zip(files, pairs):
             data = stdin if source == STANDARD_STREAM else _read(source)
             with _about(source):
-                decoded = codec_for(data, device).decompress(data, levels, limit, progress=parts)
+                decoded = _file_decoder(data, device).decompress(data, levels, limit, progress=parts)
             for note in decoded.warnings:
                 console.print(f"[yellow]warning[/]: {name}: {note}")
             if target is None:
@@ -127,6 +128,24 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
             console.print(f"{name} -> {_shown(target)} ({decoded.image.width}x{decoded.image.height} "
                           f"{decoded.image.mode}, {decoded.levels} levels)")
 
+
+
+def _file_decoder(data: bytes, device: str):
+    """What decodes a file: the runtime without torch where it runs (the CPU, `--device auto` or `cpu`: the same
+    codes, float32 pixels, and no 1.5-2 s import of torch; docs/DESIGN.md section 8), else the torch codec.
+    HVQ_RUNTIME=torch in the environment always takes the torch codec."""
+    import os
+
+    if device in ("auto", "cpu") and os.environ.get("HVQ_RUNTIME", "") != "torch":
+        from ..runtime import RuntimeUnavailable, runtime_for
+
+        try:
+            return runtime_for(data)
+        except RuntimeUnavailable:
+            pass
+    with codec_imports():
+        from ..codec import codec_for
+    return codec_for(data, device)
 
 
 @click.command()

@@ -1,0 +1,90 @@
+"""Decoding without torch (hvqcodec/runtime.py): the files of the shipped models decode to the codes the torch
+codec decodes and to its float32 pixels within rounding; what the runtime does not take goes to torch."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hvqcodec import container, runtime, stepkernel
+
+DATA = Path(__file__).parent / "data"
+
+pytestmark = pytest.mark.skipif(not (stepkernel.available() and stepkernel.int8_available()),
+                                reason="the runtime without torch runs on the C module's int8 path only")
+
+
+@pytest.mark.parametrize("release,model", [("0.13", "hvq-vr8"), ("0.17", "hvq-vr12-q86")])
+def test_release_files_decode_to_their_codes_and_pixels(release, model):
+    """The torch codec's float32 pictures of these files (committed with them), within one level nearly
+    everywhere; the codes exactly the torch codec's."""
+    from hvqcodec.codec import load_codec
+
+    data = (DATA / f"release-{release}-{model}.hvq").read_bytes()
+    decoded = runtime.runtime_for(data).decompress(data)
+    then = np.asarray(Image.open(DATA / f"release-{release}-{model}-decoded.png"), dtype=np.int16)
+    now = np.asarray(decoded.image, dtype=np.int16)
+    assert now.shape == then.shape
+    assert np.abs(now - then).max() <= 2 and (now != then).mean() < 1e-3
+    torch_decoded = load_codec(container.read_header(data).model_name, "cpu").decompress(data)
+    assert decoded.levels == torch_decoded.levels
+    for ours, theirs in zip(decoded.codes, torch_decoded.codes):
+        assert all(np.array_equal(a, b.numpy()) for a, b in zip(ours, theirs))
+
+
+def test_previews_truncation_and_damage_as_the_torch_codec():
+    data = (DATA / "release-0.13-hvq-vr8.hvq").read_bytes()
+    decoder = runtime.runtime_for(data)
+    preview = decoder.decompress(data, levels=2)
+    assert preview.levels == 2 and preview.image.size == decoder.decompress(data).image.size
+    short = decoder.decompress(data[:len(data) // 2])  # the top levels complete, the rest cut off
+    assert short.levels < 4 and any("truncated" in note for note in short.warnings)
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0xFF
+    with pytest.raises(container.ContainerError):
+        decoder.decompress(bytes(damaged))
+
+
+def test_alpha_and_grey_images_come_back_in_their_mode(tmp_path):
+    from hvqcodec.codec import load_codec
+
+    rgba = np.zeros((40, 56, 4), dtype=np.uint8)
+    rgba[..., :3] = np.asarray(Image.open(DATA / "v1-source.png").convert("RGB").resize((56, 40)))
+    rgba[..., 3] = np.arange(56, dtype=np.uint8)[None, :] * 4
+    data = load_codec(None, "cpu").compress(Image.fromarray(rgba, "RGBA")).data
+    image = runtime.runtime_for(data).decompress(data).image
+    assert image.mode == "RGBA" and np.array_equal(np.asarray(image)[..., 3], rgba[..., 3])
+
+
+def test_models_the_runtime_does_not_take_go_to_torch(tmp_path):
+    """hvq-vr3's 16-bit tables: RuntimeUnavailable here, and the command line decodes the file with torch."""
+    from click.testing import CliRunner
+
+    from hvqcodec.cli import main
+
+    data = (DATA / "release-0.7-hvq-vr3.hvq").read_bytes()
+    with pytest.raises(runtime.RuntimeUnavailable):
+        runtime.runtime_for(data)
+    source = tmp_path / "old.hvq"
+    source.write_bytes(data)
+    result = CliRunner().invoke(main, ["decompress", str(source), "-o", str(tmp_path / "old.png")])
+    assert result.exit_code == 0, result.output
+    then = np.asarray(Image.open(DATA / "release-0.7-hvq-vr3-decoded.png"), dtype=np.int16)
+    assert np.abs(np.asarray(Image.open(tmp_path / "old.png"), dtype=np.int16) - then).max() <= 3
+
+
+def test_decompress_on_the_command_line_imports_no_torch(tmp_path):
+    """`hvqcodec decompress` of a default-model file never imports torch (and HVQ_RUNTIME=torch does)."""
+    source = tmp_path / "photo.hvq"
+    source.write_bytes((DATA / "release-0.13-hvq-vr8.hvq").read_bytes())
+    script = ("import sys\nfrom hvqcodec.cli import main\n"
+              f"sys.argv = ['hvqcodec', 'decompress', {str(source)!r}, '-o', {str(tmp_path / 'out.png')!r}, '--force']\n"
+              "try:\n    main()\nexcept SystemExit as exit:\n    print('status', exit.code or 0, 'torch' in sys.modules)\n")
+    for runtime_setting, torch_imported in (("", False), ("torch", True)):
+        env = {**__import__("os").environ, "HVQ_RUNTIME": runtime_setting}
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+        assert done.stdout.splitlines()[-1] == f"status 0 {torch_imported}", done.stdout + done.stderr
