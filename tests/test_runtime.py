@@ -88,3 +88,22 @@ def test_decompress_on_the_command_line_imports_no_torch(tmp_path):
         env = {**__import__("os").environ, "HVQ_RUNTIME": runtime_setting}
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
         assert done.stdout.splitlines()[-1] == f"status 0 {torch_imported}", done.stdout + done.stderr
+
+
+def test_the_command_line_keeps_torch_for_large_images_and_other_devices(monkeypatch):
+    """Beyond RUNTIME_MAX_PIXELS (torch's decoder wins back its import), on another device, or with
+    HVQ_RUNTIME=torch, the torch codec decodes; HVQ_RUNTIME=numpy takes the runtime whatever the size."""
+    from hvqcodec.cli import coding
+    from hvqcodec.codec import Codec
+
+    data = (DATA / "release-0.13-hvq-vr8.hvq").read_bytes()
+    monkeypatch.delenv("HVQ_RUNTIME", raising=False)
+    assert isinstance(coding._file_decoder(data, "auto"), runtime.Runtime)
+    assert isinstance(coding._file_decoder(data, "cpu"), runtime.Runtime)
+    monkeypatch.setattr(coding, "RUNTIME_MAX_PIXELS", 64 * 47)  # the file's image is 64 x 48
+    assert isinstance(coding._file_decoder(data, "auto"), Codec)
+    monkeypatch.setenv("HVQ_RUNTIME", "numpy")
+    assert isinstance(coding._file_decoder(data, "auto"), runtime.Runtime)
+    monkeypatch.setenv("HVQ_RUNTIME", "torch")
+    monkeypatch.setattr(coding, "RUNTIME_MAX_PIXELS", 1 << 40)
+    assert isinstance(coding._file_decoder(data, "auto"), Codec)
