@@ -202,3 +202,33 @@ def test_cli_refuses_a_bomb_before_importing_torch(fuzz_codec, tmp_path):
     assert done.returncode == 1 and lines[0].startswith("Error: ") and "over the limit" in lines[0]
     assert lines[-1] == "False"  # refused from the header alone: torch never imported
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_mutated_files_through_the_runtime_without_torch(monkeypatch):
+    """The same mutations through the runtime without torch (runtime.py; the C modules take the codes and
+    tables it gives them unchecked, so a damaged file must never get that far), with the shipped default model
+    (the tiny test models' widths are not the C kernels'): an image or a one-line HvqError."""
+    from hvqcodec import codec, runtime, stepkernel
+
+    if not (stepkernel.available() and stepkernel.int8_available()):
+        pytest.skip("the runtime without torch runs on the C module's int8 path only")
+    monkeypatch.delenv("HVQCODEC_MODELS", raising=False)  # the shipped models, whatever the fixture above set
+    shipped = codec.Codec(codec.load_bundle(None), "cpu")
+    decoder = runtime.load_runtime(shipped.name)
+    rng = random.Random(20261201)
+    files = seed_files(shipped)
+    counts = {"image": 0, "error": 0}
+    for _ in range(CASES // 8):
+        try:
+            data = mutate(rng, files)
+        except (container.ContainerError, ValueError):
+            continue
+        try:
+            image = decoder.decompress(data).image
+            assert image.width >= 1 and image.height >= 1
+            counts["image"] += 1
+        except HvqError as exc:
+            assert str(exc) and "\n" not in str(exc), repr(str(exc))
+            counts["error"] += 1
+    assert counts["image"] > 25 and counts["error"] > 25, counts
