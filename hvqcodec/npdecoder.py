@@ -610,19 +610,28 @@ def conv3x3_numpy(x: np.ndarray, layer: Conv3x3Weights, gelu: bool, run: _Run) -
 
 # --- the decoder's parts --------------------------------------------------------------------------------------
 
-def context_path(weights: DecoderWeights, codes: list[np.ndarray], run: _Run) -> np.ndarray:
-    """Top codes (h, w) and mid codes (2h, 2w) if given -> the context c1 (4h, 4w, w1) of the /4 stage (the
-    'absent' mid vector where there are no mid codes)."""
-    x = conv1x1(weights.codebooks[0][codes[0]], weights.top_proj, weights.top_proj_bias)
+def top_context(weights: DecoderWeights, top: np.ndarray, run: _Run) -> np.ndarray:
+    """Top codes (h, w) -> the context c2 (2h, 2w, w2) (HierarchicalVQVAE.context_top of the code vectors)."""
+    x = conv1x1(weights.codebooks[0][top], weights.top_proj, weights.top_proj_bias)
     for block in weights.top_blocks:
         x = convnext_block(x, block, run)
-    c2 = upsample(x, weights.top_up)  # (2h, 2w, w2)
-    mid = weights.codebooks[1][codes[1]] if len(codes) > 1 else None
-    x = project_codes_and_context(mid, c2, weights.mid_proj_codes, weights.mid_proj_context, weights.mid_proj_bias,
-                                  weights.mid_absent_projected)
+    return upsample(x, weights.top_up)
+
+
+def mid_context(weights: DecoderWeights, mid: np.ndarray | None, c2: np.ndarray, run: _Run) -> np.ndarray:
+    """Mid codes (2h, 2w), or None for the 'absent' mid vector, and c2 -> the context c1 (4h, 4w, w1)
+    (context_mid of [mid vectors, c2])."""
+    x = project_codes_and_context(None if mid is None else weights.codebooks[1][mid], c2, weights.mid_proj_codes,
+                                  weights.mid_proj_context, weights.mid_proj_bias, weights.mid_absent_projected)
     for block in weights.mid_blocks:
         x = convnext_block(x, block, run)
     return upsample(x, weights.mid_up)
+
+
+def context_path(weights: DecoderWeights, codes: list[np.ndarray], run: _Run) -> np.ndarray:
+    """Top codes (h, w) and mid codes (2h, 2w) if given -> the context c1 (4h, 4w, w1) of the /4 stage (the
+    'absent' mid vector where there are no mid codes). The encoder runs the same two halves (npencoder)."""
+    return mid_context(weights, codes[1] if len(codes) > 1 else None, top_context(weights, codes[0], run), run)
 
 
 def bottom_vector(weights: DecoderWeights, codes: list[np.ndarray]) -> np.ndarray:
