@@ -40,7 +40,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from hvqcodec import decoderkernel  # noqa: E402  (numpy only: `import hvqcodec` does not import torch)
-from hvqcodec.npdecoder import PARTS, NumpyDecoder, to_uint8  # noqa: E402  (numpy only)
+from hvqcodec.npdecoder import PARTS, NumpyDecoder, Timings, to_uint8  # noqa: E402  (numpy only)
 
 ROOT = Path(__file__).resolve().parents[1]
 KODIM01 = ROOT.parent / "shared" / "datasets" / "kodak" / "kodim01.png"
@@ -79,21 +78,6 @@ def load_average() -> float:
 
 
 NUMPY_DECODERS = {"numpy + C kernels": True, "numpy float32": False}  # label -> kernels
-
-
-class Timings:
-    """A timer for NumpyDecoder.decode: seconds per part (PARTS) and per kind of operation, summed over its calls
-    (the operations' come from the worker threads too: only one-thread runs' are reported)."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, float] = {}
-        self.operations: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str, seconds: float) -> None:
-        with self._lock:
-            table = self.parts if name in PARTS else self.operations
-            table[name] = table.get(name, 0.0) + seconds
 
 
 def agreement_with(reference: np.ndarray, ours: np.ndarray, ours_threaded: np.ndarray) -> dict:
@@ -139,7 +123,7 @@ def measure_image(codec, name: str, codes, repeats: int, kernels: bool) -> dict:
         start = time.perf_counter()
         decoder = NumpyDecoder(config, state, kernels=use_kernels)
         prepare_times.append(time.perf_counter() - start)
-        timings = Timings()
+        timings = Timings(PARTS)
         decoder.decode(numpy_codes, threads=threads, timer=timings)
         decoder.close()
         part_times.setdefault(label, []).append(timings)

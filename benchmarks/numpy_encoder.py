@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -43,26 +42,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from hvqcodec import decoderkernel  # noqa: E402  (numpy only)
+from hvqcodec.npdecoder import Timings  # noqa: E402  (numpy only)
 from hvqcodec.npencoder import PARTS, NumpyEncoder  # noqa: E402  (numpy only)
 
 ROOT = Path(__file__).resolve().parents[1]
 KODIM01 = ROOT.parent / "shared" / "datasets" / "kodak" / "kodim01.png"
 ECVQ_CANDIDATES = 8  # codec.ECVQ_CANDIDATES
 TORCH_THREADS = 2
-
-
-class Timings:
-    """A timer for NumpyEncoder.encode_latent: seconds per part (PARTS) and per other operation, summed."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, float] = {}
-        self.operations: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str, seconds: float) -> None:
-        with self._lock:
-            table = self.parts if name in PARTS else self.operations
-            table[name] = table.get(name, 0.0) + seconds
 
 
 def load_average() -> float:
@@ -160,7 +146,7 @@ def main() -> None:
     part_times: dict[str, list[Timings]] = {}
 
     def run_numpy(label: str, threads: int) -> None:
-        timings = Timings()
+        timings = Timings(PARTS)
         encoder.encode_latent(rgb, threads=threads, timer=timings)
         part_times.setdefault(label, []).append(timings)
 

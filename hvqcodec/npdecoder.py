@@ -37,6 +37,22 @@ from . import decoderkernel
 # timer(name, seconds): what `NumpyDecoder.decode` reports to a caller that measures it.
 Timer = Callable[[str, float], None]
 
+class Timings:
+    """A `Timer` that sums seconds per part (those named in `parts`) and per other operation over its calls, from
+    any thread (what benchmarks/numpy_decoder.py and numpy_encoder.py report)."""
+
+    def __init__(self, parts: Sequence[str]) -> None:
+        self.part_names = set(parts)
+        self.parts: dict[str, float] = {}
+        self.operations: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, seconds: float) -> None:
+        with self._lock:
+            table = self.parts if name in self.part_names else self.operations
+            table[name] = table.get(name, 0.0) + seconds
+
+
 # The decoder's parts, in order, as `decode` reports them to a timer.
 PARTS = ("context path", "/4 stage", "/2 stage", "to_rgb + detail", "post-filter")
 

@@ -160,3 +160,14 @@ def ladder_codec(tmp_path, monkeypatch):
     codec.load_codec.cache_clear()
     yield codec.load_codec("tiny-ladder", "cpu")
     codec.load_codec.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def torch_on_one_thread():
+    """torch's references on one thread (the numpy runtime's tests): on a 2-core machine that other work keeps busy,
+    two intra-op threads wait for each other at every small operation (test_npdecoder.py took 12-20 s so, against
+    about 3 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

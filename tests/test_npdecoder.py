@@ -84,14 +84,7 @@ def assert_agrees(ours: np.ndarray, reference: np.ndarray) -> None:
     assert int(np.abs(ours8.astype(np.int16) - reference8).max()) <= 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_on_one_thread():
-    """torch's references on one thread: on a 2-core machine that other work keeps busy, two intra-op threads wait
-    for each other at every small operation (this file's run took 12-20 s so, against about 3 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 @pytest.fixture(scope="module")

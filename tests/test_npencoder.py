@@ -21,13 +21,7 @@ DATA = Path(__file__).parent / "data"
 ECVQ_CANDIDATES = 8  # codec.ECVQ_CANDIDATES (codec imports more than this test needs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_on_one_thread():
-    """As in tests/test_npdecoder.py: torch's references on one thread (a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 @pytest.fixture(scope="module")
