@@ -38,21 +38,13 @@ from .device import cpu_supports
 from .priors import HierarchicalPrior, LevelPrior, StagePrior, level_blocks
 from .wavefront import block_shape  # noqa: F401 (part of this module's interface)
 
-ACT_BITS = 10
-ACT_MAX = (1 << 15) - 1  # |activation| < 32 on the 2^-10 grid
+# The integer format's constants live in npprior (no torch), shared with the runtime without it.
+from .npprior import (ACT_BITS, ACT_MAX, EXP_MAX, FLOAT32_EXACT, FREQ_BITS, FREQ_TOTAL, GATE_HALF,  # noqa: E402,F401
+                      NARROW_MAX, layer_tables, masked_tap_tables, stacked_conditioning, tap_major)
+
 WEIGHT_MAX = (1 << 15) - 1
-# The 8-bit format: weights and matrix-product inputs in [-127, 127]; every accumulator (products, bias and
-# rounding offset) must stay below 2^24, where float32 stops representing every integer. Checked per output
-# channel at export and again at load (a table that breaks it is refused, not computed inexactly).
-NARROW_MAX = 127
-FLOAT32_EXACT = 1 << 24
-GATE_HALF = 8 << ACT_BITS  # tanh / sigmoid tables cover [-8, 8]; beyond, both are saturated at this grid
 GATE_DOMAIN = 2 * ACT_MAX  # a gate input is a clamped layer output plus a clamped conditioning term
-EXP_MAX = 16 << ACT_BITS  # exp(-d) for d in [0, 16]; further below the maximum a code gets the floor frequency
 EXP_BITS = 20
-FREQ_BITS = 20
-FREQ_TOTAL = 1 << FREQ_BITS
-assert stepkernel.PROBABILITY_SCALE == 1.0 / FREQ_TOTAL
 # Positions per band of a 3x3 convolution (conditioning and stage contexts): bounds the (positions, 9C) float64
 # columns to a few MB, which stay in cache.
 BAND_POSITIONS = 2048
@@ -259,22 +251,16 @@ class _IntNetwork:
         self.channels = channels
         # Per layer: weight transposed (I, O), bias plus the rounding offset 2^(shift-1), 2^-shift, and for an
         # 8-bit layer the scale 2^-input_shift that rounds its input to 8 bits (None: the input as it is) and,
-        # where int8 matmuls are available, the weight as int8 (I, O).
-        self.layers = {}
+        # where int8 matmuls are available, the weight as int8 (I, O) (npprior.layer_tables: one computation).
         int8 = dtype == torch.float32 and int8_matmul_available(self.device.type)
-        for key in t:
-            if key.endswith(".weight"):
-                name = key[:-len(".weight")]
-                shift = t[f"{name}.shift"].double()
-                weight, bias = t[key].double().t().contiguous(), t[f"{name}.bias"].double() + _half(shift)
-                input_scale = None
-                if f"{name}.input_shift" in t:
-                    input_scale = 2.0 ** -int(t[f"{name}.input_shift"])
-                    # The bound export guarantees, checked again: a table that breaks it would compute inexactly.
-                    if bool((NARROW_MAX * weight.abs().sum(0) + bias.abs() >= FLOAT32_EXACT).any()):
-                        raise ValueError(f"{prefix}{name}: 8-bit layer exceeds the float32-exact range")
-                self.layers[name] = (weight.to(dtype), bias.to(dtype), torch.pow(2.0, -shift).to(dtype), input_scale,
-                                     t[key].t().contiguous() if int8 and input_scale is not None else None)
+
+        def tensor(array: np.ndarray, as_dtype: torch.dtype | None = None) -> torch.Tensor:
+            return torch.from_numpy(array).to(self.device, as_dtype)
+        self.layers = {}
+        for name, (weight, bias, inv_scale, input_scale, weight_int8) in layer_tables(
+                {key: value.cpu().numpy() for key, value in t.items()}, prefix).items():
+            self.layers[name] = (tensor(weight, dtype), tensor(bias, dtype), tensor(inv_scale, dtype), input_scale,
+                                 tensor(weight_int8) if int8 and weight_int8 is not None else None)
         # One table for the whole gate input: tanh for the first C channels, sigmoid for the last C, widened
         # from the stored [-8, 8] range to every value a gate input can take (a sum of two clamped terms) by
         # repeating the saturated ends, which is exactly what clamping the index would do.
@@ -381,11 +367,10 @@ class _IntNetwork:
         if key not in self.layers:
             weight, bias_and_half, inv_scale, input_scale, weight_int8 = self.layers[name]
 
-            def tap_major(w: torch.Tensor) -> torch.Tensor:
-                inputs, outputs = w.shape
-                return w.view(inputs // 9, 9, outputs).transpose(0, 1).reshape(inputs, outputs).contiguous()
-            self.layers[key] = (tap_major(weight), bias_and_half, inv_scale, input_scale,
-                                None if weight_int8 is None else tap_major(weight_int8))
+            def reordered(w: torch.Tensor) -> torch.Tensor:  # npprior.tap_major, on this network's device
+                return torch.from_numpy(tap_major(w.cpu().numpy())).to(w.device)
+            self.layers[key] = (reordered(weight), bias_and_half, inv_scale, input_scale,
+                                None if weight_int8 is None else reordered(weight_int8))
         return key
 
 
@@ -403,25 +388,17 @@ class IntLevelPrior(_IntNetwork):
         self.causal_blocks = causal_blocks
         self.cond_blocks = cond_blocks if level > 0 else 0
         self.codebook_size = t["head.weight"].shape[0]
-        self.embedding = t["embedding"].to(self.dtype)
         self.cond_embeddings = [t[f"cond.embedding{u}"].long() for u in range(level)]
-        self.tap_rows = torch.tensor([r for r, _ in TAPS], device=self.device)
-        self.tap_cols = torch.tensor([c for _, c in TAPS], device=self.device)
-        # The masked convolution reads only code embeddings, so fold it into one table per tap:
-        # tap_tables[tap, code] = W_tap @ embedding[code] (exact integers), with a zero row for code K, the
-        # out-of-grid sentinel. The layer is then a sum of 12 lookups instead of a matmul per position.
         # Sub-position conditioning (PriorConfig.subpixel_cond): a projection per position of the 2x2 cell.
         self.cond_positions = 4 if level and t["cond.proj0.weight"].shape[0] == 8 * self.channels else 1
-        # (8-bit tables: the embedding rounded to 8 bits as the layer's input, so that every entry, and the sum of
-        # 12 plus the bias, stays float32-exact.) The products are formed in float64, then stored in the dtype.
-        embedding = self.layer_input("masked", self.embedding).double()
-        weight, bias_and_half, inv_scale, _, _ = self.layers.pop("masked")
+        # The masked convolution reads only code embeddings, so it is folded into one table per tap (exact
+        # integers formed in float64 by npprior.masked_tap_tables, then stored in the dtype): the layer is then a
+        # sum of 12 lookups instead of a matmul per position.
+        weight, bias_and_half, inv_scale, input_scale, _ = self.layers.pop("masked")
         self.masked_scale = (bias_and_half, inv_scale)
-        weight = weight.double().t().reshape(2 * self.channels, self.channels, len(TAPS))
-        embedding = torch.cat([embedding, embedding.new_zeros(1, self.channels)])
-        # Flattened to (taps * (K + 1), 2C) so that one embedding_bag sums the 12 rows without materialising them.
-        self.tap_tables = torch.einsum("oct,kc->tko", weight, embedding).reshape(-1, 2 * self.channels).to(
-            self.dtype).contiguous()
+        self.tap_tables = torch.from_numpy(masked_tap_tables(weight.double().cpu().numpy(), input_scale,
+                                                             t["embedding"].cpu().numpy(), self.channels)).to(
+            self.device, self.dtype).contiguous()
         self.tap_offsets = torch.arange(len(TAPS), device=self.device) * (self.codebook_size + 1)
         # The C step function (hvqcodec/_stepkernel.c) where it applies: the same integers, one call a step.
         self.kernel = None
@@ -560,22 +537,11 @@ class LevelState:
         # Threads the C step function may use: torch's count when the state is made (decoding then runs its
         # small torch operations on one thread, `entropy.one_thread`).
         self.threads = torch.get_num_threads()
-        # Each gated unit's conditioning, for all tiles one after the other, filled in tile by tile. int16
-        # holds it exactly (integers of at most 15 bits) in a quarter of float64's memory: on a 12-megapixel
-        # image the bottom level's conditioning is the largest thing the decoder keeps.
-        self.cond: list[torch.Tensor] | None = None
+        # Each gated unit's conditioning, all tiles one after the other, as int16 (npprior.stacked_conditioning).
         positions = getattr(prior, "cond_positions", 1)
-        cond_rows = sum((h // 2) * (w // 2) for h, w in self.sizes) * positions
-        cond_base = 0
-        for (h, w), uppers in zip(self.sizes, upper_codes):
-            cond = prior.conditioning([u.to(device) for u in uppers])
-            if cond is not None:
-                if self.cond is None:
-                    self.cond = [unit.new_empty((cond_rows, unit.shape[1]), dtype=torch.int16) for unit in cond]
-                for target, unit in zip(self.cond, cond):
-                    target[cond_base * positions:cond_base * positions + unit.shape[0]] = unit
-            del cond
-            cond_base += (h // 2) * (w // 2)
+        self.cond: list[torch.Tensor] | None = stacked_conditioning(
+            lambda uppers: prior.conditioning([u.to(device) for u in uppers]), self.sizes, upper_codes, positions,
+            lambda rows, unit: unit.new_empty((rows, unit.shape[1]), dtype=torch.int16))
         # Where each position sits and in which order (numpy, shared with a runtime without torch).
         laid = wavefront.layout(self.sizes, getattr(prior, "block", 0), positions, TAPS)
         self.canvas = torch.full((laid.canvas_size,), prior.codebook_size, dtype=torch.int64, device=device)

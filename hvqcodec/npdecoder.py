@@ -711,7 +711,46 @@ def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], run: _Run)
 
 # --- the public interface -------------------------------------------------------------------------------------
 
-class NumpyDecoder:
+class _Network:
+    """What NumpyDecoder and npencoder.NumpyEncoder share: the checked config, the choice of the C kernels, and
+    Python threads kept per thread count (one executor each) until `close()` or the end of a `with` block."""
+
+    def __init__(self, config: Mapping, kernels: bool | None, thread_name: str) -> None:
+        self.config = decoder_config(config)
+        if kernels and not decoderkernel.available():
+            raise RuntimeError("hvqcodec._decoderkernel is not built: use kernels=None or False")
+        self.kernels = decoderkernel.available() if kernels is None else bool(kernels)
+        self._thread_name = thread_name
+        self._pools: dict[int, ThreadPoolExecutor] = {}
+        self._pools_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the threads kept (a later call starts new ones)."""
+        with self._pools_lock:
+            pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _run(self, threads: int, timer: Timer | None = None) -> _Run:
+        """How a call runs: on `threads` Python threads (1: the calling thread only), with the kernels or not."""
+        if not _is_int(threads) or threads < 1:
+            raise ValueError(f"threads: a positive integer is needed, not {threads!r}")
+        pool = None
+        if threads > 1:
+            with self._pools_lock:
+                if threads not in self._pools:
+                    self._pools[threads] = ThreadPoolExecutor(int(threads), thread_name_prefix=self._thread_name)
+                pool = self._pools[threads]
+        return _Run(pool, self.kernels, timer)
+
+
+class NumpyDecoder(_Network):
     """The autoencoder's decoder in numpy float32 (this module's docstring).
 
     config: the autoencoder config as `AutoencoderConfig.to_dict()` gives it (an exported weights file's
@@ -723,13 +762,8 @@ class NumpyDecoder:
     `with` block, or the object's collection)."""
 
     def __init__(self, config: Mapping, state: Mapping[str, np.ndarray], kernels: bool | None = None) -> None:
-        self.config = decoder_config(config)
-        if kernels and not decoderkernel.available():
-            raise RuntimeError("hvqcodec._decoderkernel is not built: use kernels=None or False")
-        self.kernels = decoderkernel.available() if kernels is None else bool(kernels)
+        super().__init__(config, kernels, "hvqcodec-npdecoder")
         self.weights = prepare_weights(state, self.config)
-        self._pools: dict[int, ThreadPoolExecutor] = {}
-        self._pools_lock = threading.Lock()
 
     @property
     def num_streams(self) -> int:
@@ -746,31 +780,8 @@ class NumpyDecoder:
         measurements: timer(name, seconds) for each part (names in PARTS, from the calling thread) and each
         operation in the ConvNeXt blocks and the post-filter ("ConvNeXt blocks: ...", "post-filter: ...", from
         the thread that ran it, so overlapping where threads > 1)."""
-        if not _is_int(threads) or threads < 1:
-            raise ValueError(f"threads: a positive integer is needed, not {threads!r}")
-        grids = self._checked_codes(codes)
-        return decode_prepared(self.weights, grids, _Run(self._pool(int(threads)), self.kernels, timer))
-
-    def close(self) -> None:
-        """Stop the threads kept for `decode` (a later decode starts new ones)."""
-        with self._pools_lock:
-            pools, self._pools = self._pools, {}
-        for pool in pools.values():
-            pool.shutdown()
-
-    def __enter__(self) -> "NumpyDecoder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _pool(self, threads: int) -> ThreadPoolExecutor | None:
-        if threads == 1:
-            return None
-        with self._pools_lock:
-            if threads not in self._pools:
-                self._pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="hvqcodec-npdecoder")
-            return self._pools[threads]
+        run = self._run(threads, timer)
+        return decode_prepared(self.weights, self._checked_codes(codes), run)
 
     def _checked_codes(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The grids as integer arrays, checked: shapes that fit the top's, indices within their codebooks."""

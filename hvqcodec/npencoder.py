@@ -25,18 +25,15 @@ This module imports numpy, hvqcodec.decoderkernel and hvqcodec.npdecoder only (n
 """
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
 
-from . import decoderkernel
 from .names import PAD_MULTIPLE  # the image is replicate-padded to multiples of it (autoencoder.pad_to_multiple)
-from .npdecoder import (BlockWeights, DecoderWeights, Timer, _block_weights, _conv1x1, _f32, _is_int, _Run,
-                        _State, convnext_block, decoder_config, mid_context, normalise_rows_, prepare_weights,
-                        top_context)
+from .npdecoder import (BlockWeights, DecoderWeights, Timer, _block_weights, _conv1x1, _f32, _is_int, _Network,
+                        _Run, _State, convnext_block, decoder_config, mid_context, normalise_rows_,
+                        prepare_weights, top_context)
 # AutoencoderConfig's default encoder depths (ConvNeXt blocks at /4, /8, /16), for a config without the key.
 ENCODER_DEPTHS_DEFAULT = (2, 3, 3)
 # Rows per pass of a codebook search (quantiser.NEAREST_CHUNK): the (rows, K) distances stay in cache.
@@ -297,7 +294,7 @@ def search(flat: np.ndarray, codebook: Codebook, count: int, lambdas: float, run
 
 # --- the public interface -------------------------------------------------------------------------------------
 
-class NumpyEncoder:
+class NumpyEncoder(_Network):
     """The autoencoder's encoder side in numpy float32 (this module's docstring).
 
     config, state: as for `npdecoder.NumpyDecoder` (ValueError for a config it does not implement or a state that
@@ -306,14 +303,9 @@ class NumpyEncoder:
     Threads are kept (one executor per thread count) until `close()` (or the end of a `with` block)."""
 
     def __init__(self, config: Mapping, state: Mapping[str, np.ndarray], kernels: bool | None = None) -> None:
-        self.config = decoder_config(config)
-        if kernels and not decoderkernel.available():
-            raise RuntimeError("hvqcodec._decoderkernel is not built: use kernels=None or False")
-        self.kernels = decoderkernel.available() if kernels is None else bool(kernels)
+        super().__init__(config, kernels, "hvqcodec-npencoder")
         self.decoder_weights = prepare_weights(state, self.config)
         self.weights = prepare_encoder_weights(state, config, self.decoder_weights)
-        self._pools: dict[int, ThreadPoolExecutor] = {}
-        self._pools_lock = threading.Lock()
 
     @property
     def code_dim(self) -> int:
@@ -369,19 +361,6 @@ class NumpyEncoder:
             raise ValueError(f"count: 1..{self.config.codebook_sizes[2]} is needed, not {count!r}")
         return self._search(2, np.asarray(latent), int(count), bottom_lambda, threads)
 
-    def close(self) -> None:
-        """Stop the threads kept (a later call starts new ones)."""
-        with self._pools_lock:
-            pools, self._pools = self._pools, {}
-        for pool in pools.values():
-            pool.shutdown()
-
-    def __enter__(self) -> "NumpyEncoder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def _search(self, level: int, latent: np.ndarray, count: int, bottom_lambda: float, threads: int
                 ) -> tuple[np.ndarray, np.ndarray]:
         codebook = self.weights.codebooks[level]
@@ -394,14 +373,3 @@ class NumpyEncoder:
         """Nearest codes (h, w) of a level's (h, w, D) latent."""
         flat = latent.reshape(-1, latent.shape[-1])
         return search(flat, self.weights.codebooks[level], 1, 0.0, run)[1].reshape(latent.shape[:2])
-
-    def _run(self, threads: int, timer: Timer | None = None) -> _Run:
-        if not _is_int(threads) or threads < 1:
-            raise ValueError(f"threads: a positive integer is needed, not {threads!r}")
-        pool = None
-        if threads > 1:
-            with self._pools_lock:
-                if threads not in self._pools:
-                    self._pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="hvqcodec-npencoder")
-                pool = self._pools[threads]
-        return _Run(pool, self.kernels, timer)

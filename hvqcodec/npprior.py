@@ -3,8 +3,9 @@ runs (docs/DESIGN.md section 8), on the C module's int8 path only.
 
 The probabilities are the exact integers of `intprior` (the same tables, the same C functions, which take
 addresses and do not care whether numpy or torch owns them), so a file decodes to the same codes here as in the
-torch codec. The layers' integer tables (`layer_tables`) and the levels' layout (`wavefront.layout`) are computed
-here and in `intprior` by the same code; what differs is only who owns the arrays.
+torch codec. The layers' integer tables (`layer_tables`, `tap_major`, `masked_tap_tables`), the stacking of the
+levels' conditioning (`stacked_conditioning`) and the levels' layout (`wavefront.layout`) are the same code here
+and in `intprior`, which converts the arrays to tensors; what differs is only who owns them.
 """
 from __future__ import annotations
 
@@ -64,6 +65,44 @@ def tap_major(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight.reshape(inputs // 9, 9, outputs).transpose(1, 0, 2).reshape(inputs, outputs))
 
 
+def masked_tap_tables(weight: np.ndarray, input_scale: float | None, embedding: np.ndarray,
+                      channels: int) -> np.ndarray:
+    """A level's masked convolution folded into one table per tap: tap_tables[tap, code] = W_tap @ embedding[code]
+    (exact integers, float64), with a zero row for code K, the out-of-grid sentinel, flattened to
+    (taps * (K + 1), 2C) so that the 12 rows of a position are summed without materialising them. weight: the
+    layer's (inputs, outputs) = (C * taps, 2C) table; the embedding is the layer's input, rounded to 8 bits with
+    `input_scale` for an 8-bit layer (so that every entry, and the sum of 12 plus the bias, stays float32-exact)."""
+    embedding = embedding.astype(np.float64)
+    if input_scale is not None:  # half to even, as intprior's layer_input
+        embedding = np.clip(np.rint(embedding * input_scale), -NARROW_MAX, NARROW_MAX)
+    embedding = np.concatenate([embedding, np.zeros((1, channels))])
+    weight = weight.astype(np.float64).T.reshape(2 * channels, channels, -1)
+    # (taps, K + 1, 2C) by one batched matmul (exact: integers far below 2^53; einsum's loops took 20 ms a level)
+    return np.matmul(embedding[None], weight.transpose(2, 1, 0)).reshape(-1, 2 * channels)
+
+
+def stacked_conditioning(conditioning, sizes: Sequence[tuple[int, int]], upper_codes: Sequence, positions: int,
+                         empty) -> list | None:
+    """Each gated unit's conditioning for all tiles of a level, one after the other, in the rows
+    `wavefront.layout` numbers them by (cells of the 2x coarser grid, `positions` rows a cell), as int16 tables
+    made by empty(rows, like_unit); conditioning(uppers) gives one tile's units (None for the top level). Tile by
+    tile, so that only one tile's float tables exist at a time: on a 12-megapixel image the bottom level's
+    conditioning is the largest thing the decoder keeps, and int16 holds it exactly in a quarter of float64's
+    memory."""
+    rows = sum((h // 2) * (w // 2) for h, w in sizes) * positions
+    stacked, base = None, 0
+    for (h, w), uppers in zip(sizes, upper_codes):
+        units = conditioning(uppers)
+        if units is not None:
+            if stacked is None:
+                stacked = [empty(rows, unit) for unit in units]
+            for target, unit in zip(stacked, units):
+                target[base * positions:base * positions + unit.shape[0]] = unit
+        del units
+        base += (h // 2) * (w // 2)
+    return stacked
+
+
 def runs_here(tables: dict[str, np.ndarray]) -> bool:
     """Whether this runtime decodes with these tables here: 8-bit tables and the C module's int8 path."""
     return (stepkernel.available() and stepkernel.int8_available()
@@ -91,6 +130,7 @@ class _Network:
         self.tanh, self.sigmoid = luts["tanh"], luts["sigmoid"]
 
     def _tap_major(self, name: str) -> str:
+        """The layer `name` with its weight in tap-major order (`tap_major`), made once."""
         key = f"{name}:tap-major"
         if key not in self.layers:
             weight, bias, inv_scale, input_scale, _ = self.layers[name]
@@ -114,16 +154,8 @@ class LevelPrior(_Network):
         self.codebook_size = t["head.weight"].shape[0]
         self.cond_embeddings = [t[f"cond.embedding{u}"].astype(np.int64) for u in range(level)]
         self.cond_positions = 4 if level and t["cond.proj0.weight"].shape[0] == 8 * self.channels else 1
-        # The masked convolution folded into one table per tap (intprior.IntLevelPrior says why): the embedding
-        # rounded to 8 bits as the layer's input, times each tap's weight, exact integers in float64.
         weight, bias_and_half, inv_scale, input_scale, _ = self.layers.pop("masked")
-        embedding = np.clip(np.rint(t["embedding"].astype(np.float32) * np.float32(input_scale)),
-                            -NARROW_MAX, NARROW_MAX).astype(np.float64)
-        embedding = np.concatenate([embedding, np.zeros((1, self.channels))])
-        weight = weight.astype(np.float64).T.reshape(2 * self.channels, self.channels, len(wavefront.TAPS))
-        # (taps, K + 1, 2C) by one batched matmul (exact: integers far below 2^53; einsum's loops took 20 ms a level)
-        self.tap_tables = np.matmul(embedding[None], weight.transpose(2, 1, 0)).reshape(-1, 2 * self.channels).astype(
-            np.float32)
+        self.tap_tables = masked_tap_tables(weight, input_scale, t["embedding"], self.channels).astype(np.float32)
         self.masked_scale = (bias_and_half, inv_scale)
         self.tap_offsets = np.arange(len(wavefront.TAPS)) * (self.codebook_size + 1)
         self.kernel = stepkernel.LevelKernel(self, GATE_HALF, EXP_MAX, self.tanh, self.sigmoid)
@@ -159,16 +191,8 @@ class LevelState:
                  upper_codes: Sequence[Sequence[np.ndarray]]) -> None:
         self.prior, self.sizes = prior, [tuple(size) for size in sizes]
         positions = prior.cond_positions
-        cond_rows = sum((h // 2) * (w // 2) for h, w in self.sizes) * positions
-        cond, cond_base = None, 0
-        for (h, w), uppers in zip(self.sizes, upper_codes):
-            units = prior.conditioning(uppers)
-            if units is not None:
-                if cond is None:
-                    cond = [np.empty((cond_rows, unit.shape[1]), dtype=np.int16) for unit in units]
-                for target, unit in zip(cond, units):
-                    target[cond_base * positions:cond_base * positions + unit.shape[0]] = unit
-            cond_base += (h // 2) * (w // 2)
+        cond = stacked_conditioning(prior.conditioning, self.sizes, upper_codes, positions,
+                                    lambda rows, unit: np.empty((rows, unit.shape[1]), dtype=np.int16))
         laid = wavefront.layout(self.sizes, prior.block, positions)
         self.order, self.centres, self.fronts, self._segments = laid.order, laid.centres, laid.fronts, laid.segments
         self.canvas = np.full(laid.canvas_size, prior.codebook_size, dtype=np.int64)
