@@ -2,9 +2,9 @@
 process as a user runs them, beside `python -c "import torch"` (what every codec command pays first).
 
 Ways to run the same commands, interleaved so that all see the same machine: the console script
-(`hvqcodec.cli:run`: `decompress` without torch where the runtime runs, torch imported with the garbage
-collector off, then frozen, as are the objects left before the interpreter shuts down); the same with
-HVQ_RUNTIME=torch (`decompress` with the torch codec); that with the collector on during the imports (as
+(`hvqcodec.cli:run`: `compress` and `decompress` without torch where the runtime runs, torch imported with the
+garbage collector off, then frozen, as are the objects left before the interpreter shuts down); the same with
+HVQ_RUNTIME=torch (both with the torch codec); that with the collector on during the imports (as
 hvqcodec 0.19 ran); and the bare click group (`hvqcodec.cli:main`, as hvqcodec 0.11 ran, torch codec).
 Medians of --repeats runs each.
 
@@ -53,9 +53,8 @@ def main() -> None:
         for _ in range(args.repeats):
             times.setdefault("import torch", []).append(wall(python + ["import torch"]))
             for entry, (code, environment) in ENTRIES.items():
-                if entry != "run, torch codec":  # compress always runs torch: the console script's run is this one
-                    times.setdefault(f"compress, {entry}", []).append(
-                        wall(python + [code, "compress", args.image, "-o", packed, "--force"], environment))
+                times.setdefault(f"compress, {entry}", []).append(
+                    wall(python + [code, "compress", args.image, "-o", packed, "--force"], environment))
                 times.setdefault(f"decompress, {entry}", []).append(
                     wall(python + [code, "decompress", packed, "-o", unpacked, "--force"], environment))
     results = []

@@ -11,6 +11,9 @@ __all__ = ["compress", "decompress", "sample"]
 
 def __getattr__(name: str):
     # Lazy: `import hvqcodec` stays cheap (no torch) until the codec is used.
+    if name in ("compress", "decompress"):  # without torch where the runtime runs (hvqcodec/api.py)
+        from . import api
+        return getattr(api, name)
     if name in __all__:
         from . import codec
         return getattr(codec, name)

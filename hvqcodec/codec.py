@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -23,116 +22,15 @@ from . import container
 from .entropy import (STAGE_CHUNK, candidate_frequencies, decode_level, decode_stage, encode_level, encode_stage,
                       spans)
 from .errors import ModelError
-from .imageio import ImageError, LoadedImage, encode_alpha, load_image
+from .filecoding import (DEFAULT_QUALITY, ECVQ_CANDIDATES, MAX_EFFORT, CompressedImage, DecodedImage, OperatingPoint,  # noqa: F401
+                         Progress, decode_file, encode_file, grid_sizes, model_ladder, quality_point,  # (part of
+                         shared_files)  # this module's interface)
 from .intprior import FREQ_TOTAL, IntPrior, LevelState
 from .refine import refine_bottom_latent
-from .residual import FLAT, MAX_STEP as MAX_RESIDUAL_STEP, encode_residual, is_tilted
-from .runtime import DecodedImage, decode_file, grid_sizes  # noqa: F401 (grid_sizes: part of this interface)
 from .device import decoder_low_precision, resolve_device
 from .zoo import ModelBundle, default_model, load_bundle
 
 TILE_SIZE = container.TILE_SIZE
-ECVQ_CANDIDATES = 8  # nearest bottom codewords considered by entropy-constrained selection
-DEFAULT_QUALITY = 75
-MAX_EFFORT = 100  # refinement steps per tile (each about one decoder pass forwards and backwards)
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """What the encoder codes: how many streams (3 levels, then refinement stages) and the rate weights of
-    entropy-constrained code selection (squared latent distance per bit; 0 = nearest codes): `lam` for the
-    bottom codes under the bottom prior, `stage_lam` for the refinement stages (None: the same as lam), added to
-    the rate weight each stage was trained with, and `bottom_lam` for the bottom codes under the bottom
-    codebook's usage: the rule a variable-rate model (config bottom_lambdas) was trained with, whose priors
-    know the coarse codes it picks. `residual_step` > 0 adds the residual layer (residual.py) with that
-    quantiser step and `residual_tilt` (brightness and colour slope of the step over frequency bands) after the
-    streams of codes."""
-    streams: int
-    lam: float = 0.0
-    stage_lam: float | None = None
-    bottom_lam: float = 0.0
-    residual_step: int = 0
-    residual_tilt: tuple[int, int] = FLAT
-
-    @property
-    def file_streams(self) -> int:
-        """Streams in this point's file: the streams of codes, then the residual's when it has one."""
-        return self.streams + bool(self.residual_step)
-
-    @property
-    def tilted(self) -> bool:
-        """This point's file has a tilted residual stream (container version 4)."""
-        return bool(self.residual_step) and is_tilted(self.residual_tilt)
-
-    @property
-    def stage_weight(self) -> float:
-        return self.lam if self.stage_lam is None else self.stage_lam
-
-    @classmethod
-    def from_entry(cls, entry: dict) -> "OperatingPoint":
-        """A ladder entry of the manifest ({"streams", "lambda", optional "stage_lambda"}) as a point."""
-        stage_lam = entry.get("stage_lambda")
-        return cls(int(entry["streams"]), float(entry["lambda"]), None if stage_lam is None else float(stage_lam),
-                   float(entry.get("bottom_lambda", 0.0)), int(entry.get("residual_step", 0)),
-                   tuple(int(slope) for slope in entry.get("residual_tilt", FLAT)))
-
-    def to_entry(self) -> dict:
-        entry = {"streams": self.streams, "lambda": self.lam}
-        if self.stage_lam is not None:
-            entry["stage_lambda"] = self.stage_lam
-        if self.bottom_lam:
-            entry["bottom_lambda"] = self.bottom_lam
-        if self.residual_step:
-            entry["residual_step"] = self.residual_step
-        if self.tilted:
-            entry["residual_tilt"] = list(self.residual_tilt)
-        return entry
-
-
-def shared_files(points: list[OperatingPoint]) -> list[tuple[OperatingPoint, list[int]]]:
-    """Points that differ only in their stream count are served by one file: streams are coded coarse to fine,
-    so the file of a point with fewer streams is a prefix of the larger one (`container.prefix_size`); not so
-    for points with a residual layer. Returns,
-    per file, the point to compress (the one with most streams) and the indices of the points it serves."""
-    groups: dict[tuple, list[int]] = {}
-    for index, point in enumerate(points):
-        # A residual stream is coded on top of all the file's codes: its file serves that point alone.
-        alone = (point.residual_step, point.residual_tilt, point.streams) if point.residual_step else ()
-        groups.setdefault((point.lam, point.stage_lam, point.bottom_lam) + alone, []).append(index)
-    return [(points[max(members, key=lambda i: points[i].streams)], members) for members in groups.values()]
-
-
-def quality_point(ladder: list[dict], quality: int) -> OperatingPoint:
-    """The operating point for quality 1-100: the ladder's entry with the highest quality at or below it."""
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality {quality} is not in 1..100")
-    chosen = ladder[0]
-    for entry in ladder:
-        if entry["quality"] <= quality:
-            chosen = entry
-    return OperatingPoint.from_entry(chosen)
-
-
-Progress = Callable[[int, int], None]  # (done, total) units of work
-
-
-@dataclass
-class CompressedImage:
-    data: bytes
-    width: int
-    height: int
-    level_bytes: list[int]  # per level, all tiles
-    cross_entropy_bits: list[float]  # per level, under the integer prior
-    header_bytes: int
-    warnings: list[str] = field(default_factory=list)
-    codes: list[list[torch.Tensor]] = field(default_factory=list, repr=False)  # [tile][stream], as coded
-    tile_size: int = 0  # as in the header (0: one tile)
-    # With a residual layer: the (H, W, 3) picture of the codes it was coded against (float32 decoder).
-    picture: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def bpp(self) -> float:
-        return 8 * len(self.data) / (self.width * self.height)
 
 
 class Codec:
@@ -157,10 +55,10 @@ class Codec:
         self.tile_size = TILE_SIZE  # what files made with this codec use, and what decoding accepts
         # quality -> operating point, calibrated on training images; without one every quality codes everything.
         self.calibrated = bool(bundle.ladder)
-        self.ladder = bundle.ladder or [{"quality": 1, "streams": self.num_streams, "lambda": 0.0}]
+        self.ladder = model_ladder(bundle.ladder, self.num_streams)
 
     def operating_point(self, quality: int | None = None) -> OperatingPoint:
-        return quality_point(self.ladder, DEFAULT_QUALITY if quality is None else quality)
+        return quality_point(self.ladder, quality)
 
     @torch.no_grad()
     def encode_codes(self, rgb: np.ndarray, point: OperatingPoint | None = None,
@@ -270,58 +168,22 @@ class Codec:
         ladder; `point` gives one directly. Images over max_pixels are refused (ImageError). `effort` > 0 spends
         that many gradient steps per tile on a better bottom latent (`refine`): a slower encode, the same format.
         `progress(done, total)` is called as each tile is coded (large images take tens of seconds)."""
-        if not 0 <= effort <= MAX_EFFORT:
-            raise ValueError(f"effort {effort} is not in 0..{MAX_EFFORT}")
-        point = point or self.operating_point(quality)
-        if not 1 <= point.streams <= self.num_streams:
-            raise ValueError(f"{point.streams} streams: this model has 1..{self.num_streams}")
-        if not 0 <= point.residual_step <= MAX_RESIDUAL_STEP:
-            raise ValueError(f"residual step {point.residual_step} is not in 0..{MAX_RESIDUAL_STEP}")
-        loaded = source if isinstance(source, LoadedImage) else load_image(source)
-        height, width = loaded.rgb.shape[:2]
-        if width * height > max_pixels:
-            raise ImageError(f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
-                             f"{max_pixels:,} (raise it with --max-pixels)")
-        tile_size = 0 if width <= self.tile_size and height <= self.tile_size else self.tile_size
-        streams: list[list[bytes]] = [[] for _ in range(point.streams)]
-        bits = [0.0] * point.streams
-        tile_codes = []
-        tiles = container.tile_grid(width, height, tile_size)
-        for top, left, h, w in tiles:
-            known: dict[int, Any] = {}
-            codes = self.encode_codes(loaded.rgb[top:top + h, left:left + w], point, known, effort)
-            tile_codes.append(codes)
-            for index in range(point.streams):
-                if index < 3:
-                    encoded = encode_level(self.prior.levels[index], codes[index], codes[:index],
-                                           state=known.get(index))
-                else:
-                    encoded = encode_stage(self.prior.stages[index - 3], codes, codes[index], known.get(index))
-                streams[index].append(encoded.data)
-                bits[index] += encoded.cross_entropy_bits
-            if progress is not None:
-                progress(len(tile_codes), len(tiles))
-        picture = None
-        if point.residual_step:
-            # What the decoder will show without the residual: the same codes through the same decoder, in
-            # float32 on both sides (a bfloat16 decoder's picture differs by a level or two, which the residual
-            # would then carry into the top qualities' pictures).
-            picture = self.reconstruct(tile_codes, width, height, tile_size, float32=True)
-            streams.append([])
-            bits.append(0.0)
-            for top, left, h, w in tiles:
-                encoded = encode_residual(loaded.rgb[top:top + h, left:left + w],
-                                          picture[top:top + h, left:left + w], point.residual_step,
-                                          point.residual_tilt)
-                streams[-1].append(encoded.data)
-                bits[-1] += encoded.bits
-        alpha = encode_alpha(loaded.alpha) if loaded.alpha is not None else b""
-        data = container.pack(self.name, self.sha256[:container.HASH_CHARS], width, height, loaded.mode, tile_size,
-                              streams, alpha, residual=point.residual_step > 0,
-                              tilted=point.tilted)
-        header_bytes = len(data) - sum(len(s) for level in streams for s in level) - len(alpha)
-        return CompressedImage(data, width, height, [sum(len(s) for s in level) for level in streams], bits,
-                               header_bytes, list(loaded.warnings), tile_codes, tile_size, picture)
+        return encode_file(self, source, point or self.operating_point(quality), max_pixels, effort, progress)
+
+    def encode_tile(self, rgb: np.ndarray, point: OperatingPoint, effort: int = 0
+                    ) -> tuple[list[torch.Tensor], list[tuple[bytes, float]]]:
+        """One tile's (h, w, 3) uint8 pixels -> its code grids (`encode_codes`) and each stream of codes as (bytes,
+        information in bits): what `filecoding.encode_file` asks of a coder."""
+        known: dict[int, Any] = {}
+        codes = self.encode_codes(rgb, point, known, effort)
+        encoded = []
+        for index in range(point.streams):
+            if index < 3:
+                stream = encode_level(self.prior.levels[index], codes[index], codes[:index], state=known.get(index))
+            else:
+                stream = encode_stage(self.prior.stages[index - 3], codes, codes[index], known.get(index))
+            encoded.append((stream.data, stream.cross_entropy_bits))
+        return codes, encoded
 
     def decompress(self, data: bytes, levels: int | None = None,
                    max_pixels: int = container.DEFAULT_MAX_PIXELS, progress: Progress | None = None) -> DecodedImage:
@@ -356,43 +218,6 @@ def codec_for(data: bytes, device: str = "auto") -> Codec:
     except ModelError as exc:
         raise ModelError(f"file needs model {header.model_name} ({header.model_hash}): {exc}") from None
     return codec  # Codec.decompress checks the weights hash
-
-
-def compress(image: str | Path | bytes | Image.Image | np.ndarray, model: str | None = None, device: str = "auto",
-             quality: int | None = None, max_pixels: int = container.DEFAULT_MAX_PIXELS, effort: int = 0,
-             bpp: float | None = None) -> bytes:
-    """Compress an image (path, encoded bytes, PIL image or uint8 array (H, W[, 3 or 4])) into the bytes of a .hvq file.
-
-    quality: 1-100, higher gives a larger file and a better picture (default DEFAULT_QUALITY).
-    bpp: instead of quality, a size: the highest quality whose file takes at most this many bits per pixel
-    (`hvqcodec compress --bpp`); the smallest file, with a warning, when none does.
-    effort: 0-MAX_EFFORT encoder refinement steps (0: off; about 10 buys 0.2-0.4 dB at high qualities for a
-    several times slower encode; the file format and decoding are unchanged)."""
-    if bpp is not None and quality is not None:
-        raise ValueError("give either quality or bpp, not both")
-    if bpp is not None and not bpp > 0:
-        raise ValueError(f"bpp must be above 0, not {bpp}")
-    codec = load_codec(model, device)
-    if bpp is None:
-        result = codec.compress(image, quality, max_pixels=max_pixels, effort=effort)
-    else:
-        from .ladder import compress_to_bpp
-
-        result, _ = compress_to_bpp(codec, image, bpp, max_pixels, effort)
-    for note in result.warnings:
-        warnings.warn(note, stacklevel=2)
-    return result.data
-
-
-def decompress(data: bytes, levels: int | None = None, device: str = "auto",
-               max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decompress .hvq bytes into a PIL image (levels=1 or 2 for a preview); files that would decode to more
-    than max_pixels are refused before any work."""
-    container.check_limits(container.read_header(data), TILE_SIZE, max_pixels)
-    decoded = codec_for(data, device).decompress(data, levels, max_pixels)
-    for note in decoded.warnings:
-        warnings.warn(note, stacklevel=2)
-    return decoded.image
 
 
 def sample(count: int = 1, size: tuple[int, int] = (256, 256), seed: int = 0, temperature: float = 1.0,

@@ -2,30 +2,19 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Sequence
 
-import constriction
 import numpy as np
 import torch
 
 from .intprior import IntLevelPrior, IntStagePrior, LevelState, coder_probabilities
-from .rangecoding import (EXHAUSTED_BITS_MAX, STAGE_CHUNK, StreamDecoder, decode_fronts,  # noqa: F401 (part of
-                          decode_groups, family, spans, stream_decoder)  # this module's interface)
-
-# Positions per batch in the encoder's parallel pass: bounds memory, changes no result; small enough that
-# the (chunk, K) float64 intermediates stay in cache (1024: about 15% faster than 8192 here).
-ENCODE_CHUNK = 1024
+from .rangecoding import (ENCODE_CHUNK, EXHAUSTED_BITS_MAX, STAGE_CHUNK, EncodedLevel,  # noqa: F401 (part of
+                          StreamDecoder, decode_fronts, decode_groups, encode_ordered, encode_probabilities,  # this
+                          family, finish, new_encoder, spans, stream_decoder)  # module's interface)
 # Positions per decoding step (on average) from which the wavefront loop keeps all intra-op threads: measured
 # with 2 threads, one or two 1024-pixel tiles (up to ~130 positions a step) decode faster on one thread, four
 # (~260) faster on two.
 PARALLEL_STEP_POSITIONS = 192
-
-
-@dataclass
-class EncodedLevel:
-    data: bytes
-    cross_entropy_bits: float  # -sum log2 p(code) under the integer prior
 
 
 def _known_state(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequence[torch.Tensor],
@@ -70,23 +59,14 @@ def candidate_frequencies(prior: IntLevelPrior, codes: torch.Tensor, upper_codes
 
 def _encode_chunk(encoder, symbols: torch.Tensor, freq: torch.Tensor) -> float:
     """Appends symbols (P,) with their frequencies (P, K) to a queue encoder; returns their information in bits."""
-    return _encode_probabilities(encoder, symbols.cpu().numpy().astype(np.int32), coder_probabilities(freq))
-
-
-def _encode_probabilities(encoder, symbols: np.ndarray, probabilities: np.ndarray) -> float:
-    """Appends symbols (P,) int32 with their probabilities (P, K), the frequencies / FREQ_TOTAL, to a queue
-    encoder; returns their information in bits. numpy only: a torch operation on a (P, K) table between two
-    calls of the C step function would wake torch's OpenMP threads, which then spin beside its helper thread."""
-    encoder.encode(symbols, family(), probabilities)
-    return float(-np.log2(probabilities[np.arange(len(symbols)), symbols]).sum())
+    return encode_probabilities(encoder, symbols.cpu().numpy(), coder_probabilities(freq))
 
 
 def _range_encode(symbols: torch.Tensor, freq: torch.Tensor) -> EncodedLevel:
     """Symbols (P,) with their frequencies (P, K) -> range-coded bytes in one call (the reference the chunked
     encoders must equal)."""
-    encoder = constriction.stream.queue.RangeEncoder()
-    bits = _encode_chunk(encoder, symbols, freq)
-    return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
+    encoder = new_encoder()
+    return finish(encoder, _encode_chunk(encoder, symbols, freq))
 
 
 @contextlib.contextmanager
@@ -114,11 +94,7 @@ def encode_level(prior: IntLevelPrior, codes: torch.Tensor, upper_codes: Sequenc
     (chunk, K) table however large the grid (a 1024 x 1024 tile's bottom level would need 270 MB at once).
     `state`: the level's state from `candidate_frequencies` with the same upper codes (saves its conditioning)."""
     state, symbols = _known_state(prior, codes, upper_codes, state)
-    encoder = constriction.stream.queue.RangeEncoder()
-    symbols = symbols.cpu().numpy().astype(np.int32)
-    bits = sum(_encode_probabilities(encoder, symbols[start:stop], state.probabilities(start, stop))
-               for start, stop in _chunks(state, chunk))
-    return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
+    return encode_ordered(state, symbols.cpu().numpy().astype(np.int32), chunk)
 
 
 def stage_frequencies(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_codes: torch.Tensor) -> torch.Tensor:
@@ -138,7 +114,7 @@ def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_code
 
     frequencies: the stage's (G, h*w, K) frequencies if the caller has them already (entropy-constrained
     selection computes exactly these while it chooses the codes)."""
-    encoder, bits = constriction.stream.queue.RangeEncoder(), 0.0
+    encoder, bits = new_encoder(), 0.0
     context, previous = (prior.context(codes) if frequencies is None else None), None
     for group in range(prior.groups):
         symbols = stage_codes[group].flatten()
@@ -148,7 +124,7 @@ def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_code
             freq = prior.group_head(context[a:b], group) if context is not None else frequencies[group, a:b]
             bits += _encode_chunk(encoder, symbols[a:b], freq)
         previous = symbols
-    return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
+    return finish(encoder, bits)
 
 
 def decode_stage(prior: IntStagePrior, data, codes: Sequence[torch.Tensor]) -> torch.Tensor:

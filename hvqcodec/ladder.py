@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .codec import Codec, CompressedImage, OperatingPoint, shared_files
+from .filecoding import compress_to_bpp  # noqa: F401 (part of this module's interface)
 
 LAMBDAS = (0.0, 0.003, 0.01, 0.03, 0.1)  # squared latent distance per bit, for the bottom codes
 STAGE_LAMBDAS = (0.0, 0.001, 0.003, 0.01)  # added to each refinement stage's trained weight
@@ -169,31 +170,3 @@ def _spread(low: int, high: int, count: int) -> list[int]:
 def _not_above(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> bool:
     """Whether b lies on or under the straight line from a to c in the (bpp, PSNR) plane."""
     return ((b["bpp"] - a["bpp"]) * (c["psnr"] - a["psnr"]) - (b["psnr"] - a["psnr"]) * (c["bpp"] - a["bpp"])) >= 0
-
-
-def compress_to_bpp(codec: Codec, source, target_bpp: float,
-                    max_pixels: int | None = None, effort: int = 0) -> tuple[CompressedImage, int]:
-    """The highest ladder quality whose file fits target_bpp (binary search over the ladder's entries; the
-    smallest entry, with a note in its warnings, when none fits), each try at the given encoder effort. Returns
-    the compressed image and the quality used."""
-    from .imageio import load_image
-
-    from .container import DEFAULT_MAX_PIXELS
-
-    limit = max_pixels or DEFAULT_MAX_PIXELS
-    loaded = load_image(source)  # read once, compressed several times
-    qualities = [entry["quality"] for entry in codec.ladder]
-    low, high = 0, len(qualities) - 1
-    best = None
-    while low <= high:
-        middle = (low + high) // 2
-        result = codec.compress(loaded, qualities[middle], max_pixels=limit, effort=effort)
-        if result.bpp <= target_bpp:
-            best, low = (result, qualities[middle]), middle + 1
-        else:
-            high = middle - 1
-    if best is None:
-        smallest = codec.compress(loaded, qualities[0], max_pixels=limit, effort=effort)
-        smallest.warnings.append(f"even quality {qualities[0]} takes {smallest.bpp:.4f} bpp")
-        return smallest, qualities[0]
-    return best

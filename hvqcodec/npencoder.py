@@ -300,11 +300,14 @@ class NumpyEncoder(_Network):
     config, state: as for `npdecoder.NumpyDecoder` (ValueError for a config it does not implement or a state that
     does not match it); kernels: whether to use the C kernels of hvqcodec.decoderkernel (None: where built).
     The context path's weights are npdecoder's (`prepare_weights`, the whole decoder's), in `decoder_weights`.
-    Threads are kept (one executor per thread count) until `close()` (or the end of a `with` block)."""
+    Threads are kept (one executor per thread count) until `close()` (or the end of a `with` block).
+    decoder_weights: a NumpyDecoder's `weights` of the same state, to share rather than prepare again."""
 
-    def __init__(self, config: Mapping, state: Mapping[str, np.ndarray], kernels: bool | None = None) -> None:
+    def __init__(self, config: Mapping, state: Mapping[str, np.ndarray], kernels: bool | None = None,
+                 decoder_weights: DecoderWeights | None = None) -> None:
         super().__init__(config, kernels, "hvqcodec-npencoder")
-        self.decoder_weights = prepare_weights(state, self.config)
+        # A NumpyDecoder's prepared weights of the same state may be passed in: they are the same arrays.
+        self.decoder_weights = decoder_weights or prepare_weights(state, self.config)
         self.weights = prepare_encoder_weights(state, config, self.decoder_weights)
 
     @property

@@ -8,120 +8,37 @@ runtime runs: on a CPU with the C modules' int8 path, for models with 8-bit prio
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from PIL import Image
 
 from . import container, npprior, rangecoding, tensorfile
 from .errors import HvqError, ModelError
-from .imageio import decode_alpha, to_pil
+from .filecoding import (CompressedImage, DecodedImage, OperatingPoint, Progress, _one_line, decode_file,  # noqa: F401
+                         encode_file, grid_sizes, model_ladder, quality_point)  # (grid_sizes: this module's interface)
 from .manifest import ModelEntry, check_payload, check_weights_file, model_entry
-from .names import LEVEL_STRIDES, PAD_MULTIPLE
-from .residual import add_residual_tiles
 from .wavefront import level_blocks
 
-Progress = Callable[[int, int], None]
+if TYPE_CHECKING:
+    from .npcoding import TileEncoder
 
 
-@dataclass
-class DecodedImage:
-    image: Image.Image
-    levels: int  # levels used for the reconstruction
-    codes: list[list[Any]]  # [tile][level] decoded code grids (tensors from the torch codec, arrays from Runtime)
-    warnings: list[str] = field(default_factory=list)
+# Images up to this many pixels are coded without torch on a CPU. Beyond, torch's bfloat16 decoder (where the CPU
+# has it) wins back its import: a 4000x3000 photo took 20.6 s to decode without torch and 17.8 s with it (kodim01:
+# 1.3-1.4 s against 2.6-3.3 s), the numpy decoder costing about 0.4 s a megapixel more than torch's on this AMX
+# machine.
+RUNTIME_MAX_PIXELS = 4_000_000
 
 
-def grid_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    """Each level's code grid (rows, columns) for an image (or tile) of height x width pixels."""
-    padded_h, padded_w = (math.ceil(height / PAD_MULTIPLE) * PAD_MULTIPLE, math.ceil(width / PAD_MULTIPLE) * PAD_MULTIPLE)
-    return [(padded_h // s, padded_w // s) for s in LEVEL_STRIDES]
+def runtime_preferred(device: str, pixels: int) -> bool:
+    """Whether an image of this many pixels is coded by this runtime rather than the torch codec (where the runtime
+    runs): on the CPU (device auto or cpu) up to RUNTIME_MAX_PIXELS. HVQ_RUNTIME=torch in the environment always
+    takes the torch codec, HVQ_RUNTIME=numpy this runtime whatever the size."""
+    import os
 
-
-class FileDecoder(Protocol):
-    """What `decode_file` needs of a decoder (the torch `codec.Codec`, or `Runtime`)."""
-    name: str
-    sha256: str
-    num_streams: int
-    tile_size: int
-
-    def decode_level_streams(self, level: int, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
-                             tile_codes: Sequence[Sequence[Any]]) -> list[Any]: ...
-
-    def decode_stage_stream(self, stage: int, data: bytes, codes: Sequence[Any]) -> Any: ...
-
-    def reconstruct(self, tile_codes: list[list[Any]], width: int, height: int, tile_size: int,
-                    progress: Progress | None = None, float32: bool = False) -> np.ndarray: ...
-
-
-def decode_file(decoder: FileDecoder, data: bytes, levels: int | None = None,
-                max_pixels: int = container.DEFAULT_MAX_PIXELS, progress: Progress | None = None) -> DecodedImage:
-    """.hvq bytes -> image; `levels` limits the reconstruction to the first streams (1 or 2: a preview).
-
-    Files over max_pixels, or tiled otherwise than the decoder tiles, are refused from their header.
-    `progress(done, total)` is called as each stream (all tiles together) and then each tile's picture is done."""
-    container.check_limits(container.read_header(data), decoder.tile_size, max_pixels)
-    parsed = container.unpack(data)
-    header = parsed.header
-    if header.model_name != decoder.name or header.model_hash != decoder.sha256[:container.HASH_CHARS]:
-        raise ModelError(f"file was made with model {header.model_name} ({header.model_hash}) but this is "
-                         f"{decoder.name}, which has hash {decoder.sha256[:container.HASH_CHARS]}: install the matching "
-                         "hvqcodec")
-    notes = []
-    if parsed.truncated_levels:
-        notes.append(f"file is truncated: decoding {header.levels} of {header.levels + parsed.truncated_levels} "
-                     "levels (a preview)")
-    elif parsed.truncated:
-        notes.append("file is truncated after its last level: decoded without checksum verification")
-    use = min(levels or header.levels, header.levels)
-    code_streams = min(use, header.code_streams)
-    tiles = container.tile_grid(header.width, header.height, header.tile_size)
-    all_codes: list[list[Any]] = [[] for _ in tiles]  # [tile][level]
-    if header.code_streams > decoder.num_streams:
-        raise container.ContainerError(f"corrupt hvq file ({header.code_streams} streams of codes, but model "
-                                       f"{decoder.name} codes at most {decoder.num_streams})")
-    for level in range(code_streams):
-        try:
-            if level < 3:
-                sizes = [grid_sizes(h, w)[level] for _, _, h, w in tiles]
-                grids = decoder.decode_level_streams(level, parsed.streams[level], sizes, all_codes)
-            else:
-                grids = [decoder.decode_stage_stream(level - 3, data, codes)
-                         for data, codes in zip(parsed.streams[level], all_codes)]
-        except container.ContainerError:
-            raise
-        except Exception as exc:  # the range decoder's own failures on damaged data, whatever their type
-            raise container.ContainerError(f"corrupt hvq stream ({_one_line(exc)})") from None
-        for codes, grid in zip(all_codes, grids):
-            codes.append(grid)
-        if progress is not None:
-            progress(level + 1, use + len(tiles))
-    with_residual = use > code_streams
-    rgb = decoder.reconstruct(all_codes, header.width, header.height, header.tile_size,
-                              None if progress is None else lambda done, _: progress(use + done, use + len(tiles)),
-                              float32=with_residual)
-    if with_residual:  # the residual layer on top of the picture, tile by tile
-        try:
-            add_residual_tiles(rgb, parsed.streams[code_streams], header.tile_size, header.tilted)
-        except Exception as exc:  # damaged data: the range decoder's failures, whatever their type
-            raise container.ContainerError(f"corrupt hvq residual stream ({_one_line(exc)})") from None
-    alpha = None
-    mode = header.mode
-    if mode in container.ALPHA_MODES:
-        if parsed.alpha:
-            alpha = decode_alpha(parsed.alpha, header.width, header.height)
-        else:
-            notes.append("file is truncated: its alpha channel is lost, the image is returned without it")
-            mode = "RGB" if mode == "RGBA" else "L"
-    return DecodedImage(to_pil(rgb, mode, alpha), use, all_codes, notes)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
+    choice = os.environ.get("HVQ_RUNTIME", "")
+    return device in ("auto", "cpu") and choice != "torch" and (pixels <= RUNTIME_MAX_PIXELS or choice == "numpy")
 
 
 class RuntimeUnavailable(HvqError):
@@ -161,6 +78,32 @@ class Runtime:
         self.name, self.sha256 = entry.name, entry.sha256
         self.num_streams = self.decoder.num_streams
         self.tile_size = container.TILE_SIZE
+        self.ladder = model_ladder(entry.ladder, self.num_streams)
+        self._payload = payload  # for the encoder, made on first use (decoding never needs it)
+        self._encoder: TileEncoder | None = None
+
+    def operating_point(self, quality: int | None = None) -> OperatingPoint:
+        return quality_point(self.ladder, quality)
+
+    def compress(self, source, quality: int | None = None, point: OperatingPoint | None = None,
+                 max_pixels: int = container.DEFAULT_MAX_PIXELS, effort: int = 0,
+                 progress: Progress | None = None) -> CompressedImage:
+        """As `codec.Codec.compress` (effort must be 0: refinement needs torch's gradients): any image -> .hvq
+        bytes and figures about them. Its files decode with either runtime; their codes may differ from the torch
+        codec's in the few positions where float rounding flips a near-tie (DESIGN section 8)."""
+        return encode_file(self, source, point or self.operating_point(quality), max_pixels, effort, progress)
+
+    def encode_tile(self, rgb: np.ndarray, point: OperatingPoint, effort: int = 0
+                    ) -> tuple[list[np.ndarray], list[tuple[bytes, float]]]:
+        if self._encoder is None:
+            from .npcoding import TileEncoder
+
+            try:
+                self._encoder = TileEncoder.from_payload(self._payload["config"], self._payload["state_dict"],
+                                                         self.levels, self.stages, self.threads, self.decoder.weights)
+            except (ValueError, KeyError) as exc:
+                raise RuntimeUnavailable(f"model {self.name}: {_one_line(exc)}") from None
+        return self._encoder.encode_tile(rgb, point, effort)
 
     def decode_level_streams(self, level: int, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
                              tile_codes: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
@@ -195,9 +138,10 @@ class Runtime:
 
 
 @functools.lru_cache(maxsize=4)
-def load_runtime(name: str | None = None, folder: Path | None = None) -> Runtime:
-    """A shipped model's runtime (default: the default model), kept for the next file of the same model."""
-    return Runtime(model_entry(name, folder))
+def load_runtime(name: str | None = None, folder: Path | None = None, threads: int | None = None) -> Runtime:
+    """A shipped model's runtime (default: the default model), kept for the next file of the same model; threads:
+    how many it codes with (None: up to two, `npprior.default_threads`)."""
+    return Runtime(model_entry(name, folder), threads)
 
 
 def runtime_for(data: bytes, folder: Path | None = None) -> Runtime:

@@ -100,10 +100,10 @@ def test_the_command_line_keeps_torch_for_large_images_and_other_devices(monkeyp
     monkeypatch.delenv("HVQ_RUNTIME", raising=False)
     assert isinstance(coding._file_decoder(data, "auto"), runtime.Runtime)
     assert isinstance(coding._file_decoder(data, "cpu"), runtime.Runtime)
-    monkeypatch.setattr(coding, "RUNTIME_MAX_PIXELS", 64 * 47)  # the file's image is 64 x 48
+    monkeypatch.setattr(runtime, "RUNTIME_MAX_PIXELS", 64 * 47)  # the file's image is 64 x 48
     assert isinstance(coding._file_decoder(data, "auto"), Codec)
     monkeypatch.setenv("HVQ_RUNTIME", "numpy")
     assert isinstance(coding._file_decoder(data, "auto"), runtime.Runtime)
     monkeypatch.setenv("HVQ_RUNTIME", "torch")
-    monkeypatch.setattr(coding, "RUNTIME_MAX_PIXELS", 1 << 40)
+    monkeypatch.setattr(runtime, "RUNTIME_MAX_PIXELS", 1 << 40)
     assert isinstance(coding._file_decoder(data, "auto"), Codec)

@@ -46,26 +46,29 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
     """
     import os
 
-    with codec_imports():
-        from ..batch import compress_many
-        from ..codec import load_codec
-        from ..container import DEFAULT_MAX_PIXELS
-        from ..device import resolve_device
-        from ..fileio import atomic_write_bytes
+    _numpy_blas_one_thread()
+    from ..batch import compress_many
+    from ..container import DEFAULT_MAX_PIXELS
+    from ..fileio import atomic_write_bytes
+    from ..manifest import model_entry
 
     if quality is not None and target_bpp is not None:
         raise click.UsageError("give either --quality or --bpp, not both")
     limit = max_pixels or DEFAULT_MAX_PIXELS
     targets = _output_paths(images, output, ".hvq")
     _check_outputs(targets, force)
-    resolved = str(resolve_device(device))
-    if jobs == 0:
-        jobs = min(os.cpu_count() or 1, len(images)) if len(images) >= 4 and resolved == "cpu" else 1
-    load_codec(model, resolved)  # a bad model name fails here, once, before any worker starts
+    if device == "cuda":
+        with codec_imports():
+            from ..device import resolve_device
+        resolve_device(device)  # no GPU: one clear error before any work
+    if jobs == 0:  # (with --device auto a GPU may take some images: its workers then share it)
+        jobs = min(os.cpu_count() or 1, len(images)) if len(images) >= 4 and device != "cuda" else 1
+    model_entry(model)  # a bad model name fails here, once, before any worker starts (and without torch)
     sources = [_read(STANDARD_STREAM) if image == STANDARD_STREAM else image for image in images]
     names = [_shown(image) for image in images]
     with _file_progress(names, targets, "compressing") as (parts, pairs):
-        results = compress_many(sources, model, resolved, quality, target_bpp, limit, jobs, effort, parts)
+        results = compress_many(sources, model, device, quality, target_bpp, limit, jobs, effort, parts,
+                                codec_imports)
         for source, target in pairs:
             data, bpp, notes = next(results)
             for note in notes:
@@ -130,34 +133,12 @@ def decompress(files, output, levels, max_pixels, device, force) -> None:
 
 
 
-# Images up to this many pixels decode without torch. Beyond, torch's bfloat16 decoder (where the CPU has it) wins
-# back its import: a 4000x3000 photo took 20.6 s without torch and 17.8 s with it (kodim01: 1.3-1.4 s against
-# 2.6-3.3 s), the numpy decoder costing about 0.4 s a megapixel more than torch's on this AMX machine.
-RUNTIME_MAX_PIXELS = 4_000_000
-
-
 def _file_decoder(data: bytes, device: str):
-    """What decodes a file: the runtime without torch where it runs (the CPU, `--device auto` or `cpu`, images up
-    to RUNTIME_MAX_PIXELS: the same codes, float32 pixels, and no 1.5-2 s import of torch; docs/DESIGN.md section
-    8), else the torch codec. HVQ_RUNTIME=torch in the environment always takes the torch codec, HVQ_RUNTIME=numpy
-    the runtime whatever the size (where it runs)."""
-    import os
+    """What decodes a file (`api.decoder_for`): the runtime without torch where it runs and is preferred, else the
+    torch codec, imported as the console script imports it."""
+    from ..api import decoder_for
 
-    from .. import container
-
-    choice = os.environ.get("HVQ_RUNTIME", "")
-    header = container.read_header(data)
-    small = header.width * header.height <= RUNTIME_MAX_PIXELS
-    if device in ("auto", "cpu") and choice != "torch" and (small or choice == "numpy"):
-        from ..runtime import RuntimeUnavailable, runtime_for
-
-        try:
-            return runtime_for(data)
-        except RuntimeUnavailable:
-            pass
-    with codec_imports():
-        from ..codec import codec_for
-    return codec_for(data, device)
+    return decoder_for(data, device, codec_imports)
 
 
 @click.command()

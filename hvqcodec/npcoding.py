@@ -1,0 +1,137 @@
+"""Choosing and coding one tile's codes without torch: what `codec.Codec.encode_codes` and `encode_tile` do, on
+`npencoder` (the encoder's float part), `npprior` (the integer priors) and `rangecoding`'s encoding loops, for the
+runtime without torch (`runtime.Runtime.compress`, docs/DESIGN.md section 8).
+
+The rules are the torch codec's: top and mid codes nearest; the bottom codes nearest (+ bottom_lambda * bits under
+the codebook's usage), or, with a rate weight lam > 0, the best of ECVQ_CANDIDATES codewords by distance + lam *
+bits under the bottom prior, the bits read in one parallel pass with the nearest codes as context; each
+refinement stage group by group by distance + weight * bits under the stage prior (exact: a group's
+probabilities depend only on codes already chosen), the weight being the point's plus the stage's trained one, or
+nearest codes when no weight is positive. The integers of the priors are the same here and there; the distances
+are float32 computed in another order, so a near-tie may fall the other way in a few positions (the file is
+valid and decodes the same with either runtime, as section 8 allows).
+
+Imports numpy, constriction and the package's torch-free modules only.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import npprior, rangecoding
+from .filecoding import ECVQ_CANDIDATES, OperatingPoint
+from .npdecoder import DecoderWeights
+from .npencoder import Codebook, NumpyEncoder, distances
+
+
+def stage_codebook(vectors: np.ndarray) -> Codebook:
+    """A refinement group's codebook (K, D / G) with what `npencoder.distances` needs (no usage: plain distances)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return Codebook(vectors, np.square(vectors).sum(1, dtype=np.float32),
+                    np.ascontiguousarray(vectors.T * np.float32(-2)), None)
+
+
+class TileEncoder:
+    """A model's encoder without torch: `encode_tile(rgb, point)` -> the tile's code grids and its streams.
+
+    encoder: the NumpyEncoder of the model; levels, stages: its npprior priors; stage_lambdas: the rate weight each
+    refinement stage was trained with (config refine_lambdas; zeros without them)."""
+
+    def __init__(self, encoder: NumpyEncoder, levels: Sequence[npprior.LevelPrior],
+                 stages: Sequence[npprior.StagePrior], stage_lambdas: Sequence[float], threads: int) -> None:
+        self.encoder, self.levels, self.stages, self.threads = encoder, list(levels), list(stages), threads
+        self.stage_lambdas = list(stage_lambdas) or [0.0] * len(self.stages)
+        weights = encoder.decoder_weights
+        self.bottom_vectors = weights.codebooks[2]
+        self.stage_codebooks = [[stage_codebook(group) for group in stage] for stage in weights.stage_codebooks]
+
+    @classmethod
+    def from_payload(cls, config: Mapping, state: Mapping[str, np.ndarray], levels: Sequence[npprior.LevelPrior],
+                     stages: Sequence[npprior.StagePrior], threads: int,
+                     decoder_weights: DecoderWeights | None = None) -> "TileEncoder":
+        """From a weights file's autoencoder config and state dict (as `tensorfile.load` gives them);
+        decoder_weights: the NumpyDecoder's prepared weights of that state, shared."""
+        lambdas = [float(lam) for lam in config.get("refine_lambdas") or ()]
+        return cls(NumpyEncoder(config, state, decoder_weights=decoder_weights), levels, stages, lambdas, threads)
+
+    def encode_tile(self, rgb: np.ndarray, point: OperatingPoint, effort: int = 0
+                    ) -> tuple[list[np.ndarray], list[tuple[bytes, float]]]:
+        """One tile's (h, w, 3) uint8 pixels -> the code grids the point codes ([top (h, w), mid, bottom, stages (G,
+        h, w)...] of the padded tile) and each stream as (bytes, information in bits)."""
+        if effort:
+            raise ValueError("encoder refinement (effort > 0) needs the torch codec")
+        streams = point.streams
+        top, mid, latent = self.encoder.encode_latent(rgb, self.threads)
+        codes = [top, mid][:streams]
+        encoded = [self._level_stream(level, grid, codes[:level]) for level, grid in enumerate(codes)]
+        if streams < 3:
+            return codes, encoded
+        h, w, dim = latent.shape
+        flat = latent.reshape(h * w, dim)
+        stage_weights = [point.stage_weight + lam for lam in self.stage_lambdas[:streams - 3]]
+        nearest_only = point.lam <= 0 and not any(weight > 0 for weight in stage_weights)
+        if point.lam > 0:
+            bottom, state = self._ecvq_bottom(flat, (h, w), codes, point.lam, point.bottom_lam)
+        else:
+            bottom, state = self.encoder.nearest(2, flat, point.bottom_lam, self.threads).reshape(h, w), None
+        codes.append(bottom)
+        encoded.append(self._level_stream(2, bottom, codes[:2], state))
+        total = self.bottom_vectors[bottom.reshape(-1)]
+        for stage, weight in enumerate(stage_weights):
+            stage_codes, stream = self._stage(stage, flat - total, codes, None if nearest_only else weight)
+            codes.append(stage_codes)
+            encoded.append((stream.data, stream.cross_entropy_bits))
+            books = self.stage_codebooks[stage]
+            total = total + np.concatenate([book.vectors[group.reshape(-1)] for book, group in zip(books, stage_codes)],
+                                           axis=1)
+        return codes, encoded
+
+    def _level_stream(self, level: int, grid: np.ndarray, uppers: list[np.ndarray],
+                      state: npprior.LevelState | None = None) -> tuple[bytes, float]:
+        """A level's known grid -> (bytes, bits); `state`: one made for this grid's size and uppers already (its
+        conditioning, the costly part, depends on the upper codes only), painted over here."""
+        if state is None:
+            state = npprior.LevelState(self.levels[level], [grid.shape], [uppers])
+        symbols = grid.reshape(-1)[state.order]
+        state.paint(0, len(symbols), symbols)
+        stream = rangecoding.encode_ordered(state, symbols)
+        return stream.data, stream.cross_entropy_bits
+
+    def _ecvq_bottom(self, flat: np.ndarray, size: tuple[int, int], uppers: list[np.ndarray], lam: float,
+                     bottom_lam: float) -> tuple[np.ndarray, npprior.LevelState]:
+        """Bottom codes minimising distance (+ bottom_lam * bits under the codebook's usage) + lam * bits among the
+        best few codewords, the bits under the bottom prior with the nearest codes as context (one parallel
+        pass); and the level's state, whose conditioning serves the coding too. As `Codec._ecvq_bottom`."""
+        costs, candidates = self.encoder.candidates(flat, ECVQ_CANDIDATES, bottom_lam, self.threads)
+        state = npprior.LevelState(self.levels[2], [size], [uppers])
+        order = state.order
+        in_order = candidates[order]
+        state.paint(0, len(order), in_order[:, 0])
+        picked = np.empty(in_order.shape)
+        for start, stop in rangecoding.spans(len(order), rangecoding.ENCODE_CHUNK):
+            picked[start:stop] = np.take_along_axis(state.probabilities(start, stop), in_order[start:stop], 1)
+        cost = costs[order].astype(np.float64) + lam * -np.log2(picked)  # probabilities: exact freq / 2^20
+        chosen = np.empty(len(order), dtype=np.int64)
+        chosen[order] = np.take_along_axis(in_order, cost.argmin(1)[:, None], 1)[:, 0]
+        return chosen.reshape(size), state
+
+    def _stage(self, stage: int, residual: np.ndarray, codes: list[np.ndarray], weight: float | None
+               ) -> tuple[np.ndarray, rangecoding.EncodedLevel]:
+        """A refinement stage's codes (G, h, w) for the residual (h*w, D) and its stream: each group's codes by
+        distance + weight * bits under the stage prior (None: nearest codes), chosen and coded chunk by chunk."""
+        prior, books = self.stages[stage], self.stage_codebooks[stage]
+        h, w = codes[2].shape
+        part = residual.shape[1] // prior.groups
+
+        def choose(group: int, start: int, stop: int, probabilities: np.ndarray) -> np.ndarray:
+            rows = np.ascontiguousarray(residual[start:stop, group * part:(group + 1) * part])
+            table = distances(rows, books[group])
+            if weight is None:
+                return table.argmin(1)
+            cost = table.astype(np.float64)
+            cost -= np.log2(probabilities) * weight  # distance + weight * bits, as the torch codec computes it
+            return cost.argmin(1)
+
+        groups, stream = rangecoding.encode_groups(prior, prior.context(codes), h * w, choose)
+        return np.stack([group.reshape(h, w) for group in groups]), stream
