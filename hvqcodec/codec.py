@@ -22,9 +22,10 @@ from . import container
 from .entropy import (STAGE_CHUNK, candidate_frequencies, decode_level, decode_stage, encode_level, encode_stage,
                       spans)
 from .errors import ModelError
-from .filecoding import (DEFAULT_QUALITY, ECVQ_CANDIDATES, MAX_EFFORT, CompressedImage, DecodedImage, OperatingPoint,  # noqa: F401
-                         Progress, decode_file, encode_file, grid_sizes, model_ladder, quality_point,  # (part of
-                         shared_files)  # this module's interface)
+# Re-exported (part of this module's interface): DEFAULT_QUALITY, MAX_EFFORT, grid_sizes, shared_files.
+from .filecoding import (DEFAULT_QUALITY, ECVQ_CANDIDATES, MAX_EFFORT, CompressedImage,  # noqa: F401
+                         DecodedImage, OperatingPoint, Progress, decode_file, encode_file, grid_sizes, model_ladder,
+                         quality_point, shared_files)
 from .intprior import FREQ_TOTAL, IntPrior, LevelState
 from .refine import refine_bottom_latent
 from .device import decoder_low_precision, resolve_device

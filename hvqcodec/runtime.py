@@ -60,7 +60,7 @@ class Runtime:
             raise RuntimeUnavailable(f"{entry.path.name}: {exc}") from None
         tables = payload.get("prior_tables")
         if tables is None or "prior_config" not in payload:
-            raise ModelError(f"model {entry.name} has no trained priors, so it cannot decompress")
+            raise ModelError(f"model {entry.name} has no trained priors, so it cannot compress or decompress")
         if not npprior.runs_here(tables):
             raise RuntimeUnavailable(f"model {entry.name}: 16-bit prior tables, or no C int8 path on this CPU")
         prior = {**payload["prior_config"], **(entry.coding or {})}
