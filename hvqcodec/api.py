@@ -1,7 +1,8 @@
 """The Python API's compress and decompress, and the choice behind them and the command line: each image is coded
-by the runtime without torch where it runs and is preferred (`runtime.runtime_preferred`: the CPU, images up to 4
-megapixels; no 1.5-2 s import of torch, files and codes interchangeable with the torch codec's, DESIGN section 8),
-else by the torch codec (`codec.Codec`: other devices, large images, encoder refinement, older models).
+by the runtime without torch where it runs and is preferred (`runtime.runtime_preferred`: the CPU; for decoding,
+images up to 4 megapixels; no 1.5-2 s import of torch, files and codes interchangeable with the torch codec's,
+DESIGN section 8), else by the torch codec (`codec.Codec`: other devices, large images to decode, encoder
+refinement, older models).
 
 Imports no torch itself: the torch codec is imported only where it is chosen.
 """
@@ -22,15 +23,15 @@ from .imageio import load_image
 Imports = Callable[[], ContextManager]  # wraps the torch codec's imports (the console script's `codec_imports`)
 
 
-def coder_for(model: str | None, device: str, pixels: int, effort: int = 0,
-              imports: Imports = contextlib.nullcontext, threads: int | None = None) -> Compressor:
-    """What compresses an image of this many pixels: the runtime where it runs and is preferred, else the torch
-    codec, which alone refines (effort > 0). `imports` wraps the torch codec's imports; threads: each coder's
-    threads (None: as they default)."""
+def coder_for(model: str | None, device: str, effort: int = 0, imports: Imports = contextlib.nullcontext,
+              threads: int | None = None) -> Compressor:
+    """What compresses: the runtime where it runs and is preferred (on the CPU, any size), else the torch codec,
+    which alone refines (effort > 0). `imports` wraps the torch codec's imports; threads: each coder's threads
+    (None: as they default)."""
     if effort == 0:
         from .runtime import RuntimeUnavailable, load_runtime, runtime_preferred
 
-        if runtime_preferred(device, pixels):
+        if runtime_preferred(device):
             try:
                 return load_runtime(model, threads=threads)
             except RuntimeUnavailable:
@@ -76,8 +77,7 @@ def compress(image: str | Path | bytes | Image.Image | np.ndarray, model: str | 
     if bpp is not None and not bpp > 0:
         raise ValueError(f"bpp must be above 0, not {bpp}")
     loaded = load_image(image)
-    height, width = loaded.rgb.shape[:2]
-    coder = coder_for(model, device, width * height, effort)
+    coder = coder_for(model, device, effort)
     if bpp is None:
         result = coder.compress(loaded, quality, max_pixels=max_pixels, effort=effort)
     else:

@@ -30,8 +30,7 @@ def _compress(task: tuple[str | bytes, int | None, float | None, int, int],
 
     source, quality, target_bpp, max_pixels, effort = task
     loaded = load_image(source)
-    height, width = loaded.rgb.shape[:2]
-    coder = coder_for(_model, _device, width * height, effort, _imports, 1 if _in_worker else None)
+    coder = coder_for(_model, _device, effort, _imports, 1 if _in_worker else None)
     if target_bpp is not None:
         result, _ = compress_to_bpp(coder, loaded, target_bpp, max_pixels, effort)
     else:
@@ -45,7 +44,7 @@ def compress_many(sources: Sequence[str | bytes], model: str | None, device: str
                   ) -> Iterator[tuple[bytes, float, list[str]]]:
     """Results (file bytes, bpp, warnings) in the order of `sources`, computed by `jobs` worker processes (in this
     process when 1, where `progress(done, total)` follows each file's tiles). A source is a path or an image file's
-    bytes; each is compressed by `coder_for` its size."""
+    bytes; each is compressed by the coder `api.coder_for` chooses."""
     global _model, _device, _imports
     tasks = [(s if isinstance(s, bytes) else str(s), quality, target_bpp, max_pixels, effort) for s in sources]
     if jobs <= 1:

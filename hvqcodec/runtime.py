@@ -24,21 +24,25 @@ if TYPE_CHECKING:
     from .npcoding import TileEncoder
 
 
-# Images up to this many pixels are coded without torch on a CPU. Beyond, torch's bfloat16 decoder (where the CPU
-# has it) wins back its import: a 4000x3000 photo took 20.6 s to decode without torch and 17.8 s with it (kodim01:
-# 1.3-1.4 s against 2.6-3.3 s), the numpy decoder costing about 0.4 s a megapixel more than torch's on this AMX
-# machine.
+# Images up to this many pixels are decoded without torch on a CPU. Beyond, torch's bfloat16 decoder (where the
+# CPU has it) wins back its import: a 4000x3000 photo took 20.6 s to decode without torch and 17.8 s with it
+# (kodim01: 1.3-1.4 s against 2.6-3.3 s), the numpy decoder costing about 0.4 s a megapixel more than torch's on
+# this AMX machine. Compressing has no such limit: that photo took 15.7 s (305 MB) without torch against 18.2 s
+# (759 MB) with it at the default quality, and 35.9 s (385 MB) against 39.7 s (1.2 GB) at quality 90, whose
+# residual layer runs the decoder too (`/usr/bin/time hvqcodec compress` with HVQ_RUNTIME=numpy and =torch).
 RUNTIME_MAX_PIXELS = 4_000_000
 
 
-def runtime_preferred(device: str, pixels: int) -> bool:
-    """Whether an image of this many pixels is coded by this runtime rather than the torch codec (where the runtime
-    runs): on the CPU (device auto or cpu) up to RUNTIME_MAX_PIXELS. HVQ_RUNTIME=torch in the environment always
-    takes the torch codec, HVQ_RUNTIME=numpy this runtime whatever the size."""
+def runtime_preferred(device: str, pixels: int | None = None) -> bool:
+    """Whether this runtime codes rather than the torch codec (where the runtime runs): on the CPU (device auto or
+    cpu), for compressing always (pixels None), for decoding an image of `pixels` up to RUNTIME_MAX_PIXELS.
+    HVQ_RUNTIME=torch in the environment always takes the torch codec, HVQ_RUNTIME=numpy this runtime whatever the
+    size."""
     import os
 
     choice = os.environ.get("HVQ_RUNTIME", "")
-    return device in ("auto", "cpu") and choice != "torch" and (pixels <= RUNTIME_MAX_PIXELS or choice == "numpy")
+    small = pixels is None or pixels <= RUNTIME_MAX_PIXELS
+    return device in ("auto", "cpu") and choice != "torch" and (small or choice == "numpy")
 
 
 class RuntimeUnavailable(HvqError):

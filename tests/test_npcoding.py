@@ -138,16 +138,17 @@ def test_the_default_model_compresses_as_the_torch_codec(tmp_path):
 
 
 def test_the_coder_for_each_image(ladder_runtime, monkeypatch):
-    """The runtime on the CPU up to RUNTIME_MAX_PIXELS; the torch codec beyond, for effort > 0, on another device
-    or with HVQ_RUNTIME=torch."""
+    """Compressing: the runtime on the CPU whatever the size; the torch codec for effort > 0 or with
+    HVQ_RUNTIME=torch. Decoding: the runtime up to RUNTIME_MAX_PIXELS."""
     from hvqcodec.codec import Codec
 
     monkeypatch.delenv("HVQ_RUNTIME", raising=False)
-    assert isinstance(api.coder_for("tiny-ladder", "auto", 1000), runtime.Runtime)
-    assert isinstance(api.coder_for("tiny-ladder", "cpu", runtime.RUNTIME_MAX_PIXELS + 1), Codec)
-    assert isinstance(api.coder_for("tiny-ladder", "cpu", 1000, effort=2), Codec)
+    assert isinstance(api.coder_for("tiny-ladder", "auto"), runtime.Runtime)
+    assert isinstance(api.coder_for("tiny-ladder", "cpu", effort=2), Codec)
+    assert runtime.runtime_preferred("cpu") and not runtime.runtime_preferred("cuda")
+    assert not runtime.runtime_preferred("cpu", runtime.RUNTIME_MAX_PIXELS + 1)
     monkeypatch.setenv("HVQ_RUNTIME", "torch")
-    assert isinstance(api.coder_for("tiny-ladder", "cpu", 1000), Codec)
+    assert isinstance(api.coder_for("tiny-ladder", "cpu"), Codec)
 
 
 def test_compress_on_the_command_line_imports_no_torch(tmp_path):

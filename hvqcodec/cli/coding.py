@@ -34,9 +34,8 @@ from .common import (
 def compress(images, output, model, quality, target_bpp, effort, max_pixels, jobs, device, force) -> None:
     """Compress images into .hvq files.
 
-    On a CPU, images up to 4 megapixels are coded without importing torch (numpy and the C modules; the same
-    format, decoded either way); larger ones, other devices (--device cuda), --effort, or HVQ_RUNTIME=torch use
-    torch.
+    On a CPU, images are coded without importing torch (numpy and the C modules; the same format, decoded
+    either way); other devices (--device cuda), --effort, or HVQ_RUNTIME=torch use torch.
 
     \b
     Examples:
