@@ -61,7 +61,7 @@ def main() -> None:
         torch_encode_s, theirs_file = seconds(theirs.compress, rgb, args.quality)
         torch_decode_s, theirs_image = seconds(theirs.decompress, theirs_file.data)
         if encoder is None:
-            encoder = ours._encoder.encoder
+            encoder = ours.tile_encoder().encoder
         latent_s, _ = seconds(encoder.encode_latent, rgb, ours.threads)
         decoder_s, _ = seconds(ours.decoder.decode, ours_file.codes[0][:point.streams], ours.threads)
         by_torch = theirs.decompress(ours_file.data)

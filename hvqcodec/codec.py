@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -171,10 +171,15 @@ class Codec:
         `progress(done, total)` is called as each tile is coded (large images take tens of seconds)."""
         return encode_file(self, source, point or self.operating_point(quality), max_pixels, effort, progress)
 
+    def encode_tiles(self, tiles: Sequence[np.ndarray], point: OperatingPoint, effort: int = 0
+                     ) -> Iterator[tuple[list[torch.Tensor], list[tuple[bytes, float]]]]:
+        """`encode_tile` of each tile, one after the other: what `filecoding.encode_file` asks of a coder."""
+        return (self.encode_tile(rgb, point, effort) for rgb in tiles)
+
     def encode_tile(self, rgb: np.ndarray, point: OperatingPoint, effort: int = 0
                     ) -> tuple[list[torch.Tensor], list[tuple[bytes, float]]]:
         """One tile's (h, w, 3) uint8 pixels -> its code grids (`encode_codes`) and each stream of codes as (bytes,
-        information in bits): what `filecoding.encode_file` asks of a coder."""
+        information in bits)."""
         known: dict[int, Any] = {}
         codes = self.encode_codes(rgb, point, known, effort)
         encoded = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -141,10 +141,10 @@ class FileCoder(Protocol):
 
 
 class FileEncoder(FileCoder, Protocol):
-    def encode_tile(self, rgb: np.ndarray, point: OperatingPoint, effort: int = 0
-                    ) -> tuple[list[Any], list[tuple[bytes, float]]]:
-        """One tile's (h, w, 3) uint8 pixels -> its code grids and each stream of codes as (bytes, information in
-        bits under the integer prior)."""
+    def encode_tiles(self, tiles: Sequence[np.ndarray], point: OperatingPoint, effort: int = 0
+                     ) -> Iterator[tuple[list[Any], list[tuple[bytes, float]]]]:
+        """Each tile's (h, w, 3) uint8 pixels -> its code grids and each stream of codes as (bytes, information in
+        bits under the integer prior), in order."""
         ...
 
 
@@ -175,8 +175,8 @@ def encode_file(encoder: FileEncoder, source, point: OperatingPoint, max_pixels:
     bits = [0.0] * point.streams
     tile_codes = []
     tiles = container.tile_grid(width, height, tile_size)
-    for top, left, h, w in tiles:
-        codes, encoded = encoder.encode_tile(loaded.rgb[top:top + h, left:left + w], point, effort)
+    pixels = [loaded.rgb[top:top + h, left:left + w] for top, left, h, w in tiles]
+    for codes, encoded in encoder.encode_tiles(pixels, point, effort):
         tile_codes.append(codes)
         for index, (data, information) in enumerate(encoded):
             streams[index].append(data)

@@ -15,7 +15,8 @@ Imports numpy, constriction and the package's torch-free modules only.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +46,24 @@ class TileEncoder:
         weights = encoder.decoder_weights
         self.bottom_vectors = weights.codebooks[2]
         self.stage_codebooks = [[stage_codebook(group) for group in stage] for stage in weights.stage_codebooks]
+
+    def with_threads(self, threads: int) -> "TileEncoder":
+        """This encoder on `threads` threads (the same weights and tables): one per tile when tiles run side by side."""
+        return TileEncoder(self.encoder, [level.with_threads(threads) for level in self.levels],
+                           [stage.with_threads(threads) for stage in self.stages], self.stage_lambdas, threads)
+
+    def encode_tiles(self, tiles: Sequence[np.ndarray], point: OperatingPoint, effort: int = 0
+                     ) -> Iterator[tuple[list[np.ndarray], list[tuple[bytes, float]]]]:
+        """`encode_tile` of each tile, in order. Several tiles run side by side, one thread each, where this encoder
+        has threads to spare: a tile's coding has serial parts (numpy's reductions, the range coder, Python) that
+        leave a second thread idle. Four 1024x1024 tiles of a photo took 4.1-4.4 s so against 5.4-5.6 s one after
+        the other on two threads (the same bytes)."""
+        if len(tiles) < 2 or self.threads < 2:
+            yield from (self.encode_tile(rgb, point, effort) for rgb in tiles)
+            return
+        single = self.with_threads(1)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="hvqcodec-tile") as pool:
+            yield from pool.map(lambda rgb: single.encode_tile(rgb, point, effort), tiles)
 
     @classmethod
     def from_payload(cls, config: Mapping, state: Mapping[str, np.ndarray], levels: Sequence[npprior.LevelPrior],

@@ -9,6 +9,7 @@ and in `intprior`, which converts the arrays to tensors; what differs is only wh
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Sequence
 
@@ -128,6 +129,12 @@ class _Network:
         luts = {key[len("lut."):]: value for key, value in tables.items() if key.startswith("lut.")}
         self.exp = luts["exp"].astype(np.float64)
         self.tanh, self.sigmoid = luts["tanh"], luts["sigmoid"]
+
+    def with_threads(self, threads: int):
+        """A view of this network that runs its C functions on `threads` threads (the same tables and kernels)."""
+        view = copy.copy(self)
+        view.threads = threads
+        return view
 
     def _tap_major(self, name: str) -> str:
         """The layer `name` with its weight in tap-major order (`tap_major`), made once."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -97,8 +97,12 @@ class Runtime:
         codec's in the few positions where float rounding flips a near-tie (DESIGN section 8)."""
         return encode_file(self, source, point or self.operating_point(quality), max_pixels, effort, progress)
 
-    def encode_tile(self, rgb: np.ndarray, point: OperatingPoint, effort: int = 0
-                    ) -> tuple[list[np.ndarray], list[tuple[bytes, float]]]:
+    def encode_tiles(self, tiles: Sequence[np.ndarray], point: OperatingPoint, effort: int = 0
+                     ) -> Iterator[tuple[list[np.ndarray], list[tuple[bytes, float]]]]:
+        """Each tile's code grids and streams, in order (`npcoding.TileEncoder.encode_tiles`)."""
+        return self.tile_encoder().encode_tiles(tiles, point, effort)
+
+    def tile_encoder(self) -> TileEncoder:
         if self._encoder is None:
             from .npcoding import TileEncoder
 
@@ -107,7 +111,7 @@ class Runtime:
                                                          self.levels, self.stages, self.threads, self.decoder.weights)
             except (ValueError, KeyError) as exc:
                 raise RuntimeUnavailable(f"model {self.name}: {_one_line(exc)}") from None
-        return self._encoder.encode_tile(rgb, point, effort)
+        return self._encoder
 
     def decode_level_streams(self, level: int, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
                              tile_codes: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
