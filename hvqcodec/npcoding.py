@@ -15,7 +15,7 @@ Imports numpy, constriction and the package's torch-free modules only.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -46,11 +46,18 @@ class TileEncoder:
         weights = encoder.decoder_weights
         self.bottom_vectors = weights.codebooks[2]
         self.stage_codebooks = [[stage_codebook(group) for group in stage] for stage in weights.stage_codebooks]
+        self._views: dict[int, TileEncoder] = {}
 
     def with_threads(self, threads: int) -> "TileEncoder":
-        """This encoder on `threads` threads (the same weights and tables): one per tile when tiles run side by side."""
-        return TileEncoder(self.encoder, [level.with_threads(threads) for level in self.levels],
-                           [stage.with_threads(threads) for stage in self.stages], self.stage_lambdas, threads)
+        """This encoder on `threads` threads (the same weights and tables; made once, kept: the level priors build
+        their conditioning kernels on first use)."""
+        if threads == self.threads:
+            return self
+        if threads not in self._views:
+            self._views[threads] = TileEncoder(self.encoder, [level.with_threads(threads) for level in self.levels],
+                                               [stage.with_threads(threads) for stage in self.stages],
+                                               self.stage_lambdas, threads)
+        return self._views[threads]
 
     def encode_tiles(self, tiles: Sequence[np.ndarray], point: OperatingPoint, effort: int = 0
                      ) -> Iterator[tuple[list[np.ndarray], list[tuple[bytes, float]]]]:
@@ -77,34 +84,54 @@ class TileEncoder:
     def encode_tile(self, rgb: np.ndarray, point: OperatingPoint, effort: int = 0
                     ) -> tuple[list[np.ndarray], list[tuple[bytes, float]]]:
         """One tile's (h, w, 3) uint8 pixels -> the code grids the point codes ([top (h, w), mid, bottom, stages (G,
-        h, w)...] of the padded tile) and each stream as (bytes, information in bits)."""
+        h, w)...] of the padded tile) and each stream as (bytes, information in bits).
+
+        A level's stream is coded as soon as its codes are chosen: where this encoder has two threads, on a side
+        thread (one C thread) while the next codes are chosen on both. A stream's coding has serial parts (the
+        range coder, numpy) that would leave a core idle: about a tenth less time on a Kodak image, the same bytes
+        (benchmarks/runtime_codec.py measures the whole)."""
         if effort:
             raise ValueError("encoder refinement (effort > 0) needs the torch codec")
         streams = point.streams
         top, mid, latent = self.encoder.encode_latent(rgb, self.threads)
         codes = [top, mid][:streams]
-        encoded = [self._level_stream(level, grid, codes[:level]) for level, grid in enumerate(codes)]
-        if streams < 3:
-            return codes, encoded
+        side_by_side = streams >= 3 and self.threads >= 2
+        coder = self.with_threads(1) if side_by_side else self
+        with ThreadPoolExecutor(1, thread_name_prefix="hvqcodec-stream") if side_by_side else _InPlace() as side:
+            coded = [side.submit(coder._level_stream, level, grid, codes[:level]) for level, grid in enumerate(codes)]
+            if streams >= 3:
+                codes.append(self._bottom(latent, codes, point, coder, side, coded))
+                coded += [_done(stream) for stream in self._stages(latent, codes, point)]
+            return codes, [future.result() for future in coded]
+
+    def _bottom(self, latent: np.ndarray, codes: list[np.ndarray], point: OperatingPoint, coder: "TileEncoder",
+                side, coded: list[Future]) -> np.ndarray:
+        """The bottom codes (entropy-constrained with lam > 0, else nearest), their stream submitted to `side`."""
         h, w, dim = latent.shape
         flat = latent.reshape(h * w, dim)
-        stage_weights = [point.stage_weight + lam for lam in self.stage_lambdas[:streams - 3]]
-        nearest_only = point.lam <= 0 and not any(weight > 0 for weight in stage_weights)
         if point.lam > 0:
             bottom, state = self._ecvq_bottom(flat, (h, w), codes, point.lam, point.bottom_lam)
+            state.threads = coder.threads
         else:
             bottom, state = self.encoder.nearest(2, flat, point.bottom_lam, self.threads).reshape(h, w), None
-        codes.append(bottom)
-        encoded.append(self._level_stream(2, bottom, codes[:2], state))
-        total = self.bottom_vectors[bottom.reshape(-1)]
+        coded.append(side.submit(coder._level_stream, 2, bottom, codes[:2], state))
+        return bottom
+
+    def _stages(self, latent: np.ndarray, codes: list[np.ndarray], point: OperatingPoint) -> list[tuple[bytes, float]]:
+        """The refinement stages the point codes, chosen and coded one after the other (codes appended)."""
+        flat = latent.reshape(-1, latent.shape[-1])
+        stage_weights = [point.stage_weight + lam for lam in self.stage_lambdas[:point.streams - 3]]
+        nearest_only = point.lam <= 0 and not any(weight > 0 for weight in stage_weights)
+        total = self.bottom_vectors[codes[2].reshape(-1)]
+        streams = []
         for stage, weight in enumerate(stage_weights):
             stage_codes, stream = self._stage(stage, flat - total, codes, None if nearest_only else weight)
             codes.append(stage_codes)
-            encoded.append((stream.data, stream.cross_entropy_bits))
+            streams.append((stream.data, stream.cross_entropy_bits))
             books = self.stage_codebooks[stage]
             total = total + np.concatenate([book.vectors[group.reshape(-1)] for book, group in zip(books, stage_codes)],
                                            axis=1)
-        return codes, encoded
+        return streams
 
     def _level_stream(self, level: int, grid: np.ndarray, uppers: list[np.ndarray],
                       state: npprior.LevelState | None = None) -> tuple[bytes, float]:
@@ -154,3 +181,23 @@ class TileEncoder:
 
         groups, stream = rangecoding.encode_groups(prior, prior.context(codes), h * w, choose)
         return np.stack([group.reshape(h, w) for group in groups]), stream
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+class _InPlace:
+    """An executor that runs what is submitted at once, in the calling thread (one thread: nothing to overlap)."""
+
+    def submit(self, function, *args) -> Future:
+        return _done(function(*args))
+
+    def __enter__(self) -> "_InPlace":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+

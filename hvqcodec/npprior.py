@@ -204,9 +204,10 @@ class LevelState:
         self.order, self.centres, self.fronts, self._segments = laid.order, laid.centres, laid.fronts, laid.segments
         self.canvas = np.full(laid.canvas_size, prior.codebook_size, dtype=np.int64)
         self._bound = stepkernel.BoundLevel(prior.kernel, self.canvas, laid.neighbours, laid.upper, cond)
+        self.threads = prior.threads  # what `probabilities` runs on (an encoder may lower it)
 
     def probabilities(self, start: int, stop: int) -> np.ndarray:
-        return self._bound.probabilities(start, stop, self.prior.threads)
+        return self._bound.probabilities(start, stop, self.threads)
 
     def segments(self, start: int) -> list[tuple[int, int, int]]:
         return self._segments[start]
