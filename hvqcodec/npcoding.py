@@ -88,8 +88,8 @@ class TileEncoder:
 
         A level's stream is coded as soon as its codes are chosen: where this encoder has two threads, on a side
         thread (one C thread) while the next codes are chosen on both. A stream's coding has serial parts (the
-        range coder, numpy) that would leave a core idle: about a tenth less time on a Kodak image, the same bytes
-        (benchmarks/runtime_codec.py measures the whole)."""
+        range coder, numpy) that would leave a core idle (docs/DESIGN.md section 8 has the measurements); the same
+        bytes."""
         if effort:
             raise ValueError("encoder refinement (effort > 0) needs the torch codec")
         streams = point.streams

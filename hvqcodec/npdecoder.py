@@ -692,10 +692,12 @@ def to_rgb(weights: DecoderWeights, half: np.ndarray, quarter: np.ndarray) -> np
     return rgb
 
 
-def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], run: _Run) -> np.ndarray:
-    """Checked code grids (a prefix of [top, mid, bottom, stages...], no batch axis) -> RGB (16h, 16w, 3)."""
+def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], run: _Run,
+                    c1: np.ndarray | None = None) -> np.ndarray:
+    """Checked code grids (a prefix of [top, mid, bottom, stages...], no batch axis) -> RGB (16h, 16w, 3); c1: the
+    context path's output for these top and mid codes where computed already."""
     lap = run.laps()
-    c1 = context_path(weights, codes[:2], run)
+    c1 = context_path(weights, codes[:2], run) if c1 is None else c1
     lap(PARTS[0])
     quarter = quarter_stage(weights, codes, c1, run)
     lap(PARTS[1])
@@ -770,7 +772,8 @@ class NumpyDecoder(_Network):
         """Code grids of a full tile: top, mid, bottom and each refinement stage."""
         return self.config.num_streams
 
-    def decode(self, codes: Sequence[np.ndarray], threads: int = 2, timer: Timer | None = None) -> np.ndarray:
+    def decode(self, codes: Sequence[np.ndarray], threads: int = 2, timer: Timer | None = None,
+               context: np.ndarray | None = None) -> np.ndarray:
         """One tile's code grids, no batch axis: a prefix (at least the top) of [top (h, w), mid (2h, 2w), bottom
         (4h, 4w), refinement stages (G, 4h, 4w) each], any integer type -> the picture (16h, 16w, 3) float32, about
         [0, 1], not clamped (torch's `HierarchicalVQVAE.decode` output, channels last). Missing mid or bottom
@@ -779,9 +782,15 @@ class NumpyDecoder(_Network):
         threads: Python threads that share out bands of rows (1: the calling thread only). timer, for
         measurements: timer(name, seconds) for each part (names in PARTS, from the calling thread) and each
         operation in the ConvNeXt blocks and the post-filter ("ConvNeXt blocks: ...", "post-filter: ...", from
-        the thread that ran it, so overlapping where threads > 1)."""
+        the thread that ran it, so overlapping where threads > 1). context: `context(codes[:2])`, computed
+        earlier (the runtime computes it while the levels below are range decoded)."""
         run = self._run(threads, timer)
-        return decode_prepared(self.weights, self._checked_codes(codes), run)
+        return decode_prepared(self.weights, self._checked_codes(codes), run, context)
+
+    def context(self, codes: Sequence[np.ndarray], threads: int = 1) -> np.ndarray:
+        """The context path's output for a tile's top and mid codes (the first two grids of `codes`): what `decode`
+        of any codes with that top and mid starts from. The same floats on any number of threads."""
+        return context_path(self.weights, self._checked_codes(codes[:2]), self._run(threads))
 
     def _checked_codes(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The grids as integer arrays, checked: shapes that fit the top's, indices within their codebooks."""

@@ -8,6 +8,7 @@ runtime runs: on a CPU with the C modules' int8 path, for models with 8-bit prio
 from __future__ import annotations
 
 import functools
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -85,6 +86,13 @@ class Runtime:
         self.ladder = model_ladder(entry.ladder, self.num_streams)
         self._payload = payload  # for the encoder, made on first use (decoding never needs it)
         self._encoder: TileEncoder | None = None
+        self._contexts: dict[tuple[int, int], Future] = {}  # the decoder's context paths, computed ahead
+        self._side_thread: ThreadPoolExecutor | None = None
+
+    def _side(self) -> ThreadPoolExecutor:
+        if self._side_thread is None:
+            self._side_thread = ThreadPoolExecutor(1, thread_name_prefix="hvqcodec-context")
+        return self._side_thread
 
     def operating_point(self, quality: int | None = None) -> OperatingPoint:
         return quality_point(self.ladder, quality)
@@ -115,6 +123,13 @@ class Runtime:
 
     def decode_level_streams(self, level: int, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
                              tile_codes: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+        if level == 0:
+            self._contexts.clear()  # a new file
+        elif level == 2 and self.threads > 1:
+            # The decoder's context path needs only the top and mid codes: on a side thread while the bottom level
+            # and the stages are range decoded, whose small wavefront steps leave a core partly idle.
+            for codes in tile_codes:
+                self._contexts[_grids_key(codes)] = self._side().submit(self.decoder.context, list(codes[:2]))
         state = npprior.LevelState(self.levels[level], sizes, tile_codes)
         rangecoding.decode_fronts(state, [rangecoding.stream_decoder(data) for data in streams])
         return state.codes()
@@ -134,7 +149,9 @@ class Runtime:
         rgb = np.zeros((height, width, 3), dtype=np.uint8)
         for done, ((top, left, h, w), codes) in enumerate(
                 zip(container.tile_grid(width, height, tile_size), tile_codes), 1):
-            rgb[top:top + h, left:left + w] = to_uint8(self.decoder.decode(codes, self.threads)[:h, :w])
+            pending = self._contexts.pop(_grids_key(codes), None) if len(codes) > 1 else None
+            context = None if pending is None else pending.result()
+            rgb[top:top + h, left:left + w] = to_uint8(self.decoder.decode(codes, self.threads, context=context)[:h, :w])
             if progress is not None:
                 progress(done, len(tile_codes))
         return rgb
@@ -160,3 +177,10 @@ def runtime_for(data: bytes, folder: Path | None = None) -> Runtime:
         return load_runtime(header.model_name, folder)
     except ModelError as exc:
         raise ModelError(f"file needs model {header.model_name} ({header.model_hash}): {exc}") from None
+
+
+def _grids_key(codes: Sequence[np.ndarray]) -> tuple[int, int]:
+    """A tile's top and mid grids by identity: the arrays a file's decoding hands from level to level (a context
+    computed ahead holds them, so their ids stay theirs until it is taken)."""
+    return id(codes[0]), id(codes[1])
+

@@ -107,3 +107,15 @@ def test_the_command_line_keeps_torch_for_large_images_and_other_devices(monkeyp
     monkeypatch.setenv("HVQ_RUNTIME", "torch")
     monkeypatch.setattr(runtime, "RUNTIME_MAX_PIXELS", 1 << 40)
     assert isinstance(coding._file_decoder(data, "auto"), Codec)
+
+
+def test_the_context_computed_ahead_changes_no_pixel():
+    """On two threads the decoder's context path runs on a side thread while the bottom level decodes; on one it
+    runs in turn: the same picture, and nothing left pending after a file (or a preview of it)."""
+    data = (DATA / "release-0.17-hvq-vr12-q86.hvq").read_bytes()
+    entry = runtime.model_entry(container.read_header(data).model_name)
+    one, two = runtime.Runtime(entry, threads=1), runtime.Runtime(entry, threads=2)
+    assert np.array_equal(np.asarray(one.decompress(data).image), np.asarray(two.decompress(data).image))
+    assert not two._contexts
+    two.decompress(data, levels=2)
+    assert not two._contexts
