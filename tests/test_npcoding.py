@@ -112,6 +112,11 @@ def test_threads_and_tiles_change_no_byte(ladder_codec, monkeypatch):
     decoded = ladder_codec.decompress(tiled.data)
     for ours, theirs in zip(tiled.codes, decoded.codes):
         assert all(np.array_equal(a, b.numpy()) for a, b in zip(ours, theirs))
+    # Decoding tiles two at a time (two threads) or in turn (one): the same picture; so too the picture a residual
+    # layer is coded against.
+    assert np.array_equal(np.asarray(one.decompress(tiled.data).image), np.asarray(two.decompress(tiled.data).image))
+    with_residual = OperatingPoint(4, residual_step=24, residual_tilt=(80, 112))
+    assert one.compress(rgb, point=with_residual).data == two.compress(rgb, point=with_residual).data
     runtime.load_runtime.cache_clear()
 
 
