@@ -97,7 +97,7 @@ class TileEncoder:
         codes = [top, mid][:streams]
         side_by_side = streams >= 3 and self.threads >= 2
         coder = self.with_threads(1) if side_by_side else self
-        with ThreadPoolExecutor(1, thread_name_prefix="hvqcodec-stream") if side_by_side else _InPlace() as side:
+        with ThreadPoolExecutor(1, thread_name_prefix="hvqcodec-stream") if side_by_side else InPlace() as side:
             coded = [side.submit(coder._level_stream, level, grid, codes[:level]) for level, grid in enumerate(codes)]
             if streams >= 3:
                 codes.append(self._bottom(latent, codes, point, coder, side, coded))
@@ -189,13 +189,17 @@ def _done(value) -> Future:
     return future
 
 
-class _InPlace:
-    """An executor that runs what is submitted at once, in the calling thread (one thread: nothing to overlap)."""
+class InPlace:
+    """An executor that runs what it is given in the calling thread (one thread: nothing to overlap): `submit` at
+    once, `map` lazily, item by item."""
 
     def submit(self, function, *args) -> Future:
         return _done(function(*args))
 
-    def __enter__(self) -> "_InPlace":
+    def map(self, function, items):
+        return map(function, items)
+
+    def __enter__(self) -> "InPlace":
         return self
 
     def __exit__(self, *exc) -> None:

@@ -145,6 +145,7 @@ class Runtime:
         """Each tile's code grids -> the (H, W, 3) uint8 picture (always float32: `float32` is the torch codec's
         choice between its decoders). Several tiles are decoded two at a time, one thread each, where the runtime
         has two threads: the same pixels, a little sooner (`python benchmarks/tile_threads.py`)."""
+        from .npcoding import InPlace
         from .npdecoder import to_uint8
 
         places = container.tile_grid(width, height, tile_size)
@@ -157,7 +158,7 @@ class Runtime:
             return to_uint8(self.decoder.decode(codes, threads, context=context))
 
         rgb = np.zeros((height, width, 3), dtype=np.uint8)
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="hvqcodec-tile") if side_by_side else _InPlace() as pool:
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="hvqcodec-tile") if side_by_side else InPlace() as pool:
             for done, ((top, left, h, w), tile) in enumerate(zip(places, pool.map(picture, tile_codes)), 1):
                 rgb[top:top + h, left:left + w] = tile[:h, :w]
                 if progress is not None:
@@ -191,17 +192,3 @@ def _grids_key(codes: Sequence[np.ndarray]) -> tuple[int, int]:
     """A tile's top and mid grids by identity: the arrays a file's decoding hands from level to level (a context
     computed ahead holds them, so their ids stay theirs until it is taken)."""
     return id(codes[0]), id(codes[1])
-
-
-class _InPlace:
-    """`map` in the calling thread, lazily (one tile at a time: nothing to overlap)."""
-
-    def map(self, function, items):
-        return map(function, items)
-
-    def __enter__(self) -> "_InPlace":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
