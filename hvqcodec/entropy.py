@@ -9,8 +9,9 @@ import torch
 
 from .intprior import IntLevelPrior, IntStagePrior, LevelState, coder_probabilities
 from .rangecoding import (ENCODE_CHUNK, EXHAUSTED_BITS_MAX, STAGE_CHUNK, EncodedLevel,  # noqa: F401 (part of
-                          StreamDecoder, decode_fronts, decode_groups, encode_ordered, encode_probabilities,  # this
-                          family, finish, new_encoder, spans, stream_decoder)  # module's interface)
+                          StreamDecoder, decode_fronts, decode_groups, encode_groups, encode_ordered,  # this
+                          encode_probabilities, family, finish, new_encoder, spans,  # module's interface)
+                          stream_decoder)
 # Positions per decoding step (on average) from which the wavefront loop keeps all intra-op threads: measured
 # with 2 threads, one or two 1024-pixel tiles (up to ~130 positions a step) decode faster on one thread, four
 # (~260) faster on two.
@@ -114,16 +115,16 @@ def encode_stage(prior: IntStagePrior, codes: Sequence[torch.Tensor], stage_code
 
     frequencies: the stage's (G, h*w, K) frequencies if the caller has them already (entropy-constrained
     selection computes exactly these while it chooses the codes)."""
+    if frequencies is None:  # the decoder's own loop (`rangecoding.encode_groups`), the codes known
+        known = [group.flatten().cpu().numpy() for group in stage_codes]
+        _, stream = encode_groups(prior, prior.context(codes), known[0].size,
+                                  lambda group, start, stop, _: known[group][start:stop], STAGE_CHUNK)
+        return stream
     encoder, bits = new_encoder(), 0.0
-    context, previous = (prior.context(codes) if frequencies is None else None), None
     for group in range(prior.groups):
         symbols = stage_codes[group].flatten()
-        if context is not None:
-            context = prior.group_context(context, group, previous)
         for a, b in spans(symbols.numel(), STAGE_CHUNK):
-            freq = prior.group_head(context[a:b], group) if context is not None else frequencies[group, a:b]
-            bits += _encode_chunk(encoder, symbols[a:b], freq)
-        previous = symbols
+            bits += _encode_chunk(encoder, symbols[a:b], frequencies[group, a:b])
     return finish(encoder, bits)
 
 

@@ -22,15 +22,8 @@ import numpy as np
 
 from . import npprior, rangecoding
 from .filecoding import ECVQ_CANDIDATES, OperatingPoint
-from .npdecoder import DecoderWeights
+from .npdecoder import DecoderWeights, bottom_vector
 from .npencoder import Codebook, NumpyEncoder, distances
-
-
-def stage_codebook(vectors: np.ndarray) -> Codebook:
-    """A refinement group's codebook (K, D / G) with what `npencoder.distances` needs (no usage: plain distances)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    return Codebook(vectors, np.square(vectors).sum(1, dtype=np.float32),
-                    np.ascontiguousarray(vectors.T * np.float32(-2)), None)
 
 
 class TileEncoder:
@@ -43,9 +36,9 @@ class TileEncoder:
                  stages: Sequence[npprior.StagePrior], stage_lambdas: Sequence[float], threads: int) -> None:
         self.encoder, self.levels, self.stages, self.threads = encoder, list(levels), list(stages), threads
         self.stage_lambdas = list(stage_lambdas) or [0.0] * len(self.stages)
-        weights = encoder.decoder_weights
-        self.bottom_vectors = weights.codebooks[2]
-        self.stage_codebooks = [[stage_codebook(group) for group in stage] for stage in weights.stage_codebooks]
+        # Each refinement group's codebook (K, D / G) with what `npencoder.distances` needs (plain distances).
+        self.stage_codebooks = [[Codebook.of(group) for group in stage]
+                                for stage in encoder.decoder_weights.stage_codebooks]
         self._views: dict[int, TileEncoder] = {}
 
     def with_threads(self, threads: int) -> "TileEncoder":
@@ -122,15 +115,13 @@ class TileEncoder:
         flat = latent.reshape(-1, latent.shape[-1])
         stage_weights = [point.stage_weight + lam for lam in self.stage_lambdas[:point.streams - 3]]
         nearest_only = point.lam <= 0 and not any(weight > 0 for weight in stage_weights)
-        total = self.bottom_vectors[codes[2].reshape(-1)]
         streams = []
         for stage, weight in enumerate(stage_weights):
-            stage_codes, stream = self._stage(stage, flat - total, codes, None if nearest_only else weight)
+            # What the bottom code and the stages so far leave of the latent, as the decoder sums their vectors.
+            residual = flat - bottom_vector(self.encoder.decoder_weights, codes[2:]).reshape(flat.shape)
+            stage_codes, stream = self._stage(stage, residual, codes, None if nearest_only else weight)
             codes.append(stage_codes)
             streams.append((stream.data, stream.cross_entropy_bits))
-            books = self.stage_codebooks[stage]
-            total = total + np.concatenate([book.vectors[group.reshape(-1)] for book, group in zip(books, stage_codes)],
-                                           axis=1)
         return streams
 
     def _level_stream(self, level: int, grid: np.ndarray, uppers: list[np.ndarray],

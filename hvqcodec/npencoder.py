@@ -67,6 +67,12 @@ class Codebook:
     minus_doubled_transposed: np.ndarray  # (D, K): -2 c^T (exact: x @ -2c^T == -(2 x @ c^T), as torch's)
     bits: np.ndarray | None  # (K,)
 
+    @classmethod
+    def of(cls, vectors: np.ndarray, bits: np.ndarray | None = None) -> "Codebook":
+        """Codebook vectors (K, D) float32 and, where known, each code's bits: |c|^2 and -2 c^T in float32."""
+        return cls(vectors, np.square(vectors).sum(1, dtype=np.float32),
+                   np.ascontiguousarray(vectors.T * np.float32(-2)), bits)
+
 
 @dataclass
 class EncoderWeights:
@@ -117,8 +123,7 @@ def _codebook(state: Mapping[str, np.ndarray], vectors: np.ndarray, level: int) 
                              f"{usage.shape}")
         with np.errstate(divide="ignore", invalid="ignore"):  # NaN for a usage < 0 (a random model), as torch's
             bits = np.log2(usage.sum(dtype=np.float32)) - np.log2(usage)
-    return Codebook(vectors, np.square(vectors).sum(1, dtype=np.float32),
-                    np.ascontiguousarray(vectors.T * np.float32(-2)), bits)
+    return Codebook.of(vectors, bits)
 
 
 def prepare_encoder_weights(state: Mapping[str, np.ndarray], config: Mapping,

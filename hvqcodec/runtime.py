@@ -1,9 +1,10 @@
-"""Decoding .hvq files without torch (docs/DESIGN.md section 8): the file's structure (header checks, levels,
-stages, tiles, residual layer, alpha) in one function that the torch codec runs too, and a `Runtime` that decodes
-with numpy and the C modules: the integer priors (`npprior`, the same codes as the torch codec) and the
-autoencoder's decoder (`npdecoder`: float32, whose pixels differ from torch's by rounding only, as section 4
-allows). Importing this module imports no torch, so `hvqcodec decompress` skips torch's 1.5-2 s import where this
-runtime runs: on a CPU with the C modules' int8 path, for models with 8-bit prior tables.
+"""Coding .hvq files without torch (docs/DESIGN.md section 8): a `Runtime` that compresses and decompresses with
+numpy and the C modules, through the file structure of `filecoding` that the torch codec runs too: the integer
+priors (`npprior`, the same integers as the torch codec), the autoencoder's decoder (`npdecoder`: float32, whose
+pixels differ from torch's by rounding only, as section 4 allows) and its encoder (`npencoder`, with the code
+selection of `npcoding`). Importing this module imports no torch, so `hvqcodec compress` and `decompress` skip
+torch's 1.5-2 s import where this runtime runs: on a CPU with the C modules' int8 path, for models with 8-bit
+prior tables.
 """
 from __future__ import annotations
 
@@ -47,13 +48,14 @@ def runtime_preferred(device: str, pixels: int | None = None) -> bool:
 
 
 class RuntimeUnavailable(HvqError):
-    """This runtime does not decode for this model here (16-bit prior tables, no C int8 path, a decoder
+    """This runtime does not code for this model here (16-bit prior tables, no C int8 path, a decoder
     configuration npdecoder does not implement, a weights file only torch reads): use the torch codec."""
 
 
 class Runtime:
-    """A shipped model's decoder without torch: numpy and the C modules. `RuntimeUnavailable` where it does not
-    run (the torch codec then does); ModelError for a missing or damaged model, as the torch codec's."""
+    """A shipped model's coder without torch (compress and decompress): numpy and the C modules.
+    `RuntimeUnavailable` where it does not run (the torch codec then does); ModelError for a missing or damaged
+    model, as the torch codec's."""
 
     def __init__(self, entry: ModelEntry, threads: int | None = None) -> None:
         from .npdecoder import NumpyDecoder
@@ -158,7 +160,8 @@ class Runtime:
             return to_uint8(self.decoder.decode(codes, threads, context=context))
 
         rgb = np.zeros((height, width, 3), dtype=np.uint8)
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="hvqcodec-tile") if side_by_side else InPlace() as pool:
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="hvqcodec-tile") if side_by_side else InPlace()
+        with pool:
             for done, ((top, left, h, w), tile) in enumerate(zip(places, pool.map(picture, tile_codes)), 1):
                 rgb[top:top + h, left:left + w] = tile[:h, :w]
                 if progress is not None:

@@ -64,7 +64,7 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
         with codec_imports():
             from ..device import resolve_device
         resolve_device(device)  # no GPU: one clear error before any work
-    if jobs == 0:  # (with --device auto a GPU may take some images: its workers then share it)
+    if jobs == 0:  # (with --device auto, --effort's torch codec may pick a GPU: the workers then share it)
         jobs = min(os.cpu_count() or 1, len(images)) if len(images) >= 4 and device != "cuda" else 1
     model_entry(model)  # a bad model name fails here, once, before any worker starts (and without torch)
     sources = [_read(STANDARD_STREAM) if image == STANDARD_STREAM else image for image in images]
