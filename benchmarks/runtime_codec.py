@@ -63,7 +63,8 @@ def main() -> None:
         if encoder is None:
             encoder = ours.tile_encoder().encoder
         latent_s, _ = seconds(encoder.encode_latent, rgb, ours.threads)
-        decoder_s, _ = seconds(ours.decoder.decode, ours_file.codes[0][:point.streams], ours.threads)
+        decoder_s, _ = seconds(ours.decoder.decode, ours_file.codes[0][:point.streams], ours.threads,
+                               low_precision=ours.low_precision)
         by_torch = theirs.decompress(ours_file.data)
         exact = all(np.array_equal(a, b.numpy()) for tile_a, tile_b in zip(ours_file.codes, by_torch.codes)
                     for a, b in zip(tile_a, tile_b))
@@ -87,7 +88,8 @@ def main() -> None:
     pixels = sum(row["pixels"] for row in rows)
     summary = {
         "images": len(rows), "quality": args.quality, "operating_point": point.to_entry(),
-        "threads": ours.threads, "torch_threads": torch.get_num_threads(),
+        "threads": ours.threads, "torch_threads": torch.get_num_threads(), "low_precision": ours.low_precision,
+        "torch_low_precision": theirs.low_precision_decoder,
         "encode_seconds_median": median("encode_seconds"), "decode_seconds_median": median("decode_seconds"),
         "encoder_seconds_median": median("encoder_seconds"), "decoder_seconds_median": median("decoder_seconds"),
         "prior_and_coding_decode_seconds_median": statistics.median(

@@ -3,7 +3,9 @@ the autoencoder's decoder that plain numpy runs slowly, in C, on float32 channel
 
 - `depthwise7x7_layernorm`: a ConvNeXt block's depthwise 7x7 convolution + bias, then LayerNorm over channels;
 - `bias_gelu_`: the block's first Linear's bias + exact (erf) GELU, in place;
-- `conv3x3`: the post-filter's 3x3 convolutions + bias, optionally GELU.
+- `conv3x3`: the post-filter's 3x3 convolutions + bias, optionally GELU;
+- `pack_bf16` and `mlp_bf16`: a ConvNeXt block's MLP (Linear, GELU, Linear) and residual add in bfloat16 on AMX
+  tiles, where the CPU has them (`bf16_available()`): what the decoder's blocks run when asked for low precision.
 
 The convolutions compute a band of output rows (`first_row` and the output's first dimension), and every kernel
 runs without the GIL, so Python threads can share an image's rows. This module needs numpy only (no torch);
@@ -154,4 +156,54 @@ def conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, out: np.ndarray
     _check_vector("bias", bias, out_channels)
     out = _output_rows("conv3x3", x, out, first_row, rows, out_channels)
     _module().conv3x3(x, weight, bias, out, first_row, bool(gelu))
+    return out
+
+
+
+def bf16_available() -> bool:
+    """Whether `mlp_bf16` runs here: the C module is built, and the CPU has AMX-BF16 tiles and AVX512-BF16 that the
+    OS lets this process use."""
+    return _decoderkernel is not None and _decoderkernel.bf16_available()
+
+
+def bf16_shape_ok(matrix: np.ndarray) -> bool:
+    """Whether `pack_bf16` takes a matrix of this shape: (K, N), both multiples of 32."""
+    return matrix.ndim == 2 and matrix.size > 0 and matrix.shape[0] % 32 == 0 and matrix.shape[1] % 32 == 0
+
+
+def pack_bf16(matrix: np.ndarray) -> np.ndarray:
+    """A Linear's (K, N) float32 matrix (`bf16_shape_ok`) -> its bfloat16 tiles for `mlp_bf16`: a flat uint16
+    array, each value rounded to nearest even; for each block of 16 columns and each of 32 rows, 16 x 32 values:
+    row r holds the block's rows 2r and 2r + 1 in pairs, column by column. Runs on any CPU."""
+    _check_floats("matrix", matrix, 2)
+    if not bf16_shape_ok(matrix):
+        raise ValueError(f"matrix: (K, N) with K and N multiples of 32 is needed, not {matrix.shape}")
+    packed = np.empty(matrix.size, np.uint16)
+    _module().pack_bf16(matrix, packed)
+    return packed
+
+
+def mlp_bf16(y: np.ndarray, fc1: np.ndarray, fc1_bias: np.ndarray, fc2: np.ndarray, fc2_bias: np.ndarray,
+             residual: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """out = residual + gelu(y @ fc1 + fc1_bias) @ fc2 + fc2_bias for y and residual (P, C) float32, fc1 and fc2
+    `pack_bf16` of the (C, 4C) and (4C, C) matrices: y and the hidden values rounded to bfloat16 (nearest even),
+    the products summed in float32, as torch's bfloat16 matmuls; exact GELU as `bias_gelu_`. out: (P, C), made if
+    None; it may be residual itself. Only where `bf16_available()`."""
+    _check_floats("y", y, 2)
+    positions, channels = y.shape
+    _check_floats("residual", residual, 2)
+    _check_shape("residual", residual, (positions, channels))
+    _check_vector("fc1_bias", fc1_bias, 4 * channels)
+    _check_vector("fc2_bias", fc2_bias, channels)
+    for name, packed in (("fc1", fc1), ("fc2", fc2)):
+        if not isinstance(packed, np.ndarray) or packed.dtype != np.uint16 or packed.shape != (4 * channels ** 2,):
+            raise ValueError(f"{name}: pack_bf16 of a {channels}-channel block's matrix is needed")
+    if out is None:
+        out = np.empty_like(residual)
+    else:
+        _check_floats("out", out, 2, writable=True)
+        _check_shape("out", out, (positions, channels))
+    if not bf16_available():
+        raise RuntimeError("mlp_bf16: this CPU (or OS) has no AMX bfloat16 tiles, or the C module is not built")
+    _module().mlp_bf16(y, fc1, fc1_bias, fc2, fc2_bias, residual, out)
     return out

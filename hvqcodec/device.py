@@ -1,11 +1,10 @@
 """Device selection shared by training, the codec and the CLI."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .errors import HvqError
+from .filecoding import decoder_precision
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -32,10 +31,6 @@ def training_device(name: str | torch.device) -> torch.device:
     return device
 
 
-DECODER_PRECISIONS = ("auto", "float32", "bfloat16")
-PRECISION_VARIABLE = "HVQCODEC_DECODER_PRECISION"
-
-
 def cpu_supports(*features: str) -> bool:
     """Whether this CPU has any of the named instruction sets, as torch.cpu's private helpers report them
     (`_is_<feature>_supported`: avx2, avx512, avx512_bf16, vnni, amx_tile); False where a build lacks them."""
@@ -55,8 +50,5 @@ def decoder_low_precision(device: torch.device, precision: str | None = None) ->
     """Whether the autoencoder's decoder runs its bulk in bfloat16 (`HierarchicalVQVAE.decode`): `precision`
     (else $HVQCODEC_DECODER_PRECISION, else auto) is float32, bfloat16, or auto: bfloat16 where it is native.
     Only pixels depend on it (by a few levels at most); the codes and the file never do."""
-    precision = precision or os.environ.get(PRECISION_VARIABLE) or "auto"
-    if precision not in DECODER_PRECISIONS:
-        raise HvqError(f"decoder precision {precision!r} (from {PRECISION_VARIABLE} or the caller): expected "
-                       + ", ".join(DECODER_PRECISIONS))
+    precision = decoder_precision(precision)
     return precision == "bfloat16" or (precision == "auto" and native_bf16(device))

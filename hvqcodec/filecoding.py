@@ -26,6 +26,26 @@ ECVQ_CANDIDATES = 8  # nearest bottom codewords considered by entropy-constraine
 Progress = Callable[[int, int], None]  # (done, total) units of work
 
 
+
+# The decoder's precision, asked for by the caller or the environment (both coders read it when they load).
+DECODER_PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISION_VARIABLE = "HVQCODEC_DECODER_PRECISION"
+
+
+def decoder_precision(precision: str | None = None) -> str:
+    """`precision`, else $HVQCODEC_DECODER_PRECISION, else "auto", checked: auto (bfloat16 where the CPU has it
+    natively), float32 or bfloat16. Only pixels depend on it (by a few levels at most); the codes and the file
+    never do. HvqError for another value."""
+    import os
+
+    from .errors import HvqError
+
+    precision = precision or os.environ.get(PRECISION_VARIABLE) or "auto"
+    if precision not in DECODER_PRECISIONS:
+        raise HvqError(f"decoder precision {precision!r} (from {PRECISION_VARIABLE} or the caller): expected "
+                       + ", ".join(DECODER_PRECISIONS))
+    return precision
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """What the encoder codes: how many streams (3 levels, then refinement stages) and the rate weights of

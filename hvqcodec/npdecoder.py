@@ -171,6 +171,9 @@ class BlockWeights:
     fc1_bias: np.ndarray  # (4C,)
     fc2: np.ndarray  # (4C, C)
     fc2_bias: np.ndarray  # (C,)
+    # fc1 and fc2 in bfloat16 tiles (decoderkernel.pack_bf16) where the CPU has them, for low-precision decodes.
+    fc1_bf16: np.ndarray | None = None
+    fc2_bf16: np.ndarray | None = None
 
 
 @dataclass
@@ -255,13 +258,17 @@ def _block_weights(state: _State, prefix: str, channels: int) -> BlockWeights:
     norm_weight, norm_bias = state(f"{prefix}.norm.weight", c), state(f"{prefix}.norm.bias", c)
     # No layer scale where the model was made with layer_scale_init 0.
     gamma = state(f"{prefix}.gamma", c) if state.has(f"{prefix}.gamma") else np.ones(c)
-    return BlockWeights(
+    block = BlockWeights(
         depthwise=_f32(state(f"{prefix}.dwconv.weight", c, 1, 7, 7).reshape(c, 7, 7).transpose(1, 2, 0)),
         depthwise_bias=_f32(state(f"{prefix}.dwconv.bias", c)),
         fc1=_f32(norm_weight[:, None] * fc1),
         fc1_bias=_f32(norm_bias @ fc1 + state(f"{prefix}.pwconv1.bias", 4 * c)),
         fc2=_f32(state(f"{prefix}.pwconv2.weight", c, 4 * c).T * gamma[None, :]),
         fc2_bias=_f32(state(f"{prefix}.pwconv2.bias", c) * gamma))
+    if decoderkernel.bf16_available() and decoderkernel.bf16_shape_ok(block.fc1) and \
+            decoderkernel.bf16_shape_ok(block.fc2):
+        block.fc1_bf16, block.fc2_bf16 = decoderkernel.pack_bf16(block.fc1), decoderkernel.pack_bf16(block.fc2)
+    return block
 
 
 def _upsample_weights(state: _State, norm: str, conv: str, channels: int, out_channels: int) -> UpsampleWeights:
@@ -328,10 +335,16 @@ def prepare_weights(state: Mapping[str, np.ndarray], config: DecoderConfig) -> D
 
 class _Run:
     """One decode's settings, handed to the layers: the executor bands of rows are shared out over (None: the
-    calling thread), whether to use the C kernels, and the caller's timer if any."""
+    calling thread), whether to use the C kernels, the caller's timer if any, and whether the ConvNeXt blocks'
+    Linears may run in bfloat16 (where their weights were packed for it)."""
 
-    def __init__(self, pool: ThreadPoolExecutor | None, kernels: bool, timer: Timer | None) -> None:
-        self.pool, self.kernels, self.timer = pool, kernels, timer
+    def __init__(self, pool: ThreadPoolExecutor | None, kernels: bool, timer: Timer | None,
+                 bf16: bool = False) -> None:
+        self.pool, self.kernels, self.timer, self.bf16 = pool, kernels, timer, bf16
+
+    def float32(self) -> "_Run":
+        """The same run with every Linear in float32."""
+        return _Run(self.pool, self.kernels, self.timer) if self.bf16 else self
 
     def each(self, function: Callable[[int], None], items: Sequence[int]) -> None:
         if self.pool is None:
@@ -451,6 +464,12 @@ def convnext_block_kernels(x: np.ndarray, block: BlockWeights, run: _Run) -> np.
         lap = run.laps("ConvNeXt blocks: ")
         y = decoderkernel.depthwise7x7_layernorm(x, block.depthwise, block.depthwise_bias, first_row=top, rows=rows)
         lap("depthwise 7x7 + LayerNorm (C)")
+        if run.bf16 and block.fc1_bf16 is not None:
+            decoderkernel.mlp_bf16(y.reshape(rows * w, c), block.fc1_bf16, block.fc1_bias, block.fc2_bf16,
+                                   block.fc2_bias, x[top:top + rows].reshape(rows * w, c),
+                                   out[top:top + rows].reshape(rows * w, c))
+            lap("MLP + residual add in bfloat16 (C)")
+            return
         hidden = y.reshape(rows * w, c) @ block.fc1
         lap("MLP matmuls + second bias")
         decoderkernel.bias_gelu_(hidden, block.fc1_bias)
@@ -697,7 +716,7 @@ def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], run: _Run,
     """Checked code grids (a prefix of [top, mid, bottom, stages...], no batch axis) -> RGB (16h, 16w, 3); c1: the
     context path's output for these top and mid codes where computed already."""
     lap = run.laps()
-    c1 = context_path(weights, codes[:2], run) if c1 is None else c1
+    c1 = context_path(weights, codes[:2], run.float32()) if c1 is None else c1
     lap(PARTS[0])
     quarter = quarter_stage(weights, codes, c1, run)
     lap(PARTS[1])
@@ -739,8 +758,9 @@ class _Network:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _run(self, threads: int, timer: Timer | None = None) -> _Run:
-        """How a call runs: on `threads` Python threads (1: the calling thread only), with the kernels or not."""
+    def _run(self, threads: int, timer: Timer | None = None, bf16: bool = False) -> _Run:
+        """How a call runs: on `threads` Python threads (1: the calling thread only), with the kernels or not, the
+        ConvNeXt blocks' Linears in bfloat16 or not."""
         if not _is_int(threads) or threads < 1:
             raise ValueError(f"threads: a positive integer is needed, not {threads!r}")
         pool = None
@@ -749,7 +769,7 @@ class _Network:
                 if threads not in self._pools:
                     self._pools[threads] = ThreadPoolExecutor(int(threads), thread_name_prefix=self._thread_name)
                 pool = self._pools[threads]
-        return _Run(pool, self.kernels, timer)
+        return _Run(pool, self.kernels, timer, bf16 and self.kernels)
 
 
 class NumpyDecoder(_Network):
@@ -773,7 +793,7 @@ class NumpyDecoder(_Network):
         return self.config.num_streams
 
     def decode(self, codes: Sequence[np.ndarray], threads: int = 2, timer: Timer | None = None,
-               context: np.ndarray | None = None) -> np.ndarray:
+               context: np.ndarray | None = None, low_precision: bool = False) -> np.ndarray:
         """One tile's code grids, no batch axis: a prefix (at least the top) of [top (h, w), mid (2h, 2w), bottom
         (4h, 4w), refinement stages (G, 4h, 4w) each], any integer type -> the picture (16h, 16w, 3) float32, about
         [0, 1], not clamped (torch's `HierarchicalVQVAE.decode` output, channels last). Missing mid or bottom
@@ -783,9 +803,17 @@ class NumpyDecoder(_Network):
         measurements: timer(name, seconds) for each part (names in PARTS, from the calling thread) and each
         operation in the ConvNeXt blocks and the post-filter ("ConvNeXt blocks: ...", "post-filter: ...", from
         the thread that ran it, so overlapping where threads > 1). context: `context(codes[:2])`, computed
-        earlier (the runtime computes it while the levels below are range decoded)."""
-        run = self._run(threads, timer)
+        earlier (the runtime computes it while the levels below are range decoded). low_precision: the /4 and /2
+        ConvNeXt blocks' Linears in bfloat16 where the CPU has AMX tiles (`low_precision_available`), as torch's
+        bfloat16 decoder (the context path stays float32): pixels within bfloat16 rounding of float32's."""
+        run = self._run(threads, timer, low_precision)
         return decode_prepared(self.weights, self._checked_codes(codes), run, context)
+
+    @property
+    def low_precision_available(self) -> bool:
+        """Whether `decode(low_precision=True)` runs bfloat16 here (else it is float32 throughout)."""
+        return self.kernels and self.weights.quarter_blocks[0].fc1_bf16 is not None if self.weights.quarter_blocks \
+            else False
 
     def context(self, codes: Sequence[np.ndarray], threads: int = 1) -> np.ndarray:
         """The context path's output for a tile's top and mid codes (the first two grids of `codes`): what `decode`

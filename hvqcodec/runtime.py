@@ -18,7 +18,7 @@ import numpy as np
 from . import container, npprior, rangecoding, tensorfile
 from .errors import HvqError, ModelError
 from .filecoding import (CompressedImage, DecodedImage, OperatingPoint, Progress, _one_line, decode_file,  # noqa: F401
-                         encode_file, grid_sizes, model_ladder, quality_point)  # (grid_sizes: this module's interface)
+                         decoder_precision, encode_file, grid_sizes, model_ladder, quality_point)  # (grid_sizes: this module's interface)
 from .manifest import ModelEntry, check_payload, check_weights_file, model_entry
 from .wavefront import level_blocks
 
@@ -84,6 +84,8 @@ class Runtime:
             raise RuntimeUnavailable(f"model {entry.name}: {_one_line(exc)}") from None
         self.name, self.sha256 = entry.name, entry.sha256
         self.num_streams = self.decoder.num_streams
+        # As the torch codec's decoder_precision (read when it loads): bfloat16 wherever this decoder has it (AMX).
+        self.low_precision = decoder_precision() != "float32" and self.decoder.low_precision_available
         self.tile_size = container.TILE_SIZE
         self.ladder = model_ladder(entry.ladder, self.num_streams)
         self._payload = payload  # for the encoder, made on first use (decoding never needs it)
@@ -144,9 +146,11 @@ class Runtime:
 
     def reconstruct(self, tile_codes: list[list[np.ndarray]], width: int, height: int, tile_size: int,
                     progress: Progress | None = None, float32: bool = True) -> np.ndarray:
-        """Each tile's code grids -> the (H, W, 3) uint8 picture (always float32: `float32` is the torch codec's
-        choice between its decoders). Several tiles are decoded two at a time, one thread each, where the runtime
-        has two threads: the same pixels, a little sooner (`python benchmarks/tile_threads.py`)."""
+        """Each tile's code grids -> the (H, W, 3) uint8 picture: with the ConvNeXt blocks' Linears in bfloat16
+        where `low_precision` (as the torch codec's bfloat16 decoder), unless `float32` (asked for under a residual
+        layer, coded against float32 pixels). Several tiles are decoded two at a time, one
+        thread each, where the runtime has two threads: the same pixels, a little sooner
+        (`python benchmarks/tile_threads.py`)."""
         from .npcoding import InPlace
         from .npdecoder import to_uint8
 
@@ -157,7 +161,8 @@ class Runtime:
         def picture(codes: list[np.ndarray]) -> np.ndarray:
             pending = self._contexts.pop(_grids_key(codes), None) if len(codes) > 1 else None
             context = None if pending is None else pending.result()
-            return to_uint8(self.decoder.decode(codes, threads, context=context))
+            low_precision = self.low_precision and not float32
+            return to_uint8(self.decoder.decode(codes, threads, context=context, low_precision=low_precision))
 
         rgb = np.zeros((height, width, 3), dtype=np.uint8)
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="hvqcodec-tile") if side_by_side else InPlace()

@@ -197,3 +197,72 @@ def test_c_module_checks_its_arguments():
     for function, arguments in bad_calls:
         with pytest.raises(ValueError):
             function(*arguments)
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> the nearest bfloat16 (ties to even), as float32."""
+    bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def test_pack_bf16_layout():
+    """Each block of 16 columns and 32 rows is a tile whose row r holds rows 2r and 2r + 1 in pairs."""
+    matrix = random(np.random.default_rng(6), (64, 96))
+    packed = decoderkernel.pack_bf16(matrix)
+    values = (packed.astype(np.uint32) << 16).view(np.float32)
+    tiles = values.reshape(96 // 16, 64 // 32, 16, 16, 2)  # [column block, row block, r, column, pair]
+    unpacked = tiles.transpose(1, 2, 4, 0, 3).reshape(64, 96)
+    np.testing.assert_array_equal(unpacked, to_bf16(matrix))
+    with pytest.raises(ValueError):
+        decoderkernel.pack_bf16(random(np.random.default_rng(6), (48, 32)))
+
+
+@pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
+@pytest.mark.parametrize("positions,channels", [(64, 32), (77, 64), (5, 96), (300, 128)])
+def test_mlp_bf16(positions, channels):
+    """residual + gelu(y @ fc1 + b1) @ fc2 + b2, with y and the hidden values in bfloat16 and float32 sums: as the
+    float64 reference on the bfloat16-rounded operands to float32 summation nearly everywhere (a hidden value that
+    rounds the other way to bfloat16 moves a few outputs by up to a bfloat16 step's share); float32's answer is
+    hundreds of times further on average."""
+    rng = np.random.default_rng(7)
+    c = channels
+    y, residual = random(rng, (positions, c)), random(rng, (positions, c))
+    fc1, fc2 = random(rng, (c, 4 * c), c ** -0.5), random(rng, (4 * c, c), (4 * c) ** -0.5)
+    bias1, bias2 = random(rng, 4 * c, 0.1), random(rng, c, 0.1)
+    out = decoderkernel.mlp_bf16(y, decoderkernel.pack_bf16(fc1), bias1, decoderkernel.pack_bf16(fc2), bias2, residual)
+    hidden = exact_gelu(to_bf16(y).astype(np.float64) @ to_bf16(fc1) + bias1)
+    expected = residual + to_bf16(hidden.astype(np.float32)).astype(np.float64) @ to_bf16(fc2) + bias2
+    float32 = residual + exact_gelu(y.astype(np.float64) @ fc1 + bias1) @ fc2 + bias2
+    error = np.abs(out - expected)
+    assert np.quantile(error, 0.99) < 1e-6 and error.mean() < 1e-5 and error.max() < 5e-3
+    assert np.abs(float32 - expected).mean() > 100 * error.mean()
+    in_place = residual.copy()
+    decoderkernel.mlp_bf16(y, decoderkernel.pack_bf16(fc1), bias1, decoderkernel.pack_bf16(fc2), bias2, in_place,
+                           in_place)
+    np.testing.assert_array_equal(in_place, out)
+    band = decoderkernel.mlp_bf16(y[3:], decoderkernel.pack_bf16(fc1), bias1, decoderkernel.pack_bf16(fc2), bias2,
+                                  residual[3:])
+    np.testing.assert_array_equal(band, out[3:])
+
+
+@pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
+def test_mlp_bf16_arguments_are_checked():
+    rng = np.random.default_rng(8)
+    y, fc1, fc2 = random(rng, (40, 32)), random(rng, (32, 128)), random(rng, (128, 32))
+    b1, b2 = random(rng, 128), random(rng, 32)
+    p1, p2 = decoderkernel.pack_bf16(fc1), decoderkernel.pack_bf16(fc2)
+    module = decoderkernel._decoderkernel
+    bad_calls = [
+        lambda: decoderkernel.mlp_bf16(y, p2[:-1], b1, p2, b2, y.copy()),
+        lambda: decoderkernel.mlp_bf16(y, p1, b1[:64], p2, b2, y.copy()),
+        lambda: decoderkernel.mlp_bf16(y, p1, b1, p2, b2, y[:39].copy()),
+        lambda: decoderkernel.mlp_bf16(y, p1, b1, p2, b2, y.copy(), out=y),
+        lambda: module.mlp_bf16(y, p1[:100], b1, p2, b2, y.copy(), y.copy()),
+        lambda: module.mlp_bf16(y, p1, b1, p2, b2, y.copy(), y),  # out is y
+        lambda: module.mlp_bf16(y[:, :16].copy(), p1, b1, p2, b2, y.copy(), y.copy()),
+        lambda: module.pack_bf16(fc1, np.empty(10, np.uint16)),
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError):
+            call()

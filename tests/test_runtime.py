@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hvqcodec import container, runtime, stepkernel
+from hvqcodec import container, decoderkernel, runtime, stepkernel
 
 DATA = Path(__file__).parent / "data"
 
@@ -18,8 +18,18 @@ pytestmark = pytest.mark.skipif(not (stepkernel.available() and stepkernel.int8_
                                 reason="the runtime without torch runs on the C module's int8 path only")
 
 
+@pytest.fixture
+def float32_runtime(monkeypatch):
+    """Runtimes loaded with HVQCODEC_DECODER_PRECISION=float32 (read when they load: the cache is emptied before
+    and after)."""
+    monkeypatch.setenv("HVQCODEC_DECODER_PRECISION", "float32")
+    runtime.load_runtime.cache_clear()
+    yield
+    runtime.load_runtime.cache_clear()
+
+
 @pytest.mark.parametrize("release,model", [("0.13", "hvq-vr8"), ("0.17", "hvq-vr12-q86")])
-def test_release_files_decode_to_their_codes_and_pixels(release, model):
+def test_release_files_decode_to_their_codes_and_pixels(release, model, float32_runtime):
     """The torch codec's float32 pictures of these files (committed with them), within one level nearly
     everywhere; the codes exactly the torch codec's."""
     from hvqcodec.codec import load_codec
@@ -34,6 +44,36 @@ def test_release_files_decode_to_their_codes_and_pixels(release, model):
     assert decoded.levels == torch_decoded.levels
     for ours, theirs in zip(decoded.codes, torch_decoded.codes):
         assert all(np.array_equal(a, b.numpy()) for a, b in zip(ours, theirs))
+
+
+@pytest.mark.skipif(not decoderkernel.bf16_available(), reason="bfloat16 needs AMX tiles")
+def test_bfloat16_decode_is_float32_within_rounding(monkeypatch):
+    """Where the CPU has AMX tiles the runtime decodes in bfloat16 by default (as the torch codec's bfloat16
+    decoder): pixels within a few levels of the float32 picture, as close to the source on average. A file with a
+    residual layer, coded against float32 pixels, decodes in float32; HVQCODEC_DECODER_PRECISION=float32 asks for
+    float32 throughout."""
+    from hvqcodec.manifest import model_entry
+
+    monkeypatch.delenv("HVQCODEC_DECODER_PRECISION", raising=False)
+    decoder = runtime.Runtime(model_entry(None))
+    assert decoder.low_precision
+    source = np.asarray(Image.open(DATA / "v1-source.png").convert("RGB"))
+    data = decoder.compress(source).data
+    fast = np.asarray(decoder.decompress(data).image, dtype=np.float64)
+    monkeypatch.setenv("HVQCODEC_DECODER_PRECISION", "float32")
+    exact_decoder = runtime.Runtime(model_entry(None))
+    assert not exact_decoder.low_precision
+    exact = np.asarray(exact_decoder.decompress(data).image, dtype=np.float64)
+    assert np.abs(fast - exact).max() <= 3 and 0 < (fast != exact).mean() < 0.1
+
+    def psnr(picture):
+        return 10 * np.log10(255 ** 2 / np.mean((picture - source) ** 2))
+
+    assert abs(psnr(fast) - psnr(exact)) < 0.05
+    residual = (DATA / "release-0.17-hvq-vr12-q86.hvq").read_bytes()
+    with_residual = np.asarray(decoder.decompress(residual).image, dtype=np.int16)
+    then = np.asarray(Image.open(DATA / "release-0.17-hvq-vr12-q86-decoded.png"), dtype=np.int16)
+    assert np.abs(with_residual - then).max() <= 2 and (with_residual != then).mean() < 1e-3
 
 
 def test_previews_truncation_and_damage_as_the_torch_codec():
