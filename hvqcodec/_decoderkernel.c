@@ -398,6 +398,98 @@ AMX_TARGET static int mlp_amx(const Mlp *a) {
     return 1;
 }
 
+/* A 3x3 convolution (zero padding 1) + bias, then GELU if asked, Cin and Cout multiples of 32 (the post-filter's
+ * middle layers): for 32 positions of an output row, the nine taps' inputs are tiles read straight from three
+ * rows of the input in bfloat16 (positions x - 1 + j of the rows y - 1 + i: consecutive positions, Cin values
+ * each), each times its tap's block of the packed (9 Cin, Cout) weight (rows (i, j, cin)); no im2col copy. The
+ * input rows are rounded to bfloat16 once each, into a ring of three rows with a zero column on each side. */
+typedef struct {
+    const float *x;         /* (height, width, inputs) */
+    const uint16_t *packed; /* pack_weight of the (9 inputs, outputs) matrix */
+    const float *bias;      /* (outputs) */
+    float *out;             /* (rows, width, outputs): output rows first_row .. first_row + rows - 1 */
+    ptrdiff_t height, width, inputs, outputs, first_row, rows;
+    int gelu;
+} Conv3x3Tiles;
+
+/* 0 when out of memory. */
+AMX_TARGET static int conv3x3_amx(const Conv3x3Tiles *a) {
+    const ptrdiff_t W = a->width, I = a->inputs, O = a->outputs, input_blocks = I / TILE_DEPTH;
+    const ptrdiff_t ring_width = (W + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS + 2, tile_bytes = 16 * 64;
+    const size_t ring_row = (size_t)(ring_width * I) * 2, bias_rows = (size_t)(16 * O) * 4,
+                 block = (size_t)(TILE_ROWS * O) * 4;
+    char *memory = aligned_alloc(64, 3 * ring_row + bias_rows + block);
+    if (!memory) return 0;
+    memset(memory, 0, 3 * ring_row);
+    uint16_t *ring = (uint16_t *)memory;
+    float *bias_block = (float *)(memory + 3 * ring_row), *out_block = bias_block + 16 * O;
+    for (ptrdiff_t r = 0; r < 16; r++) memcpy(bias_block + r * O, a->bias, (size_t)O * sizeof(float));
+
+    /* Input row y into its ring slot (y mod 3) from column 1; rows outside the input are zeros. */
+#define RING_SLOT(y) (ring + (((y) % 3 + 3) % 3) * ring_width * I)
+#define FILL_ROW(y)                                                                                                 \
+    do {                                                                                                            \
+        uint16_t *slot_ = RING_SLOT(y);                                                                             \
+        if ((y) < 0 || (y) >= a->height) memset(slot_, 0, ring_row);                                                \
+        else                                                                                                        \
+            for (ptrdiff_t k_ = 0; k_ < W * I; k_ += 32) {                                                          \
+                const float *in_ = a->x + (y) * W * I + k_;                                                         \
+                const __m512bh pair_ = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(in_ + 16), _mm512_loadu_ps(in_));        \
+                _mm512_storeu_si512((void *)(slot_ + I + k_), (__m512i)pair_);                                      \
+            }                                                                                                       \
+    } while (0)
+
+    configure_tiles();
+    FILL_ROW(a->first_row - 1);
+    FILL_ROW(a->first_row);
+    for (ptrdiff_t r = 0; r < a->rows; r++) {
+        const ptrdiff_t y = a->first_row + r;
+        FILL_ROW(y + 1);
+        for (ptrdiff_t x0 = 0; x0 < W; x0 += TILE_ROWS) {
+            for (ptrdiff_t column = 0; column < O; column += 2 * TILE_COLUMNS) {
+                _tile_loadd(0, bias_block + column, O * 4);
+                _tile_loadd(1, bias_block + column + TILE_COLUMNS, O * 4);
+                _tile_loadd(2, bias_block + column, O * 4);
+                _tile_loadd(3, bias_block + column + TILE_COLUMNS, O * 4);
+                const uint8_t *weight0 = (const uint8_t *)a->packed + (column / TILE_COLUMNS) * 9 * input_blocks *
+                                                                          tile_bytes;
+                const uint8_t *weight1 = weight0 + 9 * input_blocks * tile_bytes;
+                for (int i = 0; i < 3; i++) {
+                    const uint16_t *row = RING_SLOT(y - 1 + i);
+                    for (int j = 0; j < 3; j++)
+                        for (ptrdiff_t cb = 0; cb < input_blocks; cb++) {
+                            const uint16_t *first = row + (x0 + j) * I + cb * TILE_DEPTH;
+                            const ptrdiff_t depth = (i * 3 + j) * input_blocks + cb;
+                            _tile_loadd(4, first, I * 2);
+                            _tile_loadd(5, first + 16 * I, I * 2);
+                            _tile_loadd(6, weight0 + depth * tile_bytes, 64);
+                            _tile_loadd(7, weight1 + depth * tile_bytes, 64);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
+                }
+                _tile_stored(0, out_block + column, O * 4);
+                _tile_stored(1, out_block + column + TILE_COLUMNS, O * 4);
+                _tile_stored(2, out_block + 16 * O + column, O * 4);
+                _tile_stored(3, out_block + 16 * O + column + TILE_COLUMNS, O * 4);
+            }
+            const ptrdiff_t count = min_index(TILE_ROWS, W - x0);
+            if (a->gelu) {
+                const BiasGelu gelu = {out_block, NULL, O, 0, count};
+                bias_gelu_rows_avx512(&gelu);
+            }
+            memcpy(a->out + (r * W + x0) * O, out_block, (size_t)(count * O) * sizeof(float));
+        }
+    }
+#undef FILL_ROW
+#undef RING_SLOT
+    _tile_release();
+    free(memory);
+    return 1;
+}
+
 /* Whether the CPU has AMX-BF16 (with its tiles), AVX512-BF16 and the avx512 build's instructions, and Linux lets
  * this process use the tiles (their state is opt-in per process: arch_prctl(ARCH_REQ_XCOMP_PERM,
  * XFEATURE_XTILEDATA)). */
@@ -676,6 +768,52 @@ static PyObject *py_mlp_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_conv3x3_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *x, *packed, *bias, *out;
+    Py_ssize_t first_row;
+    int gelu;
+    if (!PyArg_ParseTuple(args, "OOOOnp", &x, &packed, &bias, &out, &first_row, &gelu)) return NULL;
+    if (!amx_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "conv3x3_bf16: this CPU (or OS) has no AMX bfloat16 tiles");
+        return NULL;
+    }
+    Py_buffer views[4] = {{0}};
+    enum { X, PACKED, BIAS, OUT };
+    if (!get_floats(x, "x", 3, 0, &views[X])) return NULL;
+    const Py_ssize_t H = views[X].shape[0], W = views[X].shape[1], I = views[X].shape[2];
+    int ok = get_floats(out, "out", 3, 1, &views[OUT]);
+    const Py_ssize_t O = ok ? views[OUT].shape[2] : 0;
+    if (ok && I % TILE_DEPTH) {
+        PyErr_Format(PyExc_ValueError, "x: a multiple of %d channels is needed, not %zd", TILE_DEPTH, I);
+        ok = 0;
+    }
+    ok = ok && bf16_shape_ok(9 * I, O) && get_packed(packed, "packed", 9 * I * O, &views[PACKED]) &&
+         get_vector(bias, "bias", O, 0, &views[BIAS]);
+    if (ok && views[OUT].shape[1] != W) {
+        PyErr_Format(PyExc_ValueError, "out: shape (rows, %zd, outputs) needed", W);
+        ok = 0;
+    }
+    if (ok && overlap(&views[OUT], &views[X])) {
+        PyErr_SetString(PyExc_ValueError, "out: must not share memory with x");
+        ok = 0;
+    }
+    ok = ok && check_rows(first_row, views[OUT].shape[0], H, "conv3x3_bf16");
+    int done = 1;
+#ifdef HAVE_AMX
+    if (ok) {
+        const Conv3x3Tiles a = {views[X].buf, views[PACKED].buf, views[BIAS].buf, views[OUT].buf, H, W, I, O,
+                                first_row, views[OUT].shape[0], gelu};
+        Py_BEGIN_ALLOW_THREADS
+        done = conv3x3_amx(&a);
+        Py_END_ALLOW_THREADS
+    }
+#endif
+    release_all(views, 4);
+    if (!ok) return NULL;
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_bf16_available(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
     return PyBool_FromLong(amx_ready);
 }
@@ -726,6 +864,9 @@ static PyMethodDef methods[] = {
     {"mlp_bf16", py_mlp_bf16, METH_VARARGS,
      "mlp_bf16(y, fc1, fc1_bias, fc2, fc2_bias, residual, out): out = residual + gelu(y @ fc1 + fc1_bias) @ fc2 + "
      "fc2_bias, the Linears in bfloat16 on AMX tiles."},
+    {"conv3x3_bf16", py_conv3x3_bf16, METH_VARARGS,
+     "conv3x3_bf16(x, packed, bias, out, first_row, gelu): conv3x3 with inputs and outputs multiples of 32, in "
+     "bfloat16 on AMX tiles (packed: pack_bf16 of the (9 inputs, outputs) matrix)."},
     {"bf16_available", py_bf16_available, METH_NOARGS, "Whether this CPU and OS run mlp_bf16 (AMX tiles)."},
     {"paths", py_paths, METH_NOARGS, "The builds of the kernels this CPU runs, best first."},
     {"path", py_path, METH_NOARGS, "The build in use."},

@@ -4,8 +4,9 @@ the autoencoder's decoder that plain numpy runs slowly, in C, on float32 channel
 - `depthwise7x7_layernorm`: a ConvNeXt block's depthwise 7x7 convolution + bias, then LayerNorm over channels;
 - `bias_gelu_`: the block's first Linear's bias + exact (erf) GELU, in place;
 - `conv3x3`: the post-filter's 3x3 convolutions + bias, optionally GELU;
-- `pack_bf16` and `mlp_bf16`: a ConvNeXt block's MLP (Linear, GELU, Linear) and residual add in bfloat16 on AMX
-  tiles, where the CPU has them (`bf16_available()`): what the decoder's blocks run when asked for low precision.
+- `pack_bf16`, `mlp_bf16` and `conv3x3_bf16`: a ConvNeXt block's MLP (Linear, GELU, Linear) and residual add,
+  and the post-filter's 32 -> 32 convolutions, in bfloat16 on AMX tiles, where the CPU has them
+  (`bf16_available()`): what the decoder runs when asked for low precision.
 
 The convolutions compute a band of output rows (`first_row` and the output's first dimension), and every kernel
 runs without the GIL, so Python threads can share an image's rows. This module needs numpy only (no torch);
@@ -206,4 +207,25 @@ def mlp_bf16(y: np.ndarray, fc1: np.ndarray, fc1_bias: np.ndarray, fc2: np.ndarr
     if not bf16_available():
         raise RuntimeError("mlp_bf16: this CPU (or OS) has no AMX bfloat16 tiles, or the C module is not built")
     _module().mlp_bf16(y, fc1, fc1_bias, fc2, fc2_bias, residual, out)
+    return out
+
+
+def conv3x3_bf16(x: np.ndarray, packed: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None,
+                 first_row: int = 0, rows: int | None = None, gelu: bool = False) -> np.ndarray:
+    """`conv3x3` in bfloat16 on AMX tiles, for Cin and Cout multiples of 32: x rounded to bfloat16 (nearest even),
+    the products summed in float32. packed: `pack_bf16` of the (9 Cin, Cout) matrix, rows (i, j, cin) (the
+    (3, 3, Cin, Cout) weight reshaped). Only where `bf16_available()`."""
+    _check_floats("x", x, 3)
+    channels = x.shape[2]
+    if not isinstance(packed, np.ndarray) or packed.dtype != np.uint16 or packed.size % (9 * max(channels, 1)):
+        raise ValueError(f"packed: pack_bf16 of a (9 * {channels}, outputs) matrix is needed")
+    out_channels = packed.size // (9 * channels)
+    if channels % 32 or out_channels % 32 or out_channels == 0:
+        raise ValueError(f"conv3x3_bf16: inputs and outputs must be multiples of 32, not {channels} and "
+                         f"{out_channels}")
+    _check_vector("bias", bias, out_channels)
+    out = _output_rows("conv3x3_bf16", x, out, first_row, rows, out_channels)
+    if not bf16_available():
+        raise RuntimeError("conv3x3_bf16: this CPU (or OS) has no AMX bfloat16 tiles, or the C module is not built")
+    _module().conv3x3_bf16(x, packed, bias, out, first_row, bool(gelu))
     return out

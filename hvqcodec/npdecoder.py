@@ -190,6 +190,7 @@ class Conv3x3Weights:
     """One of the post-filter's 3x3 convs: weight (3, 3, Cin, Cout) (torch's (Cout, Cin, 3, 3) transposed)."""
     weight: np.ndarray
     bias: np.ndarray
+    bf16: np.ndarray | None = None  # `matrix` in bfloat16 tiles, where the CPU has them and Cin, Cout fit
 
     @property
     def matrix(self) -> np.ndarray:
@@ -304,8 +305,10 @@ def prepare_weights(state: Mapping[str, np.ndarray], config: DecoderConfig) -> D
         sizes = [3] + [channels] * (layers - 1) + [3]
         for index, (cin, cout) in enumerate(zip(sizes[:-1], sizes[1:])):
             kernel = get(f"post_filter.convs.{index}.weight", cout, cin, 3, 3)
-            post_filter.append(Conv3x3Weights(_f32(kernel.transpose(2, 3, 1, 0)),
-                                              _f32(get(f"post_filter.convs.{index}.bias", cout))))
+            layer = Conv3x3Weights(_f32(kernel.transpose(2, 3, 1, 0)), _f32(get(f"post_filter.convs.{index}.bias", cout)))
+            if decoderkernel.bf16_available() and cin % 32 == 0 and cout % 32 == 0:
+                layer.bf16 = decoderkernel.pack_bf16(layer.matrix)
+            post_filter.append(layer)
     group_dim = d // config.refine_groups if config.refine_stages else 0
     return DecoderWeights(
         codebooks=[_f32(get(f"quantisers.{level}.codebook", size, d))
@@ -342,9 +345,6 @@ class _Run:
                  bf16: bool = False) -> None:
         self.pool, self.kernels, self.timer, self.bf16 = pool, kernels, timer, bf16
 
-    def float32(self) -> "_Run":
-        """The same run with every Linear in float32."""
-        return _Run(self.pool, self.kernels, self.timer) if self.bf16 else self
 
     def each(self, function: Callable[[int], None], items: Sequence[int]) -> None:
         if self.pool is None:
@@ -579,8 +579,12 @@ def post_filter_kernels(rgb: np.ndarray, layers: list[Conv3x3Weights], run: _Run
             cin, cout = layer.weight.shape[2:]
             rows = out[top:bottom] if index == last else np.empty((stop - first, w, cout), np.float32)
             lap = run.laps("post-filter: ")
-            decoderkernel.conv3x3(x, layer.weight, layer.bias, rows, first_row=first - x_top, gelu=index < last)
-            lap(f"3x3 conv {cin}->{cout}{' + GELU' if index < last else ''} (C)")
+            bf16 = run.bf16 and layer.bf16 is not None
+            if bf16:
+                decoderkernel.conv3x3_bf16(x, layer.bf16, layer.bias, rows, first_row=first - x_top, gelu=index < last)
+            else:
+                decoderkernel.conv3x3(x, layer.weight, layer.bias, rows, first_row=first - x_top, gelu=index < last)
+            lap(f"3x3 conv {cin}->{cout}{' + GELU' if index < last else ''}{' in bfloat16' if bf16 else ''} (C)")
             x, x_top = rows, first
 
     run.each(band, range(0, h, band_rows))
@@ -716,7 +720,7 @@ def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], run: _Run,
     """Checked code grids (a prefix of [top, mid, bottom, stages...], no batch axis) -> RGB (16h, 16w, 3); c1: the
     context path's output for these top and mid codes where computed already."""
     lap = run.laps()
-    c1 = context_path(weights, codes[:2], run.float32()) if c1 is None else c1
+    c1 = context_path(weights, codes[:2], run) if c1 is None else c1
     lap(PARTS[0])
     quarter = quarter_stage(weights, codes, c1, run)
     lap(PARTS[1])
@@ -804,8 +808,9 @@ class NumpyDecoder(_Network):
         operation in the ConvNeXt blocks and the post-filter ("ConvNeXt blocks: ...", "post-filter: ...", from
         the thread that ran it, so overlapping where threads > 1). context: `context(codes[:2])`, computed
         earlier (the runtime computes it while the levels below are range decoded). low_precision: the /4 and /2
-        ConvNeXt blocks' Linears in bfloat16 where the CPU has AMX tiles (`low_precision_available`), as torch's
-        bfloat16 decoder (the context path stays float32): pixels within bfloat16 rounding of float32's."""
+        ConvNeXt blocks' MLPs (the context path's too) and the post-filter's 32 -> 32 convolutions in bfloat16 where
+        the CPU has AMX tiles (`low_precision_available`), as torch's bfloat16 decoder: pixels within bfloat16
+        rounding of float32's; a context given must have been computed in the same precision."""
         run = self._run(threads, timer, low_precision)
         return decode_prepared(self.weights, self._checked_codes(codes), run, context)
 
@@ -815,10 +820,11 @@ class NumpyDecoder(_Network):
         return self.kernels and self.weights.quarter_blocks[0].fc1_bf16 is not None if self.weights.quarter_blocks \
             else False
 
-    def context(self, codes: Sequence[np.ndarray], threads: int = 1) -> np.ndarray:
+    def context(self, codes: Sequence[np.ndarray], threads: int = 1, low_precision: bool = False) -> np.ndarray:
         """The context path's output for a tile's top and mid codes (the first two grids of `codes`): what `decode`
-        of any codes with that top and mid starts from. The same floats on any number of threads."""
-        return context_path(self.weights, self._checked_codes(codes[:2]), self._run(threads))
+        of any codes with that top and mid starts from (in the same precision). The same floats on any number of
+        threads."""
+        return context_path(self.weights, self._checked_codes(codes[:2]), self._run(threads, bf16=low_precision))
 
     def _checked_codes(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The grids as integer arrays, checked: shapes that fit the top's, indices within their codebooks."""

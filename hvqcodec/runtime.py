@@ -133,7 +133,8 @@ class Runtime:
             # The decoder's context path needs only the top and mid codes: on a side thread while the bottom level
             # and the stages are range decoded, whose small wavefront steps leave a core partly idle.
             for codes in tile_codes:
-                self._contexts[_grids_key(codes)] = self._side().submit(self.decoder.context, list(codes[:2]))
+                self._contexts[_grids_key(codes)] = self._side().submit(self.decoder.context, list(codes[:2]),
+                                                                        low_precision=self.low_precision)
         state = npprior.LevelState(self.levels[level], sizes, tile_codes)
         rangecoding.decode_fronts(state, [rangecoding.stream_decoder(data) for data in streams])
         return state.codes()
@@ -160,8 +161,9 @@ class Runtime:
 
         def picture(codes: list[np.ndarray]) -> np.ndarray:
             pending = self._contexts.pop(_grids_key(codes), None) if len(codes) > 1 else None
-            context = None if pending is None else pending.result()
             low_precision = self.low_precision and not float32
+            # (computed ahead in the runtime's precision: under a residual layer a bfloat16 one is not used)
+            context = None if pending is None or low_precision != self.low_precision else pending.result()
             return to_uint8(self.decoder.decode(codes, threads, context=context, low_precision=low_precision))
 
         rgb = np.zeros((height, width, 3), dtype=np.uint8)

@@ -266,3 +266,44 @@ def test_mlp_bf16_arguments_are_checked():
     for call in bad_calls:
         with pytest.raises(ValueError):
             call()
+
+
+@pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
+@pytest.mark.parametrize("shape,channels,band", [((6, 37, 32), 32, None), ((9, 70, 32), 64, (2, 4)),
+                                                 ((5, 32, 64), 32, None)])
+def test_conv3x3_bf16(shape, channels, band):
+    """As the float64 reference on the bfloat16-rounded input and weight, to float32 summation (a hundredth of
+    float32's distance from it), in bands of rows too, with and without GELU; widths that are not a multiple of
+    the 32 positions a block computes."""
+    rng = np.random.default_rng(9)
+    x = random(rng, shape)
+    weight, bias = random(rng, (3, 3, shape[2], channels), (9 * shape[2]) ** -0.5), random(rng, channels, 0.1)
+    packed = decoderkernel.pack_bf16(weight.reshape(-1, channels))
+    first, rows = band or (0, shape[0])
+    for gelu in (False, True):
+        out = decoderkernel.conv3x3_bf16(x, packed, bias, first_row=first, rows=rows, gelu=gelu)
+        expected = reference_conv3x3(to_bf16(x), to_bf16(weight), bias, gelu)[first:first + rows]
+        float32 = reference_conv3x3(x, weight, bias, gelu)[first:first + rows]
+        error = np.abs(out - expected).max()
+        assert error < 2e-6 and np.abs(float32 - expected).max() > 100 * error
+
+
+@pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
+def test_conv3x3_bf16_arguments_are_checked():
+    rng = np.random.default_rng(10)
+    x, bias = random(rng, (4, 5, 32)), random(rng, 32)
+    packed = decoderkernel.pack_bf16(random(rng, (288, 32)))
+    module = decoderkernel._decoderkernel
+    bad_calls = [
+        lambda: decoderkernel.conv3x3_bf16(x, packed[:-32], bias),
+        lambda: decoderkernel.conv3x3_bf16(random(rng, (4, 5, 16)), packed, bias),
+        lambda: decoderkernel.conv3x3_bf16(x, packed, bias[:16]),
+        lambda: decoderkernel.conv3x3_bf16(x, packed, bias, first_row=2, rows=3),
+        lambda: module.conv3x3_bf16(x, packed, bias, np.zeros((4, 5, 32), np.float32), 1, False),  # rows 1 .. 4
+        lambda: module.conv3x3_bf16(x, packed[:100], bias, np.zeros((4, 5, 32), np.float32), 0, False),
+        lambda: module.conv3x3_bf16(x, packed, bias, x, 0, False),  # out is x
+        lambda: module.conv3x3_bf16(random(rng, (4, 5, 16)), packed, bias, np.zeros((4, 5, 32), np.float32), 0, 0),
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError):
+            call()
