@@ -1,8 +1,8 @@
 """The Python API's compress and decompress, and the choice behind them and the command line: each image is coded
 by the runtime without torch where it runs and is preferred (`runtime.runtime_preferred`: the CPU; for decoding,
-images up to 4 megapixels; no 1.5-2 s import of torch, files and codes interchangeable with the torch codec's,
-DESIGN section 8), else by the torch codec (`codec.Codec`: other devices, large images to decode, encoder
-refinement, older models).
+any size with its bfloat16 decoder, else images up to 4 megapixels; no 1.5-2 s import of torch, files and codes
+interchangeable with the torch codec's, DESIGN section 8), else by the torch codec (`codec.Codec`: other
+devices, large images to decode on CPUs without AMX, encoder refinement, older models).
 
 Imports no torch itself: the torch codec is imported only where it is chosen.
 """

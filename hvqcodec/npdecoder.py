@@ -305,7 +305,8 @@ def prepare_weights(state: Mapping[str, np.ndarray], config: DecoderConfig) -> D
         sizes = [3] + [channels] * (layers - 1) + [3]
         for index, (cin, cout) in enumerate(zip(sizes[:-1], sizes[1:])):
             kernel = get(f"post_filter.convs.{index}.weight", cout, cin, 3, 3)
-            layer = Conv3x3Weights(_f32(kernel.transpose(2, 3, 1, 0)), _f32(get(f"post_filter.convs.{index}.bias", cout)))
+            layer = Conv3x3Weights(_f32(kernel.transpose(2, 3, 1, 0)),
+                                   _f32(get(f"post_filter.convs.{index}.bias", cout)))
             if decoderkernel.bf16_available() and cin % 32 == 0 and cout % 32 == 0:
                 layer.bf16 = decoderkernel.pack_bf16(layer.matrix)
             post_filter.append(layer)

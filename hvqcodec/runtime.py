@@ -17,8 +17,9 @@ import numpy as np
 
 from . import container, npprior, rangecoding, tensorfile
 from .errors import HvqError, ModelError
-from .filecoding import (CompressedImage, DecodedImage, OperatingPoint, Progress, _one_line, decode_file,  # noqa: F401
-                         decoder_precision, encode_file, grid_sizes, model_ladder, quality_point)  # (grid_sizes: this module's interface)
+from .filecoding import (CompressedImage, DecodedImage, OperatingPoint, Progress, _one_line,  # noqa: F401
+                         decode_file, decoder_precision, encode_file, grid_sizes,  # (grid_sizes: this module's interface)
+                         model_ladder, quality_point)
 from .manifest import ModelEntry, check_payload, check_weights_file, model_entry
 from .wavefront import level_blocks
 
@@ -26,24 +27,33 @@ if TYPE_CHECKING:
     from .npcoding import TileEncoder
 
 
-# Images up to this many pixels are decoded without torch on a CPU. Beyond, torch's bfloat16 decoder (where the
-# CPU has it) wins back its import: a 4000x3000 photo took 20.6 s to decode without torch and 17.8 s with it
-# (kodim01: 1.3-1.4 s against 2.6-3.3 s), the numpy decoder costing about 0.4 s a megapixel more than torch's on
-# this AMX machine. Compressing has no such limit: that photo took 15.7 s (305 MB) without torch against 18.2 s
-# (759 MB) with it at the default quality, and 35.9 s (385 MB) against 39.7 s (1.2 GB) at quality 90, whose
-# residual layer runs the decoder too (`/usr/bin/time hvqcodec compress` with HVQ_RUNTIME=numpy and =torch).
+# Where the runtime's decoder has no bfloat16 (no AMX tiles), images up to this many pixels are decoded without
+# torch on a CPU; beyond, torch's decoder (bfloat16 where the CPU has AVX512-BF16) wins back its import: a
+# 4000x3000 photo took 20.6 s to decode with the runtime's float32 decoder and 17.8 s with torch's bfloat16 one
+# (kodim01: 1.3-1.4 s against 2.6-3.3 s). With the runtime's bfloat16 tiles that photo took 15.5-16.7 s against
+# torch's 17.9-19.4 s (three interleaved pairs, 1.14 GB either way), so there the runtime decodes every size.
+# Compressing has no such limit: that photo took 13.2 s (419 MB) without torch against 18.2 s (759 MB) with it at
+# the default quality (`/usr/bin/time hvqcodec compress|decompress` with HVQ_RUNTIME=numpy and =torch).
 RUNTIME_MAX_PIXELS = 4_000_000
+
+
+def decodes_any_size() -> bool:
+    """Whether the runtime's decoder runs in bfloat16 here (AMX tiles), where it decodes images of any size
+    sooner than torch."""
+    from . import decoderkernel
+
+    return decoderkernel.bf16_available()
 
 
 def runtime_preferred(device: str, pixels: int | None = None) -> bool:
     """Whether this runtime codes rather than the torch codec (where the runtime runs): on the CPU (device auto or
-    cpu), for compressing always (pixels None), for decoding an image of `pixels` up to RUNTIME_MAX_PIXELS.
-    HVQ_RUNTIME=torch in the environment always takes the torch codec, HVQ_RUNTIME=numpy this runtime whatever the
-    size."""
+    cpu), for compressing always (pixels None), for decoding an image of `pixels` up to RUNTIME_MAX_PIXELS, or of
+    any size where `decodes_any_size()`. HVQ_RUNTIME=torch in the environment always takes the torch codec,
+    HVQ_RUNTIME=numpy this runtime whatever the size."""
     import os
 
     choice = os.environ.get("HVQ_RUNTIME", "")
-    small = pixels is None or pixels <= RUNTIME_MAX_PIXELS
+    small = pixels is None or pixels <= RUNTIME_MAX_PIXELS or decodes_any_size()
     return device in ("auto", "cpu") and choice != "torch" and (small or choice == "numpy")
 
 

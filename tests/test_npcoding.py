@@ -144,13 +144,14 @@ def test_the_default_model_compresses_as_the_torch_codec(tmp_path):
 
 def test_the_coder_for_each_image(ladder_runtime, monkeypatch):
     """Compressing: the runtime on the CPU whatever the size; the torch codec for effort > 0 or with
-    HVQ_RUNTIME=torch. Decoding: the runtime up to RUNTIME_MAX_PIXELS."""
+    HVQ_RUNTIME=torch. Decoding: the runtime up to RUNTIME_MAX_PIXELS (any size with its bfloat16 decoder)."""
     from hvqcodec.codec import Codec
 
     monkeypatch.delenv("HVQ_RUNTIME", raising=False)
     assert isinstance(api.coder_for("tiny-ladder", "auto"), runtime.Runtime)
     assert isinstance(api.coder_for("tiny-ladder", "cpu", effort=2), Codec)
     assert runtime.runtime_preferred("cpu") and not runtime.runtime_preferred("cuda")
+    monkeypatch.setattr(runtime, "decodes_any_size", lambda: False)
     assert not runtime.runtime_preferred("cpu", runtime.RUNTIME_MAX_PIXELS + 1)
     monkeypatch.setenv("HVQ_RUNTIME", "torch")
     assert isinstance(api.coder_for("tiny-ladder", "cpu"), Codec)

@@ -131,8 +131,9 @@ def test_decompress_on_the_command_line_imports_no_torch(tmp_path):
 
 
 def test_the_command_line_keeps_torch_for_large_images_and_other_devices(monkeypatch):
-    """Beyond RUNTIME_MAX_PIXELS (torch's decoder wins back its import), on another device, or with
-    HVQ_RUNTIME=torch, the torch codec decodes; HVQ_RUNTIME=numpy takes the runtime whatever the size."""
+    """Beyond RUNTIME_MAX_PIXELS where the runtime's decoder has no bfloat16 (torch's decoder wins back its
+    import), on another device, or with HVQ_RUNTIME=torch, the torch codec decodes; HVQ_RUNTIME=numpy takes the
+    runtime whatever the size, and so does a CPU with AMX tiles."""
     from hvqcodec.cli import coding
     from hvqcodec.codec import Codec
 
@@ -141,6 +142,9 @@ def test_the_command_line_keeps_torch_for_large_images_and_other_devices(monkeyp
     assert isinstance(coding._file_decoder(data, "auto"), runtime.Runtime)
     assert isinstance(coding._file_decoder(data, "cpu"), runtime.Runtime)
     monkeypatch.setattr(runtime, "RUNTIME_MAX_PIXELS", 64 * 47)  # the file's image is 64 x 48
+    monkeypatch.setattr(runtime, "decodes_any_size", lambda: True)
+    assert isinstance(coding._file_decoder(data, "auto"), runtime.Runtime)
+    monkeypatch.setattr(runtime, "decodes_any_size", lambda: False)
     assert isinstance(coding._file_decoder(data, "auto"), Codec)
     monkeypatch.setenv("HVQ_RUNTIME", "numpy")
     assert isinstance(coding._file_decoder(data, "auto"), runtime.Runtime)

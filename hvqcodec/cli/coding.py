@@ -96,9 +96,10 @@ def compress(images, output, model, quality, target_bpp, effort, max_pixels, job
 def decompress(files, output, levels, max_pixels, device, force) -> None:
     """Decompress .hvq files into images.
 
-    A truncated file decodes to the preview its complete levels allow, with a warning. On a CPU, images up to 4
-    megapixels of the default models decode without importing torch (numpy and the C modules: the same codes,
-    float32 pixels); larger ones, other devices (--device cuda: the GPU), or HVQ_RUNTIME=torch use torch.
+    A truncated file decodes to the preview its complete levels allow, with a warning. On a CPU, files of the
+    default models decode without importing torch (numpy and the C modules: the same codes; bfloat16 pixels where
+    the CPU has AMX, else float32 and images up to 4 megapixels); other devices (--device cuda: the GPU), or
+    HVQ_RUNTIME=torch use torch.
 
     \b
     Examples:
