@@ -18,7 +18,7 @@ import numpy as np
 from . import container, npprior, rangecoding, tensorfile
 from .errors import HvqError, ModelError
 from .filecoding import (CompressedImage, DecodedImage, OperatingPoint, Progress, _one_line,  # noqa: F401
-                         decode_file, decoder_precision, encode_file, grid_sizes,  # (grid_sizes: this module's interface)
+                         decode_file, decoder_precision, encode_file, grid_sizes,  # (grid_sizes: re-exported)
                          model_ladder, quality_point)
 from .manifest import ModelEntry, check_payload, check_weights_file, model_entry
 from .wavefront import level_blocks
