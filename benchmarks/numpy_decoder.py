@@ -4,9 +4,11 @@ beside it.
 
 The command line spends 1.5-2 s importing torch; docs/DESIGN.md section 8 plans a runtime without it. This probe
 measures what its decoder costs in numpy plus the runtime's C kernels (hvqcodec/decoderkernel.py: depthwise 7x7
-conv + LayerNorm, bias + GELU, the post-filter's 3x3 convs; the matmuls stay in numpy's BLAS), and in plain numpy:
+conv + LayerNorm, bias + GELU, the post-filter's 3x3 convs; the matmuls in numpy's BLAS; where the CPU has AMX
+tiles, also with the blocks' MLPs and the post-filter's 32 -> 32 convs in bfloat16, as `decode(low_precision=True)`
+and the runtime run them), and in plain numpy:
 
-- agreement: `NumpyDecoder.decode` (with the kernels, and plain) against torch's float32 decode of the same codes
+- agreement: `NumpyDecoder.decode` (with the kernels, in bfloat16, and plain) against torch's float32 decode of the same codes
   (kodim01 at the default quality): the largest difference before rounding, and the PSNR of the numpy picture
   against torch's (both through the bytes: clamped, x255, rounded to uint8);
 - time: medians of --repeats runs each of the numpy decoder with the kernels and plain, each on one thread and
@@ -77,7 +79,9 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-NUMPY_DECODERS = {"numpy + C kernels": True, "numpy float32": False}  # label -> kernels
+# label -> (C kernels, bfloat16 tiles)
+NUMPY_DECODERS = {"numpy + C kernels": (True, False), "numpy + C kernels, bfloat16": (True, True),
+                  "numpy float32": (False, False)}
 
 
 def agreement_with(reference: np.ndarray, ours: np.ndarray, ours_threaded: np.ndarray) -> dict:
@@ -101,14 +105,16 @@ def measure_image(codec, name: str, codes, repeats: int, kernels: bool) -> dict:
     config = autoencoder.config.to_dict()
     numpy_codes = [c.numpy() for c in codes]
     batched = [c[None] for c in codes]
-    numpy_decoders = {label: use for label, use in NUMPY_DECODERS.items() if kernels or not use}
+    numpy_decoders = {label: (use, low) for label, (use, low) in NUMPY_DECODERS.items()
+                      if (kernels or not use) and (decoderkernel.bf16_available() or not low)}
     with torch.no_grad():
         reference = autoencoder.decode(batched, low_precision=False)[0].permute(1, 2, 0).numpy()
     agreement = {}
-    for label, use in numpy_decoders.items():
+    for label, (use, low) in numpy_decoders.items():
         with NumpyDecoder(config, state, kernels=use) as decoder:
-            ours = decoder.decode(numpy_codes, threads=1)
-            agreement[label] = found = agreement_with(reference, ours, decoder.decode(numpy_codes, threads=2))
+            ours = decoder.decode(numpy_codes, threads=1, low_precision=low)
+            agreement[label] = found = agreement_with(reference, ours, decoder.decode(numpy_codes, threads=2,
+                                                                                      low_precision=low))
         print(f"{name}: {label} vs torch float32: max |diff| {found['max_abs_difference']:.2e}, mean "
               f"{found['mean_abs_difference']:.2e}; uint8: PSNR {found['uint8_psnr_vs_torch_float32']:.2f} dB, "
               f"{100 * found['uint8_values_differing']:.4f}% of values differ (by <= "
@@ -118,13 +124,13 @@ def measure_image(codec, name: str, codes, repeats: int, kernels: bool) -> dict:
     prepare_times: list[float] = []
     part_times: dict[str, list[Timings]] = {}
 
-    def run_numpy(label: str, threads: int, use_kernels: bool) -> None:
+    def run_numpy(label: str, threads: int, use_kernels: bool, low_precision: bool) -> None:
         """One decode as a one-shot runtime runs it: weights prepared, threads started and stopped."""
         start = time.perf_counter()
         decoder = NumpyDecoder(config, state, kernels=use_kernels)
         prepare_times.append(time.perf_counter() - start)
         timings = Timings(PARTS)
-        decoder.decode(numpy_codes, threads=threads, timer=timings)
+        decoder.decode(numpy_codes, threads=threads, timer=timings, low_precision=low_precision)
         decoder.close()
         part_times.setdefault(label, []).append(timings)
 
@@ -134,10 +140,10 @@ def measure_image(codec, name: str, codes, repeats: int, kernels: bool) -> dict:
 
     default_label = f"torch default ({'bfloat16' if codec.low_precision_decoder else 'float32'})"
     runners = {}
-    for label, use in numpy_decoders.items():
+    for label, (use, low) in numpy_decoders.items():
         for threads in (1, 2):
             thread_label = f"{label}, {threads} thread{'s' if threads > 1 else ''}"
-            runners[thread_label] = (lambda l=thread_label, t=threads, u=use: run_numpy(l, t, u))
+            runners[thread_label] = (lambda l=thread_label, t=threads, u=use, b=low: run_numpy(l, t, u, b))
     runners["torch float32"] = lambda: run_torch(False)
     runners[default_label] = lambda: run_torch(codec.low_precision_decoder)
     for runner in runners.values():  # warm-up: allocators, oneDNN's kernels, caches
@@ -263,6 +269,7 @@ def main() -> None:
                "torch_threads": torch.get_num_threads(), "numpy_blas_threads": os.environ["OPENBLAS_NUM_THREADS"],
                "machine": platform.machine(), "cpus": os.cpu_count(),
                "low_precision_decoder": codec.low_precision_decoder,
+               "numpy_bfloat16_tiles": decoderkernel.bf16_available(),
                "decoder_kernels": decoderkernel.path() if kernels else None,
                "gelu": {"numpy float32": "exact (erf) form; erfc by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7",
                         **({"numpy + C kernels": "exact (erf) form; erfc(z) = 2u exp(-z^2 + Q(u)), u = 1/(2 + z), "

@@ -254,8 +254,10 @@ def preview_bytes(data: bytes, levels: int) -> int:
     return container.prefix_size(container.read_header(data), levels)
 
 
-def measure_hvq(codec: Any, rgb: np.ndarray, effort: int = 0) -> list[dict[str, Any]]:
-    """One point per operating point (single-run timings).
+def measure_hvq(codec: Any, rgb: np.ndarray, effort: int = 0,
+                decoder_for: Callable[[bytes], Any] | None = None) -> list[dict[str, Any]]:
+    """One point per operating point (single-run timings): compressed by `codec`, decompressed by
+    `decoder_for(data)` (default: `codec`).
 
     A model with a calibrated quality ladder gives one point per ladder entry. Entries that share their rate
     weights share one compression (`shared_files`: the file of an entry with fewer streams is a prefix of it,
@@ -278,7 +280,7 @@ def measure_hvq(codec: Any, rgb: np.ndarray, effort: int = 0) -> list[dict[str, 
         for index in members:
             entry, streams = entries[index], operating_points[index].file_streams
             start = time.perf_counter()
-            decoded = codec.decompress(data, levels=streams).image
+            decoded = (codec if decoder_for is None else decoder_for(data)).decompress(data, levels=streams).image
             decode_seconds = time.perf_counter() - start
             label = f"q {entry['quality']}" if entry["quality"] is not None else f"levels {entry['streams']}"
             point = _point(label, preview_bytes(data, streams), rgb, np.asarray(decoded.convert("RGB")),
@@ -294,10 +296,12 @@ def run_bench(plan: BenchPlan, console: Console | None = None) -> dict[str, Any]
     """Measure everything in the plan (with a progress bar on `console`) and return the results."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .codec import load_codec
+    from . import api
 
     start = time.perf_counter()
-    hvq = {f"hvq:{m}": load_codec(m, plan.device) for m in plan.models}  # load first: errors before the long run
+    # What `hvqcodec compress` and `decompress` run: the runtime without torch where it is preferred (the CPU), else
+    # the torch codec. Loaded first: errors before the long run.
+    hvq = {f"hvq:{m}": api.coder_for(m, plan.device, plan.effort) for m in plan.models}
     per_image: dict[str, list] = {name: [None] * len(plan.images) for name in [*plan.classic, *hvq]}
     progress = Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=True, disable=console is None)
@@ -309,7 +313,8 @@ def run_bench(plan: BenchPlan, console: Console | None = None) -> dict[str, Any]
         for name, codec in hvq.items():
             for index, path in enumerate(plan.images):
                 progress.update(task, description=f"{name} {plan.names[index]}")
-                per_image[name][index] = measure_hvq(codec, load_rgb(path), plan.effort)
+                per_image[name][index] = measure_hvq(codec, load_rgb(path), plan.effort,
+                                                     lambda data: api.decoder_for(data, plan.device))
                 progress.advance(task)
     codecs = {**plan.reused, **{name: _codec_entry(name, plan.names, images) for name, images in per_image.items()}}
     bd, same, png = compare(codecs)
@@ -319,7 +324,9 @@ def run_bench(plan: BenchPlan, console: Console | None = None) -> dict[str, Any]
         "images": [{"name": n, "width": w, "height": h} for n, (w, h) in zip(plan.names, sizes)],
         "settings": {"repeats": plan.repeats, "jobs": plan.jobs,
                      "device": str(next(iter(hvq.values())).device) if hvq else plan.device, "avif_speed": AVIF_SPEED,
-                     "hvq_timing": "one compress and one decode per level and image (no repeats)",
+                     "hvq_timing": "one compress and one decode per level and image (no repeats), by what the "
+                                   "command line runs",
+                     "hvq_coders": {name: type(coder).__name__ for name, coder in hvq.items()},
                      "hvq_effort": plan.effort,
                      "torch_threads": torch.get_num_threads(), "pillow": Image.__version__,
                      **({"reused": {"from": plan.reused_from, "codecs": sorted(plan.reused)}} if plan.reused else {})},

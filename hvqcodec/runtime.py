@@ -97,7 +97,9 @@ class Runtime:
         # As the torch codec's decoder_precision (read when it loads): bfloat16 wherever this decoder has it (AMX).
         self.low_precision = decoder_precision() != "float32" and self.decoder.low_precision_available
         self.tile_size = container.TILE_SIZE
+        self.calibrated = bool(entry.ladder)
         self.ladder = model_ladder(entry.ladder, self.num_streams)
+        self.device = "cpu"
         self._payload = payload  # for the encoder, made on first use (decoding never needs it)
         self._encoder: TileEncoder | None = None
         self._contexts: dict[tuple[int, int], Future] = {}  # the decoder's context paths, computed ahead

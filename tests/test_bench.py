@@ -168,6 +168,8 @@ def test_bench_through_the_cli(tiny_models_dir, tiny_folder, tmp_path):
         [p["bpp"] / png_bpp for p in hvq])
     assert [i["name"] for i in results["images"]] == ["img0.png", "img1.png"]
     assert results["images"][0]["width"] == 64 and results["seconds_total"] > 0
+    from hvqcodec import api
+    assert results["settings"]["hvq_coders"] == {"hvq:tiny": type(api.coder_for("tiny", "cpu")).__name__}
     assert any("bad.json skipped" in note for note in results["notes"])
 
     with Image.open(plot) as image:
