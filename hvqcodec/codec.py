@@ -204,8 +204,9 @@ class Codec:
                              tile_codes: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
         return decode_level(self.prior.levels[level], streams, sizes, tile_codes)
 
-    def decode_stage_stream(self, stage: int, data: bytes, codes: Sequence[torch.Tensor]) -> torch.Tensor:
-        return decode_stage(self.prior.stages[stage], data, codes)
+    def decode_stage_streams(self, stage: int, streams: Sequence[bytes], tile_codes: Sequence[Sequence[torch.Tensor]]
+                             ) -> list[torch.Tensor]:
+        return [decode_stage(self.prior.stages[stage], data, codes) for data, codes in zip(streams, tile_codes)]
 
 
 @functools.lru_cache(maxsize=4)

@@ -172,7 +172,8 @@ class FileDecoder(FileCoder, Protocol):
     def decode_level_streams(self, level: int, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
                              tile_codes: Sequence[Sequence[Any]]) -> list[Any]: ...
 
-    def decode_stage_stream(self, stage: int, data: bytes, codes: Sequence[Any]) -> Any: ...
+    def decode_stage_streams(self, stage: int, streams: Sequence[bytes], tile_codes: Sequence[Sequence[Any]]
+                             ) -> list[Any]: ...
 
 
 def encode_file(encoder: FileEncoder, source, point: OperatingPoint, max_pixels: int = container.DEFAULT_MAX_PIXELS,
@@ -303,8 +304,7 @@ def decode_file(decoder: FileDecoder, data: bytes, levels: int | None = None,
                 sizes = [grid_sizes(h, w)[level] for _, _, h, w in tiles]
                 grids = decoder.decode_level_streams(level, parsed.streams[level], sizes, all_codes)
             else:
-                grids = [decoder.decode_stage_stream(level - 3, data, codes)
-                         for data, codes in zip(parsed.streams[level], all_codes)]
+                grids = decoder.decode_stage_streams(level - 3, parsed.streams[level], all_codes)
         except container.ContainerError:
             raise
         except Exception as exc:  # the range decoder's own failures on damaged data, whatever their type

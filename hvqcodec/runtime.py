@@ -139,23 +139,65 @@ class Runtime:
 
     def decode_level_streams(self, level: int, streams: Sequence[bytes], sizes: Sequence[tuple[int, int]],
                              tile_codes: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+        side_by_side = self._side_by_side(len(streams))
         if level == 0:
             self._contexts.clear()  # a new file
-        elif level == 2 and self.threads > 1:
+        elif level == 2 and self.threads > 1 and not side_by_side:
             # The decoder's context path needs only the top and mid codes: on a side thread while the bottom level
             # and the stages are range decoded, whose small wavefront steps leave a core partly idle.
             for codes in tile_codes:
                 self._contexts[_grids_key(codes)] = self._side().submit(self.decoder.context, list(codes[:2]),
                                                                         low_precision=self.low_precision)
-        state = npprior.LevelState(self.levels[level], sizes, tile_codes)
-        rangecoding.decode_fronts(state, [rangecoding.stream_decoder(data) for data in streams])
-        return state.codes()
+        prior = self._single_thread_levels[level] if side_by_side else self.levels[level]
 
-    def decode_stage_stream(self, stage: int, data: bytes, codes: Sequence[np.ndarray]) -> np.ndarray:
-        prior = self.stages[stage]
-        h, w = codes[2].shape
-        groups = rangecoding.decode_groups(prior, rangecoding.stream_decoder(data), prior.context(codes), h * w)
-        return np.stack([group.reshape(h, w) for group in groups])
+        def decode(group: range) -> list[np.ndarray]:
+            state = npprior.LevelState(prior, [sizes[i] for i in group], [tile_codes[i] for i in group])
+            rangecoding.decode_fronts(state, [rangecoding.stream_decoder(streams[i]) for i in group])
+            return state.codes()
+
+        return self._tile_groups(decode, len(streams), side_by_side)
+
+    def decode_stage_streams(self, stage: int, streams: Sequence[bytes], tile_codes: Sequence[Sequence[np.ndarray]]
+                             ) -> list[np.ndarray]:
+        side_by_side = self._side_by_side(len(streams))
+        prior = self._single_thread_stages[stage] if side_by_side else self.stages[stage]
+
+        def decode(group: range) -> list[np.ndarray]:
+            grids = []
+            for i in group:
+                h, w = tile_codes[i][2].shape
+                groups = rangecoding.decode_groups(prior, rangecoding.stream_decoder(streams[i]),
+                                                   prior.context(tile_codes[i]), h * w)
+                grids.append(np.stack([codes.reshape(h, w) for codes in groups]))
+            return grids
+
+        return self._tile_groups(decode, len(streams), side_by_side)
+
+    def _side_by_side(self, tiles: int) -> bool:
+        """Whether a file's tiles are range decoded in two groups at once, one thread each: where the runtime has
+        two threads and the file two tiles or more. A tile's codes depend only on its own streams and upper codes,
+        so they are the same either way; the two groups overlap the range coder and Python, which hold the GIL,
+        with the C kernels, which do not (on one thread each, a wavefront step's work is too small to share)."""
+        return tiles > 1 and self.threads > 1
+
+    @functools.cached_property
+    def _single_thread_levels(self) -> list[npprior.LevelPrior]:
+        return [level.with_threads(1) for level in self.levels]
+
+    @functools.cached_property
+    def _single_thread_stages(self) -> list[npprior.StagePrior]:
+        return [stage.with_threads(1) for stage in self.stages]
+
+    @staticmethod
+    def _tile_groups(decode, tiles: int, side_by_side: bool) -> list[np.ndarray]:
+        """decode(range of tiles) -> their grids, for all tiles in order: in two halves at once where
+        side_by_side, else in one call."""
+        if not side_by_side:
+            return decode(range(tiles))
+        half = (tiles + 1) // 2
+        with ThreadPoolExecutor(2, thread_name_prefix="hvqcodec-tiles") as pool:
+            parts = list(pool.map(decode, [range(half), range(half, tiles)]))
+        return parts[0] + parts[1]
 
     def reconstruct(self, tile_codes: list[list[np.ndarray]], width: int, height: int, tile_size: int,
                     progress: Progress | None = None, float32: bool = True) -> np.ndarray:

@@ -153,6 +153,25 @@ def test_the_command_line_keeps_torch_for_large_images_and_other_devices(monkeyp
     assert isinstance(coding._file_decoder(data, "auto"), Codec)
 
 
+def test_tiles_decoded_side_by_side_give_the_same_codes_and_pixels():
+    """On two threads a file's tiles are range decoded in two groups at once, one thread each (levels and
+    stages); on one, all together: the same codes and pixels, and the torch codec's codes."""
+    from hvqcodec.codec import load_codec
+    from hvqcodec.manifest import model_entry
+
+    source = np.asarray(Image.open(DATA / "v1-source.png").convert("RGB").resize((1100, 72)))  # two tiles
+    entry = model_entry(None)
+    one, two = runtime.Runtime(entry, threads=1), runtime.Runtime(entry, threads=2)
+    data = one.compress(source).data
+    assert container.read_header(data).code_streams >= 4 and two._side_by_side(2) and not one._side_by_side(2)
+    a, b = one.decompress(data), two.decompress(data)
+    assert len(a.codes) == 2 and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    theirs = load_codec(None, "cpu").decompress(data)
+    for ours_a, ours_b, torch_codes in zip(a.codes, b.codes, theirs.codes):
+        assert all(np.array_equal(x, y) and np.array_equal(x, z.numpy()) for x, y, z in zip(ours_a, ours_b,
+                                                                                            torch_codes))
+
+
 def test_the_context_computed_ahead_changes_no_pixel():
     """On two threads the decoder's context path runs on a side thread while the bottom level decodes; on one it
     runs in turn: the same picture, and nothing left pending after a file (or a preview of it)."""
