@@ -274,7 +274,16 @@ static uint16_t to_bf16(float value) {
     return (uint16_t)(bits >> 16);
 }
 
-static void pack_weight(const float *weight, uint16_t *packed, ptrdiff_t K, ptrdiff_t N) {
+static float from_bf16(uint16_t value) {
+    const uint32_t bits = (uint32_t)value << 16;
+    float result;
+    memcpy(&result, &bits, 4);
+    return result;
+}
+
+/* remainder: pack what rounding to bfloat16 left of each value (w - bf16(w), itself rounded to bfloat16): the
+ * low half of a split weight (the three-pass matmuls below). */
+static void pack_weight(const float *weight, uint16_t *packed, ptrdiff_t K, ptrdiff_t N, int remainder) {
     const ptrdiff_t depth_blocks = K / TILE_DEPTH;
     for (ptrdiff_t block = 0; block < N / TILE_COLUMNS; block++)
         for (ptrdiff_t d = 0; d < depth_blocks; d++) {
@@ -282,8 +291,11 @@ static void pack_weight(const float *weight, uint16_t *packed, ptrdiff_t K, ptrd
             for (ptrdiff_t r = 0; r < 16; r++)
                 for (ptrdiff_t c = 0; c < TILE_COLUMNS; c++)
                     for (ptrdiff_t p = 0; p < 2; p++)
+                    {
+                        const float w = weight[(d * TILE_DEPTH + 2 * r + p) * N + block * TILE_COLUMNS + c];
                         tile[r * TILE_DEPTH + c * 2 + p] =
-                            to_bf16(weight[(d * TILE_DEPTH + 2 * r + p) * N + block * TILE_COLUMNS + c]);
+                            remainder ? to_bf16(w - from_bf16(to_bf16(w))) : to_bf16(w);
+                    }
         }
 }
 
@@ -296,6 +308,10 @@ typedef struct {
     const float *residual; /* (positions, C) */
     float *out;            /* (positions, C); may be residual itself */
     ptrdiff_t positions, channels;
+    /* For three passes (NULL: one): the weights' remainders (pack_weight's), so that each product is
+     * hi(y) hi(w) + hi(y) lo(w) + lo(y) hi(w) with hi, lo the bfloat16 halves of a split float32: about 16
+     * significant bits where one pass has 8 (the encoder's float32 path, which picks codes from these). */
+    const uint16_t *fc1_remainder, *fc2_remainder;
 } Mlp;
 
 #if defined(HAVE_X86_TARGETS) && defined(__linux__) && \
@@ -323,38 +339,61 @@ AMX_TARGET static void configure_tiles(void) {
     _tile_loadconfig(&config);
 }
 
-/* `rows` rows of K floats (stride K) -> bfloat16 (nearest even) in `out` (stride K), the rest of its 32 rows
- * zeros; K a multiple of 32. */
-AMX_TARGET static void round_rows(const float *in, ptrdiff_t rows, ptrdiff_t K, uint16_t *out) {
+/* `rows` rows of K floats (stride K) -> bfloat16 (nearest even) in `out` (stride K), and what that rounding left
+ * (rounded to bfloat16) in `remainder` unless NULL; the rest of their 32 rows zeros; K a multiple of 32. */
+AMX_TARGET static void round_rows(const float *in, ptrdiff_t rows, ptrdiff_t K, uint16_t *out, uint16_t *remainder) {
     for (ptrdiff_t k = 0; k < rows * K; k += 32) {
-        const __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(in + k + 16), _mm512_loadu_ps(in + k));
+        const __m512 low = _mm512_loadu_ps(in + k), high = _mm512_loadu_ps(in + k + 16);
+        const __m512bh pair = _mm512_cvtne2ps_pbh(high, low);
         _mm512_storeu_si512((void *)(out + k), (__m512i)pair);
+        if (remainder) { /* x - float(bf16(x)), each half converted back (bfloat16 -> float32: a 16-bit shift) */
+            const __m512 low_back = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(low)), 16));
+            const __m512 high_back = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(high)), 16));
+            const __m512bh rest = _mm512_cvtne2ps_pbh(_mm512_sub_ps(high, high_back), _mm512_sub_ps(low, low_back));
+            _mm512_storeu_si512((void *)(remainder + k), (__m512i)rest);
+        }
     }
     memset(out + rows * K, 0, (size_t)((TILE_ROWS - rows) * K) * sizeof(uint16_t));
+    if (remainder) memset(remainder + rows * K, 0, (size_t)((TILE_ROWS - rows) * K) * sizeof(uint16_t));
+}
+
+/* The accumulators 0-3 (a 32 x 32 block of the output) += the 32 bfloat16 rows of `in` (stride K) @ columns
+ * [column, column + 32) of a packed (K, N) weight. */
+AMX_TARGET static void accumulate(const uint16_t *in, const uint16_t *packed, ptrdiff_t K, ptrdiff_t column) {
+    const ptrdiff_t depth_blocks = K / TILE_DEPTH, tile_bytes = 16 * 64;
+    const uint8_t *weight0 = (const uint8_t *)packed + (column / TILE_COLUMNS) * depth_blocks * tile_bytes;
+    const uint8_t *weight1 = weight0 + depth_blocks * tile_bytes;
+    for (ptrdiff_t d = 0; d < depth_blocks; d++) {
+        _tile_loadd(4, in + d * TILE_DEPTH, K * 2);
+        _tile_loadd(5, in + 16 * K + d * TILE_DEPTH, K * 2);
+        _tile_loadd(6, weight0 + d * tile_bytes, 64);
+        _tile_loadd(7, weight1 + d * tile_bytes, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
 }
 
 /* out (32 x N, stride N floats) = the 32 bfloat16 rows of `in` (stride K) @ the packed (K, N) weight, plus
- * bias_rows (16 copies of the bias, stride N): the accumulators start from them. N a multiple of 32. */
-AMX_TARGET static void matmul_block(const uint16_t *in, const uint16_t *packed, const float *bias_rows, float *out,
-                                    ptrdiff_t K, ptrdiff_t N) {
-    const ptrdiff_t depth_blocks = K / TILE_DEPTH, tile_bytes = 16 * 64, lower = 16 * N;
+ * bias_rows (16 copies of the bias, stride N): the accumulators start from them. N a multiple of 32. With
+ * remainders (in_rest and packed_rest not NULL), the three passes of a split product (Mlp's comment). */
+AMX_TARGET static void matmul_block(const uint16_t *in, const uint16_t *in_rest, const uint16_t *packed,
+                                    const uint16_t *packed_rest, const float *bias_rows, float *out, ptrdiff_t K,
+                                    ptrdiff_t N) {
+    const ptrdiff_t lower = 16 * N;
     for (ptrdiff_t column = 0; column < N; column += 2 * TILE_COLUMNS) {
-        const uint8_t *weight0 = (const uint8_t *)packed + (column / TILE_COLUMNS) * depth_blocks * tile_bytes;
-        const uint8_t *weight1 = weight0 + depth_blocks * tile_bytes;
         _tile_loadd(0, bias_rows + column, N * 4);
         _tile_loadd(1, bias_rows + column + TILE_COLUMNS, N * 4);
         _tile_loadd(2, bias_rows + column, N * 4);
         _tile_loadd(3, bias_rows + column + TILE_COLUMNS, N * 4);
-        for (ptrdiff_t d = 0; d < depth_blocks; d++) {
-            _tile_loadd(4, in + d * TILE_DEPTH, K * 2);
-            _tile_loadd(5, in + 16 * K + d * TILE_DEPTH, K * 2);
-            _tile_loadd(6, weight0 + d * tile_bytes, 64);
-            _tile_loadd(7, weight1 + d * tile_bytes, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
+        if (packed_rest) {  /* the small terms first */
+            accumulate(in_rest, packed, K, column);
+            accumulate(in, packed_rest, K, column);
         }
+        accumulate(in, packed, K, column);
         _tile_stored(0, out + column, N * 4);
         _tile_stored(1, out + column + TILE_COLUMNS, N * 4);
         _tile_stored(2, out + lower + column, N * 4);
@@ -367,12 +406,16 @@ AMX_TARGET static int mlp_amx(const Mlp *a) {
     const ptrdiff_t C = a->channels, H = 4 * C;
     /* In one allocation: the block's input and hidden rows in bfloat16, 16 copies of each bias, the hidden and
      * the output rows in float32. Every part is a multiple of 64 bytes (C is a multiple of 16). */
-    const size_t input_bf16 = (size_t)(TILE_ROWS * C) * 2, hidden_bf16 = (size_t)(TILE_ROWS * H) * 2,
+    const int split = a->fc1_remainder != NULL; /* three passes; rows and their remainders side by side */
+    const size_t input_bf16 = (size_t)(TILE_ROWS * C) * 2 * (1 + split),
+                 hidden_bf16 = (size_t)(TILE_ROWS * H) * 2 * (1 + split),
                  bias1 = (size_t)(16 * H) * 4, bias2 = (size_t)(16 * C) * 4, hidden = (size_t)(TILE_ROWS * H) * 4,
                  output = (size_t)(TILE_ROWS * C) * 4;
     char *memory = aligned_alloc(64, input_bf16 + hidden_bf16 + bias1 + bias2 + hidden + output);
     if (!memory) return 0;
     uint16_t *input_rows = (uint16_t *)memory, *hidden_rows = (uint16_t *)(memory + input_bf16);
+    uint16_t *input_rest = split ? input_rows + TILE_ROWS * C : NULL;
+    uint16_t *hidden_rest = split ? hidden_rows + TILE_ROWS * H : NULL;
     float *bias1_rows = (float *)(memory + input_bf16 + hidden_bf16), *bias2_rows = bias1_rows + 16 * H;
     float *hidden_block = bias2_rows + 16 * C, *output_block = hidden_block + TILE_ROWS * H;
     for (ptrdiff_t r = 0; r < 16; r++) {
@@ -382,12 +425,12 @@ AMX_TARGET static int mlp_amx(const Mlp *a) {
     configure_tiles();
     for (ptrdiff_t position = 0; position < a->positions; position += TILE_ROWS) {
         const ptrdiff_t rows = min_index(TILE_ROWS, a->positions - position);
-        round_rows(a->y + position * C, rows, C, input_rows);
-        matmul_block(input_rows, a->fc1, bias1_rows, hidden_block, C, H);
+        round_rows(a->y + position * C, rows, C, input_rows, input_rest);
+        matmul_block(input_rows, input_rest, a->fc1, a->fc1_remainder, bias1_rows, hidden_block, C, H);
         const BiasGelu gelu = {hidden_block, NULL, H, 0, rows};
         bias_gelu_rows_avx512(&gelu);
-        round_rows(hidden_block, rows, H, hidden_rows);
-        matmul_block(hidden_rows, a->fc2, bias2_rows, output_block, H, C);
+        round_rows(hidden_block, rows, H, hidden_rows, hidden_rest);
+        matmul_block(hidden_rows, hidden_rest, a->fc2, a->fc2_remainder, bias2_rows, output_block, H, C);
         const float *residual = a->residual + position * C;
         float *out = a->out + position * C;
         for (ptrdiff_t k = 0; k < rows * C; k += 16)
@@ -794,7 +837,8 @@ static int bf16_shape_ok(Py_ssize_t K, Py_ssize_t N) {
 
 static PyObject *py_pack_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *weight, *packed;
-    if (!PyArg_ParseTuple(args, "OO", &weight, &packed)) return NULL;
+    int remainder = 0;
+    if (!PyArg_ParseTuple(args, "OO|p", &weight, &packed, &remainder)) return NULL;
     Py_buffer views[2] = {{0}};
     if (!get_floats(weight, "weight", 2, 0, &views[0])) return NULL;
     const Py_ssize_t K = views[0].shape[0], N = views[0].shape[1];
@@ -804,28 +848,36 @@ static PyObject *py_pack_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_Format(PyExc_ValueError, "packed: %zd bytes are needed", K * N * 2);
         ok = 0;
     }
-    if (ok) pack_weight(views[0].buf, views[1].buf, K, N);
+    if (ok) pack_weight(views[0].buf, views[1].buf, K, N, remainder);
     release_all(views, 2);
     if (!ok) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *py_mlp_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *y, *fc1, *fc1_bias, *fc2, *fc2_bias, *residual, *out;
-    if (!PyArg_ParseTuple(args, "OOOOOOO", &y, &fc1, &fc1_bias, &fc2, &fc2_bias, &residual, &out)) return NULL;
+    PyObject *y, *fc1, *fc1_bias, *fc2, *fc2_bias, *residual, *out, *fc1_rest = Py_None, *fc2_rest = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOOOOO|OO", &y, &fc1, &fc1_bias, &fc2, &fc2_bias, &residual, &out, &fc1_rest,
+                          &fc2_rest))
+        return NULL;
+    if ((fc1_rest == Py_None) != (fc2_rest == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "mlp_bf16: give both weights' remainders, or neither");
+        return NULL;
+    }
     if (!amx_ready) {
         PyErr_SetString(PyExc_RuntimeError, "mlp_bf16: this CPU (or OS) has no AMX bfloat16 tiles");
         return NULL;
     }
-    Py_buffer views[7] = {{0}};
-    enum { Y, FC1, FC1_BIAS, FC2, FC2_BIAS, RESIDUAL, OUT };
+    Py_buffer views[9] = {{0}};
+    enum { Y, FC1, FC1_BIAS, FC2, FC2_BIAS, RESIDUAL, OUT, FC1_REST, FC2_REST };
     if (!get_floats(y, "y", 2, 0, &views[Y])) return NULL;
     const Py_ssize_t P = views[Y].shape[0], C = views[Y].shape[1];
     int ok = bf16_shape_ok(C, 4 * C) && get_packed(fc1, "fc1", 4 * C * C, &views[FC1]) &&
              get_vector(fc1_bias, "fc1_bias", 4 * C, 0, &views[FC1_BIAS]) &&
              get_packed(fc2, "fc2", 4 * C * C, &views[FC2]) &&
              get_vector(fc2_bias, "fc2_bias", C, 0, &views[FC2_BIAS]) &&
-             get_floats(residual, "residual", 2, 0, &views[RESIDUAL]) && get_floats(out, "out", 2, 1, &views[OUT]);
+             get_floats(residual, "residual", 2, 0, &views[RESIDUAL]) && get_floats(out, "out", 2, 1, &views[OUT]) &&
+             (fc1_rest == Py_None || (get_packed(fc1_rest, "fc1_rest", 4 * C * C, &views[FC1_REST]) &&
+                                      get_packed(fc2_rest, "fc2_rest", 4 * C * C, &views[FC2_REST])));
     if (ok && (views[RESIDUAL].shape[0] != P || views[RESIDUAL].shape[1] != C || views[OUT].shape[0] != P ||
                views[OUT].shape[1] != C)) {
         PyErr_Format(PyExc_ValueError, "residual, out: shape (%zd, %zd) needed, as y", P, C);
@@ -840,13 +892,14 @@ static PyObject *py_mlp_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
 #ifdef HAVE_AMX
     if (ok) {
         const Mlp a = {views[Y].buf, views[FC1].buf, views[FC1_BIAS].buf, views[FC2].buf, views[FC2_BIAS].buf,
-                       views[RESIDUAL].buf, views[OUT].buf, P, C};
+                       views[RESIDUAL].buf, views[OUT].buf, P, C, views[FC1_REST].obj ? views[FC1_REST].buf : NULL,
+                       views[FC2_REST].obj ? views[FC2_REST].buf : NULL};
         Py_BEGIN_ALLOW_THREADS
         done = mlp_amx(&a);
         Py_END_ALLOW_THREADS
     }
 #endif
-    release_all(views, 7);
+    release_all(views, 9);
     if (!ok) return NULL;
     if (!done) return PyErr_NoMemory();
     Py_RETURN_NONE;

@@ -172,31 +172,39 @@ def bf16_shape_ok(matrix: np.ndarray) -> bool:
     return matrix.ndim == 2 and matrix.size > 0 and matrix.shape[0] % 32 == 0 and matrix.shape[1] % 32 == 0
 
 
-def pack_bf16(matrix: np.ndarray) -> np.ndarray:
+def pack_bf16(matrix: np.ndarray, remainder: bool = False) -> np.ndarray:
     """A Linear's (K, N) float32 matrix (`bf16_shape_ok`) -> its bfloat16 tiles for `mlp_bf16`: a flat uint16
     array, each value rounded to nearest even; for each block of 16 columns and each of 32 rows, 16 x 32 values:
-    row r holds the block's rows 2r and 2r + 1 in pairs, column by column. Runs on any CPU."""
+    row r holds the block's rows 2r and 2r + 1 in pairs, column by column. remainder: what that rounding left of
+    each value (matrix - bf16(matrix), rounded to bfloat16), for `mlp_bf16`'s three-pass products. Runs on any
+    CPU."""
     _check_floats("matrix", matrix, 2)
     if not bf16_shape_ok(matrix):
         raise ValueError(f"matrix: (K, N) with K and N multiples of 32 is needed, not {matrix.shape}")
     packed = np.empty(matrix.size, np.uint16)
-    _module().pack_bf16(matrix, packed)
+    _module().pack_bf16(matrix, packed, bool(remainder))
     return packed
 
 
 def mlp_bf16(y: np.ndarray, fc1: np.ndarray, fc1_bias: np.ndarray, fc2: np.ndarray, fc2_bias: np.ndarray,
-             residual: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+             residual: np.ndarray, out: np.ndarray | None = None, fc1_rest: np.ndarray | None = None,
+             fc2_rest: np.ndarray | None = None) -> np.ndarray:
     """out = residual + gelu(y @ fc1 + fc1_bias) @ fc2 + fc2_bias for y and residual (P, C) float32, fc1 and fc2
     `pack_bf16` of the (C, 4C) and (4C, C) matrices: y and the hidden values rounded to bfloat16 (nearest even),
     the products summed in float32, as torch's bfloat16 matmuls; exact GELU as `bias_gelu_`. out: (P, C), made if
-    None; it may be residual itself. Only where `bf16_available()`."""
+    None; it may be residual itself. With fc1_rest and fc2_rest (`pack_bf16(..., remainder=True)`), each product
+    is split into three: hi(a) hi(b) + hi(a) lo(b) + lo(a) hi(b), a float32 value's bfloat16 halves, about 16
+    significant bits rather than 8 (float32 has 24): what the encoder runs. Only where `bf16_available()`."""
     _check_floats("y", y, 2)
     positions, channels = y.shape
     _check_floats("residual", residual, 2)
     _check_shape("residual", residual, (positions, channels))
     _check_vector("fc1_bias", fc1_bias, 4 * channels)
     _check_vector("fc2_bias", fc2_bias, channels)
-    for name, packed in (("fc1", fc1), ("fc2", fc2)):
+    if (fc1_rest is None) != (fc2_rest is None):
+        raise ValueError("give both fc1_rest and fc2_rest, or neither")
+    for name, packed in (("fc1", fc1), ("fc2", fc2)) + ((("fc1_rest", fc1_rest), ("fc2_rest", fc2_rest))
+                                                      if fc1_rest is not None else ()):
         if not isinstance(packed, np.ndarray) or packed.dtype != np.uint16 or packed.shape != (4 * channels ** 2,):
             raise ValueError(f"{name}: pack_bf16 of a {channels}-channel block's matrix is needed")
     if out is None:
@@ -206,7 +214,7 @@ def mlp_bf16(y: np.ndarray, fc1: np.ndarray, fc1_bias: np.ndarray, fc2: np.ndarr
         _check_shape("out", out, (positions, channels))
     if not bf16_available():
         raise RuntimeError("mlp_bf16: this CPU (or OS) has no AMX bfloat16 tiles, or the C module is not built")
-    _module().mlp_bf16(y, fc1, fc1_bias, fc2, fc2_bias, residual, out)
+    _module().mlp_bf16(y, fc1, fc1_bias, fc2, fc2_bias, residual, out, fc1_rest, fc2_rest)
     return out
 
 

@@ -171,9 +171,18 @@ class BlockWeights:
     fc1_bias: np.ndarray  # (4C,)
     fc2: np.ndarray  # (4C, C)
     fc2_bias: np.ndarray  # (C,)
-    # fc1 and fc2 in bfloat16 tiles (decoderkernel.pack_bf16) where the CPU has them, for low-precision decodes.
+    # fc1 and fc2 in bfloat16 tiles (decoderkernel.pack_bf16) where the CPU has them, for low-precision decodes;
+    # and what that rounding left (`split_bf16`), for the encoder's three-pass products.
     fc1_bf16: np.ndarray | None = None
     fc2_bf16: np.ndarray | None = None
+    fc1_rest: np.ndarray | None = None
+    fc2_rest: np.ndarray | None = None
+
+    def split_bf16(self) -> None:
+        """Pack the remainders of fc1 and fc2 (once) where their bfloat16 tiles are packed."""
+        if self.fc1_bf16 is not None and self.fc1_rest is None:
+            self.fc1_rest = decoderkernel.pack_bf16(self.fc1, remainder=True)
+            self.fc2_rest = decoderkernel.pack_bf16(self.fc2, remainder=True)
 
 
 @dataclass
@@ -340,11 +349,13 @@ def prepare_weights(state: Mapping[str, np.ndarray], config: DecoderConfig) -> D
 class _Run:
     """One decode's settings, handed to the layers: the executor bands of rows are shared out over (None: the
     calling thread), whether to use the C kernels, the caller's timer if any, and whether the ConvNeXt blocks'
-    Linears may run in bfloat16 (where their weights were packed for it)."""
+    Linears may run in bfloat16 (where their weights were packed for it), or in three bfloat16 passes (where
+    their remainders were too)."""
 
     def __init__(self, pool: ThreadPoolExecutor | None, kernels: bool, timer: Timer | None,
-                 bf16: bool = False) -> None:
+                 bf16: bool = False, split_bf16: bool = False) -> None:
         self.pool, self.kernels, self.timer, self.bf16 = pool, kernels, timer, bf16
+        self.split_bf16 = split_bf16  # blocks with remainders packed: three-pass products (float32 otherwise)
 
 
     def each(self, function: Callable[[int], None], items: Sequence[int]) -> None:
@@ -465,11 +476,13 @@ def convnext_block_kernels(x: np.ndarray, block: BlockWeights, run: _Run) -> np.
         lap = run.laps("ConvNeXt blocks: ")
         y = decoderkernel.depthwise7x7_layernorm(x, block.depthwise, block.depthwise_bias, first_row=top, rows=rows)
         lap("depthwise 7x7 + LayerNorm (C)")
-        if run.bf16 and block.fc1_bf16 is not None:
+        split = run.split_bf16 and block.fc1_rest is not None
+        if split or (run.bf16 and block.fc1_bf16 is not None):
             decoderkernel.mlp_bf16(y.reshape(rows * w, c), block.fc1_bf16, block.fc1_bias, block.fc2_bf16,
                                    block.fc2_bias, x[top:top + rows].reshape(rows * w, c),
-                                   out[top:top + rows].reshape(rows * w, c))
-            lap("MLP + residual add in bfloat16 (C)")
+                                   out[top:top + rows].reshape(rows * w, c),
+                                   block.fc1_rest if split else None, block.fc2_rest if split else None)
+            lap(f"MLP + residual add in {'three ' if split else ''}bfloat16 (C)")
             return
         hidden = y.reshape(rows * w, c) @ block.fc1
         lap("MLP matmuls + second bias")
@@ -763,7 +776,7 @@ class _Network:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _run(self, threads: int, timer: Timer | None = None, bf16: bool = False) -> _Run:
+    def _run(self, threads: int, timer: Timer | None = None, bf16: bool = False, split_bf16: bool = False) -> _Run:
         """How a call runs: on `threads` Python threads (1: the calling thread only), with the kernels or not, the
         ConvNeXt blocks' Linears in bfloat16 or not."""
         if not _is_int(threads) or threads < 1:
@@ -774,7 +787,7 @@ class _Network:
                 if threads not in self._pools:
                     self._pools[threads] = ThreadPoolExecutor(int(threads), thread_name_prefix=self._thread_name)
                 pool = self._pools[threads]
-        return _Run(pool, self.kernels, timer, bf16 and self.kernels)
+        return _Run(pool, self.kernels, timer, bf16 and self.kernels, split_bf16 and self.kernels)
 
 
 class NumpyDecoder(_Network):
