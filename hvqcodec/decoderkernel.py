@@ -4,6 +4,7 @@ the autoencoder's decoder that plain numpy runs slowly, in C, on float32 channel
 - `depthwise7x7_layernorm`: a ConvNeXt block's depthwise 7x7 convolution + bias, then LayerNorm over channels;
 - `bias_gelu_`: the block's first Linear's bias + exact (erf) GELU, in place;
 - `conv3x3`: the post-filter's 3x3 convolutions + bias, optionally GELU;
+- `png_filter`: PNG's adaptive row filters for the decoded picture (`pngwrite`);
 - `pack_bf16`, `mlp_bf16` and `conv3x3_bf16`: a ConvNeXt block's MLP (Linear, GELU, Linear) and residual add,
   and the post-filter's 32 -> 32 convolutions, in bfloat16 on AMX tiles, where the CPU has them
   (`bf16_available()`): what the decoder runs when asked for low precision.
@@ -237,3 +238,13 @@ def conv3x3_bf16(x: np.ndarray, packed: np.ndarray, bias: np.ndarray, out: np.nd
         raise RuntimeError("conv3x3_bf16: this CPU (or OS) has no AMX bfloat16 tiles, or the C module is not built")
     _module().conv3x3_bf16(x, packed, bias, out, first_row, bool(gelu))
     return out
+
+
+def png_filter(rows: np.ndarray, pixel: int, out: np.ndarray, first: int = 0, stop: int | None = None) -> None:
+    """PNG's adaptive row filters (libpng's heuristic: of none, sub, up, average and Paeth, the least sum of
+    |filtered byte as signed|) for rows first .. stop - 1 of `rows` (an (H, W * pixel) uint8 array, `pixel` bytes
+    a pixel) into `out` (H, 1 + W * pixel): each row's filter type, then its bytes. Without the GIL, so threads
+    can filter bands of rows at once."""
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2:
+        raise ValueError("rows: an (H, bytes) uint8 array is needed")
+    _module().png_filter(rows, pixel, out, first, rows.shape[0] if stop is None else stop)

@@ -1,6 +1,6 @@
 """PNG files of decoded pictures, written on two cores: what `hvqcodec decompress` writes by default.
 
-Pillow filters and deflates a PNG on one thread; for the 4000x3000 photo of benchmarks/codec.py that took 2.4 s
+Pillow filters and deflates a PNG on one thread; for the 4000x3000 photo of benchmarks/codec.py that took 1.8 s
 of a 15.5 s `decompress` (zlib level 3). Here the rows are filtered by the C kernel (`decoderkernel.png_filter`:
 libpng's adaptive heuristic, as Pillow's encoder) and the filtered bytes deflated in parts on threads (zlib
 releases the GIL), each part a raw deflate stream ending on a byte boundary (a sync flush), so that their
@@ -44,7 +44,7 @@ def filter_rows(pixels: np.ndarray, pool: ThreadPoolExecutor | None = None, part
     cuts = [height * k // parts for k in range(parts + 1)]
 
     def band(k: int) -> None:
-        decoderkernel._module().png_filter(rows, pixels.shape[2], out, cuts[k], cuts[k + 1])
+        decoderkernel.png_filter(rows, pixels.shape[2], out, cuts[k], cuts[k + 1])
 
     list(map(band, range(parts)) if pool is None else pool.map(band, range(parts)))
     return out

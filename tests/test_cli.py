@@ -99,22 +99,29 @@ def test_models_variant_through_cli(tiny_models_dir):
 
 
 def test_version_names_the_step_function():
-    """`--version` says whether the C step function is in use, without importing torch (a fresh process)."""
+    """`--version` says whether the C step function is in use and what the decoder runs on, without importing torch
+    (a fresh process)."""
     import subprocess
     import sys
 
-    from hvqcodec import __version__, stepkernel
+    from hvqcodec import __version__, decoderkernel, stepkernel
 
     script = ("import sys; from click.testing import CliRunner; from hvqcodec.cli import main; "
               "print(CliRunner().invoke(main, ['--version']).output.strip()); print('torch' in sys.modules)")
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     line, torch_imported = output.splitlines()
+    line, decoder = line.rsplit("; ", 1)
     if stepkernel.available():
         path = ", int8 path (AVX-512 VNNI)" if stepkernel.int8_available() else \
             (", int8 path off (HVQ_STEP_KERNEL_INT8=0)" if stepkernel.int8_supported() else "")
-        assert line.endswith(f" {__version__} (step function: C{path})"), line
+        assert line.endswith(f" {__version__} (step function: C{path}"), line
     else:
         assert f" {__version__} (step function: torch (" in line, line
+    if decoderkernel.available():
+        tiles = ", bfloat16 tiles (AMX)" if decoderkernel.bf16_available() else ""
+        assert decoder == f"decoder: C, {decoderkernel.path()}{tiles})", decoder
+    else:
+        assert decoder.startswith("decoder: plain numpy"), decoder
     assert torch_imported == "False"
 
 

@@ -85,7 +85,7 @@ def test_the_decoded_pictures_png_is_about_pillows_size():
 def test_the_filter_kernel_checks_its_arguments():
     from hvqcodec import decoderkernel
 
-    png_filter = decoderkernel._module().png_filter
+    png_filter = decoderkernel._module().png_filter  # the C function itself, past the wrapper's checks
     rows, out = np.zeros((4, 12), np.uint8), np.zeros((4, 13), np.uint8)
     bad_calls = [(rows, 5, out, 0, 4),  # 5 does not divide 12
                  (rows, 3, out[:3], 0, 4), (rows, 3, out, 2, 5), (rows, 3, out, 3, 2),

@@ -25,8 +25,28 @@ def _step_function() -> str:
         "step function: torch (the C one is not built)"
 
 
+def _decoder_kernels() -> str:
+    """What the runtime's decoder runs on (`decoderkernel` imports numpy only)."""
+    from .. import decoderkernel
+
+    if not decoderkernel.available():
+        return "decoder: plain numpy (the C kernels are not built)"
+    return f"decoder: C, {decoderkernel.path()}" + (", bfloat16 tiles (AMX)" if decoderkernel.bf16_available() else "")
+
+
+def _print_version(context: click.Context, _parameter, value: bool) -> None:
+    """--version, made only when asked for (the kernels' checks import numpy: --help and info stay fast)."""
+    if not value or context.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    click.echo(f"{context.info_name} {version('hvqcodec')} ({_step_function()}; {_decoder_kernels()})")
+    context.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="hvqcodec", message=f"%(prog)s %(version)s ({_step_function()})")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version, the step function and the decoder kernels in use, and exit.")
 def main() -> None:
     """hvqcodec: a learned image codec (hierarchical VQ-VAE + PixelCNN priors + range coding).
 
