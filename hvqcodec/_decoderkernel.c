@@ -684,9 +684,25 @@ static void release_all(Py_buffer *views, int count) {
         if (views[k].obj) PyBuffer_Release(&views[k]);
 }
 
+/* The end of every kernel call: the views released, then NULL (an exception is set) unless ok, MemoryError unless
+ * done (a kernel's allocation failed), else None. */
+static PyObject *finish_call(Py_buffer *views, int count, int ok, int done) {
+    release_all(views, count);
+    if (!ok) return NULL;
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static int overlap(const Py_buffer *a, const Py_buffer *b) {
     const char *a0 = a->buf, *b0 = b->buf;
     return a0 < b0 + b->len && b0 < a0 + a->len;
+}
+
+/* 1 if an output does not share memory with an input (`what`), else 0 with ValueError. */
+static int apart(const Py_buffer *out, const Py_buffer *input, const char *what) {
+    if (!overlap(out, input)) return 1;
+    PyErr_Format(PyExc_ValueError, "out: must not share memory with %s", what);
+    return 0;
 }
 
 /* Output rows first_row .. first_row + out_rows - 1 exist in an input of `height` rows. */
@@ -725,10 +741,7 @@ static PyObject *py_depthwise_layernorm(PyObject *Py_UNUSED(self), PyObject *arg
         PyErr_Format(PyExc_ValueError, "out: shape (rows, %zd, %zd) needed", W, C);
         ok = 0;
     }
-    if (ok && overlap(&views[OUT], &views[X])) {
-        PyErr_SetString(PyExc_ValueError, "out: must not share memory with x");
-        ok = 0;
-    }
+    ok = ok && apart(&views[OUT], &views[X], "x");
     ok = ok && check_rows(first_row, views[OUT].shape[0], H, "depthwise_layernorm");
     if (ok && !(eps > 0.0f)) {
         PyErr_SetString(PyExc_ValueError, "eps: must be positive");
@@ -741,9 +754,7 @@ static PyObject *py_depthwise_layernorm(PyObject *Py_UNUSED(self), PyObject *arg
         current_path->depthwise_rows(&a);
         Py_END_ALLOW_THREADS
     }
-    release_all(views, 6);
-    if (!ok) return NULL;
-    Py_RETURN_NONE;
+    return finish_call(views, 6, ok, 1);
 }
 
 static PyObject *py_bias_gelu(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -765,9 +776,7 @@ static PyObject *py_bias_gelu(PyObject *Py_UNUSED(self), PyObject *args) {
         current_path->bias_gelu_rows(&a);
         Py_END_ALLOW_THREADS
     }
-    release_all(views, 2);
-    if (!ok) return NULL;
-    Py_RETURN_NONE;
+    return finish_call(views, 2, ok, 1);
 }
 
 static PyObject *py_conv3x3(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -790,10 +799,7 @@ static PyObject *py_conv3x3(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_Format(PyExc_ValueError, "out: shape (rows, %zd, %zd) needed", W, O);
         ok = 0;
     }
-    if (ok && overlap(&views[OUT], &views[X])) {
-        PyErr_SetString(PyExc_ValueError, "out: must not share memory with x");
-        ok = 0;
-    }
+    ok = ok && apart(&views[OUT], &views[X], "x");
     ok = ok && check_rows(first_row, views[OUT].shape[0], H, "conv3x3");
     int done = 1;
     if (ok) {
@@ -803,10 +809,7 @@ static PyObject *py_conv3x3(PyObject *Py_UNUSED(self), PyObject *args) {
         done = current_path->conv3x3_rows(&a);
         Py_END_ALLOW_THREADS
     }
-    release_all(views, 4);
-    if (!ok) return NULL;
-    if (!done) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish_call(views, 4, ok, done);
 }
 
 /* A C-contiguous 1-D uint16 buffer of `length` values (a packed weight), else ValueError naming it. */
@@ -849,9 +852,7 @@ static PyObject *py_pack_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
         ok = 0;
     }
     if (ok) pack_weight(views[0].buf, views[1].buf, K, N, remainder);
-    release_all(views, 2);
-    if (!ok) return NULL;
-    Py_RETURN_NONE;
+    return finish_call(views, 2, ok, 1);
 }
 
 static PyObject *py_mlp_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -899,10 +900,7 @@ static PyObject *py_mlp_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
         Py_END_ALLOW_THREADS
     }
 #endif
-    release_all(views, 9);
-    if (!ok) return NULL;
-    if (!done) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish_call(views, 9, ok, done);
 }
 
 static PyObject *py_conv3x3_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -930,10 +928,7 @@ static PyObject *py_conv3x3_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_Format(PyExc_ValueError, "out: shape (rows, %zd, outputs) needed", W);
         ok = 0;
     }
-    if (ok && overlap(&views[OUT], &views[X])) {
-        PyErr_SetString(PyExc_ValueError, "out: must not share memory with x");
-        ok = 0;
-    }
+    ok = ok && apart(&views[OUT], &views[X], "x");
     ok = ok && check_rows(first_row, views[OUT].shape[0], H, "conv3x3_bf16");
     int done = 1;
 #ifdef HAVE_AMX
@@ -945,10 +940,7 @@ static PyObject *py_conv3x3_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
         Py_END_ALLOW_THREADS
     }
 #endif
-    release_all(views, 4);
-    if (!ok) return NULL;
-    if (!done) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish_call(views, 4, ok, done);
 }
 
 static PyObject *py_png_filter(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -977,10 +969,7 @@ static PyObject *py_png_filter(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_Format(PyExc_ValueError, "rows %zd .. %zd are not a range of the image's %zd", first, stop - 1, rows);
         ok = 0;
     }
-    if (ok && overlap(&views[0], &views[1])) {
-        PyErr_SetString(PyExc_ValueError, "out: must not share memory with the image");
-        ok = 0;
-    }
+    ok = ok && apart(&views[1], &views[0], "the image");
     uint8_t *work = NULL;
     if (ok && !(work = malloc((size_t)(7 * width + 2 * pixel)))) {
         PyErr_NoMemory();
@@ -992,9 +981,7 @@ static PyObject *py_png_filter(PyObject *Py_UNUSED(self), PyObject *args) {
         Py_END_ALLOW_THREADS
     }
     free(work);
-    release_all(views, 2);
-    if (!ok) return NULL;
-    Py_RETURN_NONE;
+    return finish_call(views, 2, ok, 1);
 }
 
 static PyObject *py_bf16_available(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
