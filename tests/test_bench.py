@@ -1,6 +1,7 @@
 """`hvqcodec bench`: BD-rate and interpolation maths, quality metrics, and end-to-end runs on tiny images."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +279,23 @@ def test_bench_reuses_classic_results_of_the_same_images(tiny_models_dir, tiny_f
     bad.write_text("{}")
     result = run("bench", tiny_folder, "--codecs", "jpeg", "--reuse", bad)
     assert result.exit_code != 0 and "not a readable hvqcodec bench result" in result.output
+
+
+@pytest.mark.slow
+def test_hvq_points_with_the_runtime_as_with_the_torch_codec():
+    """`hvqcodec bench` codes hvq with what the command line runs (the runtime without torch on a CPU): the same
+    ladder of points as the torch codec gives, sizes within a few bytes (a near-tie may fall the other way) and
+    PSNR within rounding."""
+    from hvqcodec import api, runtime, stepkernel
+    from hvqcodec.codec import load_codec
+
+    if not (stepkernel.available() and stepkernel.int8_available()):
+        pytest.skip("the runtime without torch runs on the C module's int8 path only")
+    rgb = np.asarray(Image.open(Path(__file__).parent / "data" / "v1-source.png").convert("RGB"))[:48, :64]
+    coder = api.coder_for(None, "cpu")
+    assert isinstance(coder, runtime.Runtime)
+    ours = bench.measure_hvq(coder, rgb, 0, lambda data: api.decoder_for(data, "cpu"))
+    theirs = bench.measure_hvq(load_codec(None, "cpu"), rgb)
+    assert [(p["quality"], p["levels"]) for p in ours] == [(p["quality"], p["levels"]) for p in theirs]
+    for a, b in zip(ours, theirs):
+        assert abs(a["bpp"] - b["bpp"]) * 48 * 64 / 8 <= 16 and abs(a["psnr"] - b["psnr"]) < 0.1
