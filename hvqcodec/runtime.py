@@ -20,7 +20,7 @@ from .errors import HvqError, ModelError
 from .filecoding import (CompressedImage, DecodedImage, OperatingPoint, Progress, _one_line,  # noqa: F401
                          decode_file, decoder_precision, encode_file, grid_sizes,  # (grid_sizes: re-exported)
                          model_ladder, quality_point)
-from .manifest import ModelEntry, check_payload, check_weights_file, model_entry
+from .manifest import ModelEntry, check_payload, check_weights_file, default_model, model_entry, models_dir
 from .wavefront import level_blocks
 
 if TYPE_CHECKING:
@@ -235,11 +235,20 @@ class Runtime:
         return decode_file(self, data, levels, max_pixels, progress)
 
 
-@functools.lru_cache(maxsize=4)
 def load_runtime(name: str | None = None, folder: Path | None = None, threads: int | None = None) -> Runtime:
-    """A shipped model's runtime (default: the default model), kept for the next file of the same model; threads:
-    how many it codes with (None: up to two, `npprior.default_threads`)."""
-    return Runtime(model_entry(name, folder), threads)
+    """A shipped model's runtime (default: the default model of the models folder, $HVQCODEC_MODELS's where set),
+    kept for the next file of the same model, folder, threads and decoder precision; threads: how many it codes
+    with (None: up to two, `npprior.default_threads`)."""
+    folder = folder or models_dir()
+    return _cached_runtime(name or default_model(folder), folder, threads, decoder_precision())
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_runtime(name: str, folder: Path, threads: int | None, precision: str) -> Runtime:
+    return Runtime(model_entry(name, folder), threads)  # (precision: in the key, read again by Runtime)
+
+
+load_runtime.cache_clear = _cached_runtime.cache_clear  # type: ignore[attr-defined]
 
 
 def runtime_for(data: bytes, folder: Path | None = None) -> Runtime:

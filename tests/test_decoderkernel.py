@@ -221,10 +221,10 @@ def test_pack_bf16_layout():
 @pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
 @pytest.mark.parametrize("positions,channels", [(64, 32), (77, 64), (5, 96), (300, 128)])
 def test_mlp_bf16(positions, channels):
-    """residual + gelu(y @ fc1 + b1) @ fc2 + b2, with y and the hidden values in bfloat16 and float32 sums: as the
-    float64 reference on the bfloat16-rounded operands to float32 summation nearly everywhere (a hidden value that
-    rounds the other way to bfloat16 moves a few outputs by up to a bfloat16 step's share); float32's answer is
-    hundreds of times further on average."""
+    """residual + gelu(y @ fc1 + b1) @ fc2 + b2, with y and the hidden values in bfloat16 and float32 sums, and
+    the GELU to within 5e-5 (`test_rounded_gelu`): against the float64 reference on the bfloat16-rounded operands,
+    the differences are hidden values that round the other way to bfloat16 (a step's share each), a tenth of
+    float32's distance from it on average."""
     rng = np.random.default_rng(7)
     c = channels
     y, residual = random(rng, (positions, c)), random(rng, (positions, c))
@@ -235,8 +235,8 @@ def test_mlp_bf16(positions, channels):
     expected = residual + to_bf16(hidden.astype(np.float32)).astype(np.float64) @ to_bf16(fc2) + bias2
     float32 = residual + exact_gelu(y.astype(np.float64) @ fc1 + bias1) @ fc2 + bias2
     error = np.abs(out - expected)
-    assert np.quantile(error, 0.99) < 1e-6 and error.mean() < 1e-5 and error.max() < 5e-3
-    assert np.abs(float32 - expected).mean() > 100 * error.mean()
+    assert np.quantile(error, 0.99) < 2e-3 and error.max() < 5e-3
+    assert np.abs(float32 - expected).mean() > 5 * error.mean()
     in_place = residual.copy()
     decoderkernel.mlp_bf16(y, decoderkernel.pack_bf16(fc1), bias1, decoderkernel.pack_bf16(fc2), bias2, in_place,
                            in_place)
@@ -273,8 +273,8 @@ def test_mlp_bf16_arguments_are_checked():
                                                  ((5, 32, 64), 32, None)])
 def test_conv3x3_bf16(shape, channels, band):
     """As the float64 reference on the bfloat16-rounded input and weight, to float32 summation (a hundredth of
-    float32's distance from it), in bands of rows too, with and without GELU; widths that are not a multiple of
-    the 32 positions a block computes."""
+    float32's distance from it) and the rounded GELU's 5e-5, in bands of rows too, with and without GELU; widths
+    that are not a multiple of the 32 positions a block computes."""
     rng = np.random.default_rng(9)
     x = random(rng, shape)
     weight, bias = random(rng, (3, 3, shape[2], channels), (9 * shape[2]) ** -0.5), random(rng, channels, 0.1)
@@ -285,7 +285,7 @@ def test_conv3x3_bf16(shape, channels, band):
         expected = reference_conv3x3(to_bf16(x), to_bf16(weight), bias, gelu)[first:first + rows]
         float32 = reference_conv3x3(x, weight, bias, gelu)[first:first + rows]
         error = np.abs(out - expected).max()
-        assert error < 2e-6 and np.abs(float32 - expected).max() > 100 * error
+        assert error < (6e-5 if gelu else 2e-6) and np.abs(float32 - expected).max() > 100 * error
 
 
 @pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
@@ -331,3 +331,17 @@ def test_mlp_in_three_bf16_passes_is_nearly_float32():
     np.testing.assert_array_equal(unpacked, to_bf16(fc1 - to_bf16(fc1)))
     with pytest.raises(ValueError):
         decoderkernel.mlp_bf16(y, packed[0], bias1, packed[1], bias2, residual, fc1_rest=rests[0])
+
+
+@pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
+def test_rounded_gelu():
+    """The one-pass bfloat16 paths' GELU (no division, no exponential) is within 5e-5 of the exact one from -8 to
+    8, seen through a 3x3 convolution that passes its centre tap's channels through (exact in bfloat16 for
+    bfloat16 inputs)."""
+    x = np.linspace(-8, 8, 32 * 64, dtype=np.float32).reshape(1, 64, 32)
+    weight = np.zeros((3, 3, 32, 32), np.float32)
+    weight[1, 1] = np.eye(32)
+    out = decoderkernel.conv3x3_bf16(x, decoderkernel.pack_bf16(weight.reshape(288, 32)), np.zeros(32, np.float32),
+                                     gelu=True)
+    error = np.abs(out - exact_gelu(to_bf16(x)))
+    assert error.max() < 5e-5 and error.max() > 1e-7  # rounded, not exact
