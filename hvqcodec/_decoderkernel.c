@@ -359,10 +359,10 @@ AMX_TARGET static void gelu_rounded(float *x, ptrdiff_t count) {
     }
 }
 
-/* `rows` rows of K floats (stride K) -> bfloat16 (nearest even) in `out` (stride K), and what that rounding left
- * (rounded to bfloat16) in `remainder` unless NULL; the rest of their 32 rows zeros; K a multiple of 32. */
-AMX_TARGET static void round_rows(const float *in, ptrdiff_t rows, ptrdiff_t K, uint16_t *out, uint16_t *remainder) {
-    for (ptrdiff_t k = 0; k < rows * K; k += 32) {
+/* `count` floats (a multiple of 32) -> bfloat16 (nearest even) in `out`, and what that rounding left (rounded to
+ * bfloat16) in `remainder` unless NULL. */
+AMX_TARGET static void round_span(const float *in, ptrdiff_t count, uint16_t *out, uint16_t *remainder) {
+    for (ptrdiff_t k = 0; k < count; k += 32) {
         const __m512 low = _mm512_loadu_ps(in + k), high = _mm512_loadu_ps(in + k + 16);
         const __m512bh pair = _mm512_cvtne2ps_pbh(high, low);
         _mm512_storeu_si512((void *)(out + k), (__m512i)pair);
@@ -375,19 +375,43 @@ AMX_TARGET static void round_rows(const float *in, ptrdiff_t rows, ptrdiff_t K, 
             _mm512_storeu_si512((void *)(remainder + k), (__m512i)rest);
         }
     }
+}
+
+/* `rows` rows of K floats (stride K) -> round_span's, the rest of their 32 rows zeros; K a multiple of 32. */
+AMX_TARGET static void round_rows(const float *in, ptrdiff_t rows, ptrdiff_t K, uint16_t *out, uint16_t *remainder) {
+    round_span(in, rows * K, out, remainder);
     memset(out + rows * K, 0, (size_t)((TILE_ROWS - rows) * K) * sizeof(uint16_t));
     if (remainder) memset(remainder + rows * K, 0, (size_t)((TILE_ROWS - rows) * K) * sizeof(uint16_t));
 }
 
-/* The accumulators 0-3 (a 32 x 32 block of the output) += the 32 bfloat16 rows of `in` (stride K) @ columns
- * [column, column + 32) of a packed (K, N) weight. */
-AMX_TARGET static void accumulate(const uint16_t *in, const uint16_t *packed, ptrdiff_t K, ptrdiff_t column) {
-    const ptrdiff_t depth_blocks = K / TILE_DEPTH, tile_bytes = 16 * 64;
-    const uint8_t *weight0 = (const uint8_t *)packed + (column / TILE_COLUMNS) * depth_blocks * tile_bytes;
+/* The accumulators 0-3 (a 32 x 32 block of an output) start from 16 copies of the bias (`bias_rows`, stride N
+ * floats) at columns [column, column + 32); store_accumulators writes them to `out` (stride N floats). */
+AMX_TARGET static void start_accumulators(const float *bias_rows, ptrdiff_t column, ptrdiff_t N) {
+    _tile_loadd(0, bias_rows + column, N * 4);
+    _tile_loadd(1, bias_rows + column + TILE_COLUMNS, N * 4);
+    _tile_loadd(2, bias_rows + column, N * 4);
+    _tile_loadd(3, bias_rows + column + TILE_COLUMNS, N * 4);
+}
+
+AMX_TARGET static void store_accumulators(float *out, ptrdiff_t column, ptrdiff_t N) {
+    _tile_stored(0, out + column, N * 4);
+    _tile_stored(1, out + column + TILE_COLUMNS, N * 4);
+    _tile_stored(2, out + 16 * N + column, N * 4);
+    _tile_stored(3, out + 16 * N + column + TILE_COLUMNS, N * 4);
+}
+
+/* The accumulators += 32 rows of bfloat16 input (rows 0-15 from `in`, 16-31 from in + 16 stride; `depths` blocks
+ * of 32 consecutive values each) @ the matching depth blocks of a packed weight's two column tiles from `column`:
+ * its blocks first_depth .. first_depth + depths - 1 of `depth_blocks`. */
+AMX_TARGET static void accumulate(const uint16_t *in, ptrdiff_t stride, const uint16_t *packed,
+                                  ptrdiff_t depth_blocks, ptrdiff_t column, ptrdiff_t first_depth, ptrdiff_t depths) {
+    const ptrdiff_t tile_bytes = 16 * 64;
+    const uint8_t *weight0 =
+        (const uint8_t *)packed + ((column / TILE_COLUMNS) * depth_blocks + first_depth) * tile_bytes;
     const uint8_t *weight1 = weight0 + depth_blocks * tile_bytes;
-    for (ptrdiff_t d = 0; d < depth_blocks; d++) {
-        _tile_loadd(4, in + d * TILE_DEPTH, K * 2);
-        _tile_loadd(5, in + 16 * K + d * TILE_DEPTH, K * 2);
+    for (ptrdiff_t d = 0; d < depths; d++) {
+        _tile_loadd(4, in + d * TILE_DEPTH, stride * 2);
+        _tile_loadd(5, in + 16 * stride + d * TILE_DEPTH, stride * 2);
         _tile_loadd(6, weight0 + d * tile_bytes, 64);
         _tile_loadd(7, weight1 + d * tile_bytes, 64);
         _tile_dpbf16ps(0, 4, 6);
@@ -403,21 +427,15 @@ AMX_TARGET static void accumulate(const uint16_t *in, const uint16_t *packed, pt
 AMX_TARGET static void matmul_block(const uint16_t *in, const uint16_t *in_rest, const uint16_t *packed,
                                     const uint16_t *packed_rest, const float *bias_rows, float *out, ptrdiff_t K,
                                     ptrdiff_t N) {
-    const ptrdiff_t lower = 16 * N;
+    const ptrdiff_t depths = K / TILE_DEPTH;
     for (ptrdiff_t column = 0; column < N; column += 2 * TILE_COLUMNS) {
-        _tile_loadd(0, bias_rows + column, N * 4);
-        _tile_loadd(1, bias_rows + column + TILE_COLUMNS, N * 4);
-        _tile_loadd(2, bias_rows + column, N * 4);
-        _tile_loadd(3, bias_rows + column + TILE_COLUMNS, N * 4);
+        start_accumulators(bias_rows, column, N);
         if (packed_rest) {  /* the small terms first */
-            accumulate(in_rest, packed, K, column);
-            accumulate(in, packed_rest, K, column);
+            accumulate(in_rest, K, packed, depths, column, 0, depths);
+            accumulate(in, K, packed_rest, depths, column, 0, depths);
         }
-        accumulate(in, packed, K, column);
-        _tile_stored(0, out + column, N * 4);
-        _tile_stored(1, out + column + TILE_COLUMNS, N * 4);
-        _tile_stored(2, out + lower + column, N * 4);
-        _tile_stored(3, out + lower + column + TILE_COLUMNS, N * 4);
+        accumulate(in, K, packed, depths, column, 0, depths);
+        store_accumulators(out, column, N);
     }
 }
 
@@ -482,7 +500,7 @@ typedef struct {
 /* 0 when out of memory. */
 AMX_TARGET static int conv3x3_amx(const Conv3x3Tiles *a) {
     const ptrdiff_t W = a->width, I = a->inputs, O = a->outputs, input_blocks = I / TILE_DEPTH;
-    const ptrdiff_t ring_width = (W + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS + 2, tile_bytes = 16 * 64;
+    const ptrdiff_t ring_width = (W + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS + 2;
     const size_t ring_row = (size_t)(ring_width * I) * 2, bias_rows = (size_t)(16 * O) * 4,
                  block = (size_t)(TILE_ROWS * O) * 4;
     char *memory = aligned_alloc(64, 3 * ring_row + bias_rows + block);
@@ -492,19 +510,11 @@ AMX_TARGET static int conv3x3_amx(const Conv3x3Tiles *a) {
     float *bias_block = (float *)(memory + 3 * ring_row), *out_block = bias_block + 16 * O;
     for (ptrdiff_t r = 0; r < 16; r++) memcpy(bias_block + r * O, a->bias, (size_t)O * sizeof(float));
 
-    /* Input row y into its ring slot (y mod 3) from column 1; rows outside the input are zeros. */
+    /* Input row y in its ring slot (y mod 3) from column 1; rows outside the input are zeros. */
 #define RING_SLOT(y) (ring + (((y) % 3 + 3) % 3) * ring_width * I)
 #define FILL_ROW(y)                                                                                                 \
-    do {                                                                                                            \
-        uint16_t *slot_ = RING_SLOT(y);                                                                             \
-        if ((y) < 0 || (y) >= a->height) memset(slot_, 0, ring_row);                                                \
-        else                                                                                                        \
-            for (ptrdiff_t k_ = 0; k_ < W * I; k_ += 32) {                                                          \
-                const float *in_ = a->x + (y) * W * I + k_;                                                         \
-                const __m512bh pair_ = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(in_ + 16), _mm512_loadu_ps(in_));        \
-                _mm512_storeu_si512((void *)(slot_ + I + k_), (__m512i)pair_);                                      \
-            }                                                                                                       \
-    } while (0)
+    ((y) < 0 || (y) >= a->height ? (void)memset(RING_SLOT(y), 0, ring_row)                                          \
+                                 : round_span(a->x + (y) * W * I, W * I, RING_SLOT(y) + I, NULL))
 
     configure_tiles();
     FILL_ROW(a->first_row - 1);
@@ -514,33 +524,12 @@ AMX_TARGET static int conv3x3_amx(const Conv3x3Tiles *a) {
         FILL_ROW(y + 1);
         for (ptrdiff_t x0 = 0; x0 < W; x0 += TILE_ROWS) {
             for (ptrdiff_t column = 0; column < O; column += 2 * TILE_COLUMNS) {
-                _tile_loadd(0, bias_block + column, O * 4);
-                _tile_loadd(1, bias_block + column + TILE_COLUMNS, O * 4);
-                _tile_loadd(2, bias_block + column, O * 4);
-                _tile_loadd(3, bias_block + column + TILE_COLUMNS, O * 4);
-                const uint8_t *weight0 = (const uint8_t *)a->packed + (column / TILE_COLUMNS) * 9 * input_blocks *
-                                                                          tile_bytes;
-                const uint8_t *weight1 = weight0 + 9 * input_blocks * tile_bytes;
-                for (int i = 0; i < 3; i++) {
-                    const uint16_t *row = RING_SLOT(y - 1 + i);
+                start_accumulators(bias_block, column, O);
+                for (int i = 0; i < 3; i++)
                     for (int j = 0; j < 3; j++)
-                        for (ptrdiff_t cb = 0; cb < input_blocks; cb++) {
-                            const uint16_t *first = row + (x0 + j) * I + cb * TILE_DEPTH;
-                            const ptrdiff_t depth = (i * 3 + j) * input_blocks + cb;
-                            _tile_loadd(4, first, I * 2);
-                            _tile_loadd(5, first + 16 * I, I * 2);
-                            _tile_loadd(6, weight0 + depth * tile_bytes, 64);
-                            _tile_loadd(7, weight1 + depth * tile_bytes, 64);
-                            _tile_dpbf16ps(0, 4, 6);
-                            _tile_dpbf16ps(1, 4, 7);
-                            _tile_dpbf16ps(2, 5, 6);
-                            _tile_dpbf16ps(3, 5, 7);
-                        }
-                }
-                _tile_stored(0, out_block + column, O * 4);
-                _tile_stored(1, out_block + column + TILE_COLUMNS, O * 4);
-                _tile_stored(2, out_block + 16 * O + column, O * 4);
-                _tile_stored(3, out_block + 16 * O + column + TILE_COLUMNS, O * 4);
+                        accumulate(RING_SLOT(y - 1 + i) + (x0 + j) * I, I, a->packed, 9 * input_blocks, column,
+                                   (i * 3 + j) * input_blocks, input_blocks);
+                store_accumulators(out_block, column, O);
             }
             const ptrdiff_t count = min_index(TILE_ROWS, W - x0);
             if (a->gelu) gelu_rounded(out_block, count * O);
