@@ -7,6 +7,7 @@ coded and how its picture is computed.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from . import container
-from .errors import ModelError
+from .errors import HvqError, ModelError
 from .imageio import ImageError, LoadedImage, decode_alpha, encode_alpha, load_image, to_pil
 from .names import LEVEL_STRIDES, PAD_MULTIPLE
 from .residual import FLAT, MAX_STEP as MAX_RESIDUAL_STEP, add_residual_tiles, encode_residual, is_tilted
@@ -26,7 +27,6 @@ ECVQ_CANDIDATES = 8  # nearest bottom codewords considered by entropy-constraine
 Progress = Callable[[int, int], None]  # (done, total) units of work
 
 
-
 # The decoder's precision, asked for by the caller or the environment (both coders read it when they load).
 DECODER_PRECISIONS = ("auto", "float32", "bfloat16")
 PRECISION_VARIABLE = "HVQCODEC_DECODER_PRECISION"
@@ -36,15 +36,12 @@ def decoder_precision(precision: str | None = None) -> str:
     """`precision`, else $HVQCODEC_DECODER_PRECISION, else "auto", checked: auto (bfloat16 where the CPU has it
     natively), float32 or bfloat16. Only pixels depend on it (by a few levels at most); the codes and the file
     never do. HvqError for another value."""
-    import os
-
-    from .errors import HvqError
-
     precision = precision or os.environ.get(PRECISION_VARIABLE) or "auto"
     if precision not in DECODER_PRECISIONS:
         raise HvqError(f"decoder precision {precision!r} (from {PRECISION_VARIABLE} or the caller): expected "
                        + ", ".join(DECODER_PRECISIONS))
     return precision
+
 
 @dataclass(frozen=True)
 class OperatingPoint:

@@ -831,8 +831,9 @@ class NumpyDecoder(_Network):
     @property
     def low_precision_available(self) -> bool:
         """Whether `decode(low_precision=True)` runs bfloat16 here (else it is float32 throughout)."""
-        return self.kernels and self.weights.quarter_blocks[0].fc1_bf16 is not None if self.weights.quarter_blocks \
-            else False
+        weights = self.weights
+        blocks = weights.top_blocks + weights.mid_blocks + weights.quarter_blocks + weights.half_blocks
+        return self.kernels and any(block.fc1_bf16 is not None for block in blocks)
 
     def context(self, codes: Sequence[np.ndarray], threads: int = 1, low_precision: bool = False) -> np.ndarray:
         """The context path's output for a tile's top and mid codes (the first two grids of `codes`): what `decode`

@@ -174,10 +174,11 @@ class Runtime:
         return self._tile_groups(decode, len(streams), side_by_side)
 
     def _side_by_side(self, tiles: int) -> bool:
-        """Whether a file's tiles are range decoded in two groups at once, one thread each: where the runtime has
-        two threads and the file two tiles or more. A tile's codes depend only on its own streams and upper codes,
-        so they are the same either way; the two groups overlap the range coder and Python, which hold the GIL,
-        with the C kernels, which do not (on one thread each, a wavefront step's work is too small to share)."""
+        """Whether a file's tiles are decoded two at once, one thread each (range decoded in two groups; their
+        pictures two at a time): where the runtime has two threads and the file two tiles or more. A tile's codes
+        depend only on its own streams and upper codes, so they are the same either way; the two groups overlap the
+        range coder and Python, which hold the GIL, with the C kernels, which do not (on one thread each, a
+        wavefront step's work is too small to share)."""
         return tiles > 1 and self.threads > 1
 
     @functools.cached_property
@@ -203,19 +204,19 @@ class Runtime:
                     progress: Progress | None = None, float32: bool = True) -> np.ndarray:
         """Each tile's code grids -> the (H, W, 3) uint8 picture: with the ConvNeXt blocks' Linears in bfloat16
         where `low_precision` (as the torch codec's bfloat16 decoder), unless `float32` (asked for under a residual
-        layer, coded against float32 pixels). Several tiles are decoded two at a time, one
-        thread each, where the runtime has two threads: the same pixels, a little sooner
+        layer, coded against float32 pixels). Several tiles are decoded two at a time, one thread each, where the
+        runtime has two threads (`_side_by_side`): the same pixels, a little sooner
         (`python benchmarks/tile_threads.py`)."""
         from .npcoding import InPlace
         from .npdecoder import to_uint8
 
         places = container.tile_grid(width, height, tile_size)
-        side_by_side = len(tile_codes) > 1 and self.threads > 1
+        side_by_side = self._side_by_side(len(tile_codes))
         threads = 1 if side_by_side else self.threads
+        low_precision = self.low_precision and not float32
 
         def picture(codes: list[np.ndarray]) -> np.ndarray:
             pending = self._contexts.pop(_grids_key(codes), None) if len(codes) > 1 else None
-            low_precision = self.low_precision and not float32
             # (computed ahead in the runtime's precision: under a residual layer a bfloat16 one is not used)
             context = None if pending is None or low_precision != self.low_precision else pending.result()
             return to_uint8(self.decoder.decode(codes, threads, context=context, low_precision=low_precision))
