@@ -7,7 +7,8 @@ from setuptools import Extension, setup
 
 COMPILE_ARGS = [] if os.name == "nt" else ["-O3"]
 
+# Both include hvqcodec/_amx.h (AMX tiles' set-up; MANIFEST.in puts it in the source distribution).
 setup(ext_modules=[Extension("hvqcodec._stepkernel", ["hvqcodec/_stepkernel.c"], optional=True,
-                             extra_compile_args=COMPILE_ARGS),
+                             extra_compile_args=COMPILE_ARGS, depends=["hvqcodec/_amx.h"]),
                    Extension("hvqcodec._decoderkernel", ["hvqcodec/_decoderkernel.c"], optional=True,
-                             extra_compile_args=COMPILE_ARGS)])
+                             extra_compile_args=COMPILE_ARGS, depends=["hvqcodec/_amx.h"])])

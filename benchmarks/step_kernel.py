@@ -9,11 +9,13 @@ and the decoded pictures are compared byte for byte.
     python benchmarks/step_kernel.py --baseline float32   # the int8 path (AVX-512 VNNI) against the float32 one
     python benchmarks/step_kernel.py --baseline no-prefetch   # with and without the C function's prefetching
     python benchmarks/step_kernel.py --baseline torch-projections   # the conditioning projections in C or torch
+    python benchmarks/step_kernel.py --baseline vnni   # the int8 path's products on AMX tiles or with AVX-512 VNNI
 
 The baseline codec is built and warmed up with HVQ_STEP_KERNEL=0 (torch everywhere) or, with --baseline float32,
 HVQ_STEP_KERNEL_INT8=0 (the C float32 step function, torch conditioning stacks and stage heads: hvqcodec 0.17's
 path); with --baseline no-prefetch both are the same codec, the C function's prefetching turned off for the
-baseline's calls (`stepkernel.set_prefetch`; with HVQ_STEP_KERNEL_INT8=0 in the environment, the float32 path's); with
+baseline's calls (`stepkernel.set_prefetch`; with HVQ_STEP_KERNEL_INT8=0 in the environment, the float32 path's), and
+likewise with --baseline vnni, AMX tiles turned off for the baseline's calls (`stepkernel.set_amx`); with
 --baseline torch-projections the baseline computes the levels' conditioning projections with torch's int8 matmul
 and float32 passes instead of `stepkernel.LinearKernel` (hvqcodec 0.19). The other one takes every C function this
 CPU has. Both search candidates with the C `smallest`.
@@ -49,10 +51,11 @@ def main() -> None:
     parser.add_argument("--max-positions", type=int, default=stepkernel.max_positions(),
                         help="batches of this many positions or more use the torch version (default: "
                              "stepkernel.max_positions(), which depends on GOMP_SPINCOUNT)")
-    parser.add_argument("--baseline", choices=("torch", "float32", "no-prefetch", "torch-projections"),
+    parser.add_argument("--baseline", choices=("torch", "float32", "no-prefetch", "torch-projections", "vnni"),
                         default="torch",
                         help="what the C function is compared with: the torch step function, the C float32 path, "
-                             "the C function without prefetching, or the conditioning projections in torch")
+                             "the C function without prefetching, the conditioning projections in torch, or the "
+                             "int8 products with AVX-512 VNNI instead of AMX tiles")
     parser.add_argument("--json")
     args = parser.parse_args()
     stepkernel.MAX_POSITIONS = args.max_positions
@@ -64,6 +67,8 @@ def main() -> None:
     base = args.baseline
     if base in ("float32", "torch-projections") and not stepkernel.int8_available():
         raise SystemExit("no int8 path here (AVX-512 VNNI, or HVQ_STEP_KERNEL_INT8=0): nothing to compare")
+    if base == "vnni" and not (stepkernel.int8_available() and stepkernel.amx_int8_supported()):
+        raise SystemExit("no AMX int8 tiles here (or no int8 path): nothing to compare")
     # The baseline's switch is read as kernels are made: at load, and at first use (warm-up on one image). The
     # prefetching switch is the C module's, set before each call below.
     switch = {"float32": "HVQ_STEP_KERNEL_INT8", "torch": "HVQ_STEP_KERNEL"}.get(base)
@@ -101,6 +106,7 @@ def main() -> None:
             files, pictures = {}, {}
             for name, codec in codecs.items():
                 stepkernel.set_prefetch(name != "no-prefetch")
+                stepkernel.set_amx(name != "vnni")
                 start = time.perf_counter()
                 files[name] = codec.compress(path).data
                 times[name]["encode"].append(time.perf_counter() - start)

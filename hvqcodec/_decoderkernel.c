@@ -314,30 +314,12 @@ typedef struct {
     const uint16_t *fc1_remainder, *fc2_remainder;
 } Mlp;
 
-#if defined(HAVE_X86_TARGETS) && defined(__linux__) && \
-    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
-#define HAVE_AMX 1
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "_amx.h"
+#if defined(HAVE_X86_TARGETS) && defined(HAVE_AMX)
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16,avx512bw,avx512vl,avx512dq,avx2,fma")))
 
 /* Tiles 0-3 accumulate a 32 x 32 block of an output, 4-5 hold 32 rows of its input (32 bfloat16 each), 6-7 two
- * column blocks of its weight (16 rows of 16 pairs): palette 1, 16 rows of 64 bytes each. */
-AMX_TARGET static void configure_tiles(void) {
-    struct {
-        uint8_t palette, start_row, reserved[14];
-        uint16_t bytes_per_row[16];
-        uint8_t rows[16];
-    } __attribute__((aligned(64))) config;
-    memset(&config, 0, sizeof config);
-    config.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        config.bytes_per_row[t] = 64;
-        config.rows[t] = 16;
-    }
-    _tile_loadconfig(&config);
-}
+ * column blocks of its weight (16 rows of 16 pairs): configure_tiles (_amx.h). */
 
 /* GELU in place on `count` floats (a multiple of 16) to within 5e-5 of the exact one, for the one-pass bfloat16
  * paths, whose results are next rounded to bfloat16 (8 significant bits) or summed into an RGB correction: x Phi(x)
@@ -490,16 +472,27 @@ AMX_TARGET static int mlp_amx(const Mlp *a) {
  * input rows are rounded to bfloat16 once each, into a ring of three rows with a zero column on each side. */
 typedef struct {
     const float *x;         /* (height, width, inputs) */
-    const uint16_t *packed; /* pack_weight of the (9 inputs, outputs) matrix */
-    const float *bias;      /* (outputs) */
+    const uint16_t *packed; /* pack_weight of the (9 inputs, columns) matrix */
+    const float *bias;      /* (columns) */
     float *out;             /* (rows, width, outputs): output rows first_row .. first_row + rows - 1 */
     ptrdiff_t height, width, inputs, outputs, first_row, rows;
     int gelu;
+    ptrdiff_t columns;      /* the outputs zero-padded to a multiple of 32 (the last layer's 3) */
 } Conv3x3Tiles;
+
+/* The first `count` positions of a block of 32 outputs (stride `columns`) into out (stride `outputs`). */
+AMX_TARGET static void store_outputs(const float *block, ptrdiff_t count, ptrdiff_t columns, float *out,
+                                     ptrdiff_t outputs) {
+    if (columns == outputs) {
+        memcpy(out, block, (size_t)(count * outputs) * sizeof(float));
+        return;
+    }
+    for (ptrdiff_t k = 0; k < count; k++) memcpy(out + k * outputs, block + k * columns, (size_t)outputs * sizeof(float));
+}
 
 /* 0 when out of memory. */
 AMX_TARGET static int conv3x3_amx(const Conv3x3Tiles *a) {
-    const ptrdiff_t W = a->width, I = a->inputs, O = a->outputs, input_blocks = I / TILE_DEPTH;
+    const ptrdiff_t W = a->width, I = a->inputs, O = a->columns, input_blocks = I / TILE_DEPTH;
     const ptrdiff_t ring_width = (W + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS + 2;
     const size_t ring_row = (size_t)(ring_width * I) * 2, bias_rows = (size_t)(16 * O) * 4,
                  block = (size_t)(TILE_ROWS * O) * 4;
@@ -533,11 +526,75 @@ AMX_TARGET static int conv3x3_amx(const Conv3x3Tiles *a) {
             }
             const ptrdiff_t count = min_index(TILE_ROWS, W - x0);
             if (a->gelu) gelu_rounded(out_block, count * O);
-            memcpy(a->out + (r * W + x0) * O, out_block, (size_t)(count * O) * sizeof(float));
+            store_outputs(out_block, count, O, a->out + (r * W + x0) * a->outputs, a->outputs);
         }
     }
 #undef FILL_ROW
 #undef RING_SLOT
+    _tile_release();
+    free(memory);
+    return 1;
+}
+
+/* LayerNorm over channels (no affine: folded into the next product) then a 2x2 stride-2 transposed convolution, as
+ * one (C, N) product in bfloat16 (N: its 4 O columns (i, j, o), zero-padded to a multiple of 32), for input rows
+ * first_row .. first_row + rows - 1: each position's four output pixels (2y + i, 2x + j) written to `out`. 32
+ * positions at a time, normalised in float32, rounded to bfloat16 (with the remainders where packed_rest is given:
+ * the three passes), times the tiles, plus the bias; where numpy took a normalised copy, a float32 matmul and a
+ * transposing copy of the whole grid (a fifth of a 1024 x 1024 tile's decode). */
+typedef struct {
+    const float *x;                       /* (height, width, C) */
+    const uint16_t *packed, *packed_rest; /* pack_weight of the (C, N) matrix; its remainders, or NULL */
+    const float *bias;                    /* (N) */
+    float *out;                           /* (2 height, 2 width, O) */
+    ptrdiff_t width, channels, columns, outputs, first_row, rows;
+    float eps;
+} Upsample;
+
+/* `rows` rows of C floats (a multiple of 16), each (x - mean) / sqrt(variance + eps), into out. */
+AMX_TARGET static void normalise_rows(const float *in, ptrdiff_t rows, ptrdiff_t C, float eps, float *out) {
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *row = in + r * C;
+        __m512 sum = _mm512_setzero_ps();
+        for (ptrdiff_t k = 0; k < C; k += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(row + k));
+        const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / (float)C);
+        __m512 squares = _mm512_setzero_ps();
+        for (ptrdiff_t k = 0; k < C; k += 16) {
+            const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(row + k), mean);
+            squares = _mm512_fmadd_ps(d, d, squares);
+        }
+        const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(squares) / (float)C + eps));
+        for (ptrdiff_t k = 0; k < C; k += 16)
+            _mm512_storeu_ps(out + r * C + k, _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + k), mean), scale));
+    }
+}
+
+/* 0 when out of memory. */
+AMX_TARGET static int upsample_amx(const Upsample *a) {
+    const ptrdiff_t W = a->width, C = a->channels, N = a->columns, O = a->outputs;
+    const int split = a->packed_rest != NULL;
+    const size_t normed = (size_t)(TILE_ROWS * C) * 4, input_bf16 = (size_t)(TILE_ROWS * C) * 2 * (1 + split),
+                 bias_rows = (size_t)(16 * N) * 4, block = (size_t)(TILE_ROWS * N) * 4;
+    char *memory = aligned_alloc(64, normed + input_bf16 + bias_rows + block);
+    if (!memory) return 0;
+    float *normed_rows = (float *)memory;
+    uint16_t *input_rows = (uint16_t *)(memory + normed), *input_rest = split ? input_rows + TILE_ROWS * C : NULL;
+    float *bias_block = (float *)(memory + normed + input_bf16), *out_block = bias_block + 16 * N;
+    for (ptrdiff_t r = 0; r < 16; r++) memcpy(bias_block + r * N, a->bias, (size_t)N * sizeof(float));
+    configure_tiles();
+    const ptrdiff_t first = a->first_row * W, positions = a->rows * W;
+    for (ptrdiff_t p = 0; p < positions; p += TILE_ROWS) {
+        const ptrdiff_t count = min_index(TILE_ROWS, positions - p);
+        normalise_rows(a->x + (first + p) * C, count, C, a->eps, normed_rows);
+        round_rows(normed_rows, count, C, input_rows, input_rest);
+        matmul_block(input_rows, input_rest, a->packed, a->packed_rest, bias_block, out_block, C, N);
+        for (ptrdiff_t k = 0; k < count; k++) {
+            const ptrdiff_t y = (first + p + k) / W, x = (first + p + k) % W;
+            for (int i = 0; i < 2; i++)
+                memcpy(a->out + ((2 * y + i) * 2 * W + 2 * x) * O, out_block + k * N + i * 2 * O,
+                       (size_t)(2 * O) * sizeof(float));
+        }
+    }
     _tile_release();
     free(memory);
     return 1;
@@ -548,13 +605,12 @@ AMX_TARGET static int conv3x3_amx(const Conv3x3Tiles *a) {
  * XFEATURE_XTILEDATA)). */
 static int amx_usable(void) {
     unsigned int eax, ebx, ecx, edx;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx >> 22 & 1) || !(edx >> 24 & 1)) return 0;
     if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) || !(eax >> 5 & 1)) return 0;
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
         !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("fma"))
         return 0;
-    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    return amx_tiles_permitted(AMX_FEATURE_BF16);
 }
 #endif /* HAVE_AMX */
 
@@ -926,14 +982,17 @@ static PyObject *py_conv3x3_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
     enum { X, PACKED, BIAS, OUT };
     if (!get_floats(x, "x", 3, 0, &views[X])) return NULL;
     const Py_ssize_t H = views[X].shape[0], W = views[X].shape[1], I = views[X].shape[2];
-    int ok = get_floats(out, "out", 3, 1, &views[OUT]);
-    const Py_ssize_t O = ok ? views[OUT].shape[2] : 0;
+    int ok = get_floats(out, "out", 3, 1, &views[OUT]) && get_floats(bias, "bias", 1, 0, &views[BIAS]);
+    const Py_ssize_t O = ok ? views[OUT].shape[2] : 0, N = ok ? views[BIAS].shape[0] : 0;
     if (ok && I % TILE_DEPTH) {
         PyErr_Format(PyExc_ValueError, "x: a multiple of %d channels is needed, not %zd", TILE_DEPTH, I);
         ok = 0;
     }
-    ok = ok && bf16_shape_ok(9 * I, O) && get_packed(packed, "packed", 9 * I * O, &views[PACKED]) &&
-         get_vector(bias, "bias", O, 0, &views[BIAS]);
+    if (ok && (O < 1 || O > N || N - O >= 2 * TILE_COLUMNS)) {
+        PyErr_Format(PyExc_ValueError, "out: %zd outputs do not match the bias's %zd (padded) columns", O, N);
+        ok = 0;
+    }
+    ok = ok && bf16_shape_ok(9 * I, N) && get_packed(packed, "packed", 9 * I * N, &views[PACKED]);
     if (ok && views[OUT].shape[1] != W) {
         PyErr_Format(PyExc_ValueError, "out: shape (rows, %zd, outputs) needed", W);
         ok = 0;
@@ -944,13 +1003,55 @@ static PyObject *py_conv3x3_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
 #ifdef HAVE_AMX
     if (ok) {
         const Conv3x3Tiles a = {views[X].buf, views[PACKED].buf, views[BIAS].buf, views[OUT].buf, H, W, I, O,
-                                first_row, views[OUT].shape[0], gelu};
+                                first_row, views[OUT].shape[0], gelu, N};
         Py_BEGIN_ALLOW_THREADS
         done = conv3x3_amx(&a);
         Py_END_ALLOW_THREADS
     }
 #endif
     return finish_call(views, 4, ok, done);
+}
+
+static PyObject *py_upsample_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *x, *packed, *packed_rest, *bias, *out;
+    Py_ssize_t first_row, rows;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOOnnf", &x, &packed, &packed_rest, &bias, &out, &first_row, &rows, &eps))
+        return NULL;
+    if (!amx_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "upsample_bf16: this CPU (or OS) has no AMX bfloat16 tiles");
+        return NULL;
+    }
+    Py_buffer views[5] = {{0}};
+    enum { X, PACKED, REST, BIAS, OUT };
+    if (!get_floats(x, "x", 3, 0, &views[X])) return NULL;
+    const Py_ssize_t H = views[X].shape[0], W = views[X].shape[1], C = views[X].shape[2];
+    int ok = get_floats(out, "out", 3, 1, &views[OUT]) && get_floats(bias, "bias", 1, 0, &views[BIAS]);
+    const Py_ssize_t O = ok ? views[OUT].shape[2] : 0, N = ok ? views[BIAS].shape[0] : 0;
+    if (ok && (views[OUT].shape[0] != 2 * H || views[OUT].shape[1] != 2 * W || N < 4 * O)) {
+        PyErr_Format(PyExc_ValueError, "out: shape (%zd, %zd, outputs) with 4 * outputs <= %zd columns needed",
+                     2 * H, 2 * W, N);
+        ok = 0;
+    }
+    ok = ok && bf16_shape_ok(C, N) && get_packed(packed, "packed", C * N, &views[PACKED]) &&
+         (packed_rest == Py_None || get_packed(packed_rest, "packed_rest", C * N, &views[REST]));
+    ok = ok && apart(&views[OUT], &views[X], "x");
+    if (ok && (first_row < 0 || rows < 0 || first_row + rows > H)) {
+        PyErr_Format(PyExc_ValueError, "upsample_bf16: rows %zd .. %zd are outside the input's %zd rows", first_row,
+                     first_row + rows - 1, H);
+        ok = 0;
+    }
+    int done = 1;
+#ifdef HAVE_AMX
+    if (ok) {
+        const Upsample a = {views[X].buf, views[PACKED].buf, views[REST].obj ? views[REST].buf : NULL,
+                            views[BIAS].buf, views[OUT].buf, W, C, N, O, first_row, rows, eps};
+        Py_BEGIN_ALLOW_THREADS
+        done = upsample_amx(&a);
+        Py_END_ALLOW_THREADS
+    }
+#endif
+    return finish_call(views, 5, ok, done);
 }
 
 static PyObject *py_png_filter(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -1047,6 +1148,10 @@ static PyMethodDef methods[] = {
     {"conv3x3_bf16", py_conv3x3_bf16, METH_VARARGS,
      "conv3x3_bf16(x, packed, bias, out, first_row, gelu): conv3x3 with inputs and outputs multiples of 32, in "
      "bfloat16 on AMX tiles (packed: pack_bf16 of the (9 inputs, outputs) matrix)."},
+    {"upsample_bf16", py_upsample_bf16, METH_VARARGS,
+     "upsample_bf16(x, packed, packed_rest, bias, out, first_row, rows, eps): LayerNorm, then a 2x2 stride-2 "
+     "transposed conv (packed: pack_bf16 of its (C, N) matrix, columns (i, j, o) zero-padded) in bfloat16 on AMX "
+     "tiles, for input rows first_row .. first_row + rows - 1."},
     {"png_filter", py_png_filter, METH_VARARGS,
      "png_filter(image, pixel, out, first, stop): PNG's adaptive row filters for rows first .. stop - 1 of a (rows, "
      "bytes) image into out (rows, bytes + 1)."},

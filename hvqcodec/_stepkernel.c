@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_amx.h"
+
 #define ACT_BITS 10
 #define ACT_MAX 32767.0f
 #define NARROW_MAX 127.0f
@@ -49,7 +51,8 @@ typedef struct {
     const float *bias_and_half; /* (outputs) bias plus the rounding offset of the shift */
     const float *inv_scale;     /* (outputs) 2^-shift */
     float input_scale;          /* 2^-input_shift: the input rounded to 8 bits; 0 for none */
-    uint8_t *packed;            /* the int8 path: weight as int8, (outputs / 16, inputs / 4, 16, 4); else NULL */
+    uint8_t *packed;            /* the int8 path: weight as int8, (outputs / 16, padded_quads, 16, 4); else NULL */
+    int padded_quads;           /* inputs / 4 rounded up to whole AMX depth steps (16 quads), zero weights past them */
     int32_t *correction;        /* the int8 path: 128 * the sum of each output's weights (see product_int8) */
 } Layer;
 
@@ -441,18 +444,21 @@ static int int8_layer_fits(const Layer *layer) {
     return 1;
 }
 
-/* Packs a layer's weights for product_int8: block b of 16 outputs, quad q of inputs at (b * quads + q) * 64,
- * output j's four weights at j * 4. */
+/* Packs a layer's weights for product_int8 and product_tiles: block b of 16 outputs, quad q of inputs at
+ * (b * padded_quads + q) * 64, output j's four weights at j * 4 (an AMX int8 weight tile is 16 such quads); the
+ * quads past the inputs hold zeros. */
 static int int8_pack(Layer *layer) {
-    const int I = layer->inputs, O = layer->outputs, quads = I / 4;
-    layer->packed = malloc((size_t)I * O);
+    const int I = layer->inputs, O = layer->outputs;
+    const int padded_quads = (I / 4 + 15) / 16 * 16;
+    layer->padded_quads = padded_quads;
+    layer->packed = calloc((size_t)padded_quads * 4 * O, 1);
     layer->correction = malloc(sizeof(int32_t) * (size_t)O);
     if (!layer->packed || !layer->correction) return 0;
     for (int o = 0; o < O; o++) {
         int32_t sum = 0;
         for (int i = 0; i < I; i++) {
             const int w = (int)layer->weight[(size_t)i * O + o];
-            layer->packed[((size_t)(o / 16) * quads + i / 4) * 64 + (o % 16) * 4 + i % 4] = (uint8_t)(int8_t)w;
+            layer->packed[((size_t)(o / 16) * padded_quads + i / 4) * 64 + (o % 16) * 4 + i % 4] = (uint8_t)(int8_t)w;
             sum += w;
         }
         layer->correction[o] = 128 * sum;
@@ -473,18 +479,18 @@ INT8_TARGET static inline void int8_finish(const Layer *layer, int o, __m512i su
 /* out[g] (O) = the layer's product of the inputs xq[g] (I / 4 words of four bytes, each input + 128) for GROUP
  * positions. */
 INT8_TARGET static void product_quads(const Layer *layer, const uint32_t (*xq)[MAX_QUADS], float *const *out) {
-    const int O = layer->outputs, quads = layer->inputs / 4, blocks = O / 16;
+    const int O = layer->outputs, quads = layer->inputs / 4, blocks = O / 16, stride = layer->padded_quads;
     int b = 0;
     for (; b + 4 <= blocks; b += 4) { /* 64 outputs: 4 blocks x GROUP positions of sums in registers */
         __m512i s[GROUP][4];
         for (int g = 0; g < GROUP; g++)
             for (int k = 0; k < 4; k++) s[g][k] = _mm512_setzero_si512();
-        const uint8_t *w = layer->packed + (size_t)b * quads * 64;
+        const uint8_t *w = layer->packed + (size_t)b * stride * 64;
         for (int q = 0; q < quads; q++) {
             const __m512i w0 = _mm512_loadu_si512(w + (size_t)q * 64);
-            const __m512i w1 = _mm512_loadu_si512(w + (size_t)(quads + q) * 64);
-            const __m512i w2 = _mm512_loadu_si512(w + (size_t)(2 * quads + q) * 64);
-            const __m512i w3 = _mm512_loadu_si512(w + (size_t)(3 * quads + q) * 64);
+            const __m512i w1 = _mm512_loadu_si512(w + (size_t)(stride + q) * 64);
+            const __m512i w2 = _mm512_loadu_si512(w + (size_t)(2 * stride + q) * 64);
+            const __m512i w3 = _mm512_loadu_si512(w + (size_t)(3 * stride + q) * 64);
             for (int g = 0; g < GROUP; g++) {
                 const __m512i xb = _mm512_set1_epi32((int)xq[g][q]);
                 s[g][0] = _mm512_dpbusd_epi32(s[g][0], xb, w0);
@@ -499,7 +505,7 @@ INT8_TARGET static void product_quads(const Layer *layer, const uint32_t (*xq)[M
     for (; b < blocks; b++) { /* the last blocks of 16 (widths that are not multiples of 64) */
         __m512i s[GROUP];
         for (int g = 0; g < GROUP; g++) s[g] = _mm512_setzero_si512();
-        const uint8_t *w = layer->packed + (size_t)b * quads * 64;
+        const uint8_t *w = layer->packed + (size_t)b * stride * 64;
         for (int q = 0; q < quads; q++) {
             const __m512i w0 = _mm512_loadu_si512(w + (size_t)q * 64);
             for (int g = 0; g < GROUP; g++) s[g] = _mm512_dpbusd_epi32(s[g], _mm512_set1_epi32((int)xq[g][q]), w0);
@@ -521,10 +527,146 @@ INT8_TARGET static void product_int8(const Layer *layer, float *const *x, float 
     product_quads(layer, (const uint32_t (*)[MAX_QUADS])xq, out);
 }
 
-/* run_positions with the int8 products, GROUP positions at a time (the same steps, in the same order). With
+/* Where the CPU has AMX-INT8 tiles (hvqcodec 0.23), the products take them instead: 16 positions a pass, each
+ * tile product 16 positions x 64 inputs (bytes, + 128) times 64 inputs x 16 outputs (the packed weights' 16 quads,
+ * exactly the layout above), summed into int32 tiles: the same exact sums as vpdpbusd's, then the same
+ * int8_finish, so the same integers (tests/test_stepkernel.py compares both paths position by position). A
+ * matrix unit's product of 16 x 64 by 64 x 16 bytes takes about as long as 16 vpdpbusd, which do a sixteenth of
+ * its work; the positions' other steps (first activations, gates, frequencies) are as before. */
+#define MAX_GROUP 16
+#if defined(HAVE_AMX)
+#define HAVE_AMX_INT8 1
+#define AMX_INT8_TARGET \
+    __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")))
+static int amx_int8_ready = 0;   /* set at import (amx_tiles_permitted) */
+static int amx_int8_enabled = 1; /* off only to compare the paths (`_amx(False)`) */
+
+/* sums (16, O) int32 = 16 rows of `in` (stride bytes apart; each the layer's inputs + 128, then anything up to
+ * the padded quads, whose weights are zero) @ the layer's packed weights. Tiles 0-3: four blocks of 16 outputs,
+ * 4: the inputs of one depth step, 5-7: weights. */
+AMX_INT8_TARGET static void product_tiles(const Layer *layer, const uint8_t *in, size_t stride, int32_t *sums) {
+    const int O = layer->outputs, blocks = O / 16, steps = layer->padded_quads / 16;
+    const size_t tile_bytes = 16 * 64, block_bytes = (size_t)layer->padded_quads * 64, out_stride = 4 * (size_t)O;
+    int b = 0;
+    for (; b + 4 <= blocks; b += 4) {
+        const uint8_t *w = layer->packed + (size_t)b * block_bytes;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int d = 0; d < steps; d++) {
+            const uint8_t *step = w + (size_t)d * tile_bytes;
+            _tile_loadd(4, in + (size_t)d * 64, stride);
+            _tile_loadd(5, step, 64);
+            _tile_loadd(6, step + block_bytes, 64);
+            _tile_loadd(7, step + 2 * block_bytes, 64);
+            _tile_dpbusd(0, 4, 5);
+            _tile_dpbusd(1, 4, 6);
+            _tile_dpbusd(2, 4, 7);
+            _tile_loadd(5, step + 3 * block_bytes, 64);
+            _tile_dpbusd(3, 4, 5);
+        }
+        _tile_stored(0, sums + 16 * b, out_stride);
+        _tile_stored(1, sums + 16 * (b + 1), out_stride);
+        _tile_stored(2, sums + 16 * (b + 2), out_stride);
+        _tile_stored(3, sums + 16 * (b + 3), out_stride);
+    }
+    for (; b < blocks; b++) {
+        const uint8_t *w = layer->packed + (size_t)b * block_bytes;
+        _tile_zero(0);
+        for (int d = 0; d < steps; d++) {
+            _tile_loadd(4, in + (size_t)d * 64, stride);
+            _tile_loadd(5, w + (size_t)d * tile_bytes, 64);
+            _tile_dpbusd(0, 4, 5);
+        }
+        _tile_stored(0, sums + 16 * b, out_stride);
+    }
+}
+
+AMX_INT8_TARGET static void start_tiles(void) { configure_tiles(); }
+AMX_INT8_TARGET static void release_tiles(void) { _tile_release(); }
+#endif
+
+/* How a kernel call computes its products: `group` positions a pass, on AMX tiles (with their scratch rows) or
+ * with product_quads. */
+typedef struct {
+    int group, amx;
+    uint8_t *bytes; /* AMX: MAX_GROUP rows of MAX_QUADS * 4 bytes (the inputs + 128) */
+    int32_t *sums;  /* AMX: MAX_GROUP rows of the widest layer's outputs */
+} Products;
+
+static int products_start(Products *p, const Level *level, int layers) {
+    memset(p, 0, sizeof *p);
+    p->group = GROUP;
+#ifdef HAVE_AMX_INT8
+    if (amx_int8_ready && amx_int8_enabled) {
+        int widest = 0;
+        for (int i = 0; i < layers; i++)
+            widest = level->layers[i].outputs > widest ? level->layers[i].outputs : widest;
+        p->bytes = calloc((size_t)MAX_GROUP * MAX_QUADS * 4, 1);
+        p->sums = malloc(sizeof(int32_t) * MAX_GROUP * (size_t)widest);
+        if (!p->bytes || !p->sums) {
+            free(p->bytes);
+            free(p->sums);
+            return 0;
+        }
+        p->amx = 1;
+        p->group = MAX_GROUP;
+        start_tiles();
+    }
+#else
+    (void)level;
+    (void)layers;
+#endif
+    return 1;
+}
+
+static void products_end(Products *p) {
+#ifdef HAVE_AMX_INT8
+    if (p->amx) release_tiles();
+#endif
+    free(p->bytes);
+    free(p->sums);
+}
+
+/* out[g] (O) for the first `rows` of p->group positions = the layer's product of the inputs xq[g] (I / 4 words of
+ * four bytes, each input + 128; MAX_QUADS words a row). product_quads computes all GROUP rows (the callers pad a
+ * last group by repeating a position). */
+INT8_TARGET static void product_bytes(Products *p, const Layer *layer, const uint32_t (*xq)[MAX_QUADS],
+                                      float *const *out, int rows) {
+#ifdef HAVE_AMX_INT8
+    if (p->amx) {
+        product_tiles(layer, (const uint8_t *)xq, sizeof(uint32_t) * MAX_QUADS, p->sums);
+        for (int g = 0; g < rows; g++)
+            for (int o = 0; o < layer->outputs; o += 16)
+                int8_finish(layer, o, _mm512_loadu_si512(p->sums + (size_t)g * layer->outputs + o), out[g]);
+        return;
+    }
+#endif
+    (void)rows;
+    product_quads(layer, xq, out);
+}
+
+/* As product_bytes for inputs x[g] (I, 8-bit integers as floats). */
+INT8_TARGET static void product_rows(Products *p, const Layer *layer, float *const *x, float *const *out, int rows) {
+    if (!p->amx) {
+        product_int8(layer, x, out);
+        return;
+    }
+    uint32_t(*xq)[MAX_QUADS] = (uint32_t(*)[MAX_QUADS])p->bytes;
+    const int I = layer->inputs;
+    for (int g = 0; g < rows; g++) {
+        uint8_t *row = (uint8_t *)xq[g];
+        for (int i = 0; i < I; i++) row[i] = (uint8_t)((int)x[g][i] + 128);
+    }
+    product_bytes(p, layer, (const uint32_t (*)[MAX_QUADS])xq, out, rows);
+}
+
+/* run_positions with the int8 products, p.group positions at a time (the same steps, in the same order). With
  * `given` (count, C) instead of a canvas, each position's first activations are given rather than computed by the
  * masked convolution and the first gate: a refinement stage's group head (IntStagePrior.group_head), the same
- * gated blocks and head with no causal taps or conditioning. */
+ * gated blocks and head with no causal taps or conditioning. The last group of product_quads's path repeats its
+ * first position where positions run out; on AMX it is short (`active` positions). */
 INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *canvas, const int64_t *neighbours,
                                           const int64_t *upper, const int16_t *const *cond, const float *given,
                                           Py_ssize_t count, double *out, double scale) {
@@ -532,43 +674,51 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
     const Layer *head = &level->layers[2 * level->causal_blocks];
     const int widest = K > C2 ? K : C2;
     const size_t per_position = (size_t)(C2 + C + C + widest);
-    float *buffer = malloc(sizeof(float) * GROUP * per_position + sizeof(double) * (size_t)K);
-    if (!buffer) return 0;
-    Work work[GROUP];
-    float *pre[GROUP], *x[GROUP], *wide[GROUP];
-    for (int g = 0; g < GROUP; g++) {
+    Products p;
+    if (!products_start(&p, level, 2 * level->causal_blocks + 1)) return 0;
+    const int group = p.group;
+    float *buffer = malloc(sizeof(float) * group * per_position + sizeof(double) * (size_t)K);
+    if (!buffer) {
+        products_end(&p);
+        return 0;
+    }
+    Work work[MAX_GROUP];
+    float *pre[MAX_GROUP], *x[MAX_GROUP], *wide[MAX_GROUP];
+    for (int g = 0; g < group; g++) {
         float *base = buffer + g * per_position;
         work[g] = (Work){base, base + C2, base + C2 + C, base + C2 + 2 * C};
         pre[g] = work[g].pre, x[g] = work[g].x, wide[g] = work[g].wide;
     }
-    double *spare = (double *)(buffer + GROUP * per_position);
-    for (Py_ssize_t first = 0; first < count; first += GROUP) {
-        Py_ssize_t positions[GROUP];
-        for (int g = 0; g < GROUP; g++) positions[g] = first + g < count ? first + g : first;
-        for (int g = 0; g < GROUP && given; g++) memcpy(work[g].h, given + (size_t)positions[g] * C, sizeof(float) * C);
-        for (Py_ssize_t next = first + GROUP; !given && prefetching && next < count && next < first + 2 * GROUP; next++)
+    double *spare = (double *)(buffer + group * per_position);
+    for (Py_ssize_t first = 0; first < count; first += group) {
+        Py_ssize_t positions[MAX_GROUP];
+        const int rows = count - first < group ? (int)(count - first) : group, active = p.amx ? rows : group;
+        for (int g = 0; g < group; g++) positions[g] = first + g < count ? first + g : first;
+        for (int g = 0; g < active && given; g++) memcpy(work[g].h, given + (size_t)positions[g] * C, sizeof(float) * C);
+        for (Py_ssize_t next = first + group; !given && prefetching && next < count && next < first + 2 * group; next++)
             prefetch_position(level, canvas, neighbours, upper, cond, next);
-        for (int g = 0; g < GROUP && !given; g++)
+        for (int g = 0; g < active && !given; g++)
             first_activations(level, canvas, neighbours, upper, cond, positions[g], pre[g], work[g].h);
         for (int b = 0; b < level->causal_blocks; b++) {
             const Layer *in = &level->layers[2 * b], *out_layer = &level->layers[2 * b + 1];
-            for (int g = 0; g < GROUP; g++) layer_input(in, work[g].h, x[g], C);
-            product_int8(in, x, pre);
-            for (int g = 0; g < GROUP; g++) {
+            for (int g = 0; g < active; g++) layer_input(in, work[g].h, x[g], C);
+            product_rows(&p, in, x, pre, active);
+            for (int g = 0; g < active; g++) {
                 if (cond) add_conditioning(pre[g], cond[b + 1] + (size_t)upper[positions[g]] * C2, C2);
                 gate(level, pre[g], out_layer, x[g]);
             }
-            product_int8(out_layer, x, wide);
-            for (int g = 0; g < GROUP; g++)
+            product_rows(&p, out_layer, x, wide, active);
+            for (int g = 0; g < active; g++)
                 for (int c = 0; c < C; c++) work[g].h[c] = clampf(work[g].h[c] + wide[g][c], ACT_MAX);
         }
-        for (int g = 0; g < GROUP; g++) layer_input(head, work[g].h, x[g], C);
-        product_int8(head, x, wide);
-        for (int g = 0; g < GROUP; g++) /* a repeated position (the last group's padding) writes to spare */
+        for (int g = 0; g < active; g++) layer_input(head, work[g].h, x[g], C);
+        product_rows(&p, head, x, wide, active);
+        for (int g = 0; g < active; g++) /* a repeated position (the last group's padding) writes to spare */
             frequencies_row_avx2(level, wide[g],
                                  g == 0 || positions[g] != first ? out + (size_t)positions[g] * K : spare, scale);
     }
     free(buffer);
+    products_end(&p);
     return 1;
 }
 /* The conditioning stacks' 3x3 gated blocks (IntNetwork.conv3x3_block) on the int8 path: x + out(gate(in(the 3x3
@@ -580,66 +730,81 @@ INT8_TARGET static int conv_positions_int8(const Level *level, int block, const 
                                            Py_ssize_t start, Py_ssize_t stop) {
     const int C = level->channels, C2 = 2 * C;
     const Layer *in = &level->layers[2 * block], *out_layer = &level->layers[2 * block + 1];
-    float *buffer = malloc(sizeof(float) * GROUP * (size_t)(C2 + 2 * C));
-    uint32_t(*xq)[MAX_QUADS] = malloc(sizeof(uint32_t) * GROUP * MAX_QUADS);
+    Products p;
+    if (!products_start(&p, level, 2 * level->causal_blocks)) return 0;
+    const int group = p.group;
+    float *buffer = malloc(sizeof(float) * group * (size_t)(C2 + 2 * C));
+    uint32_t(*xq)[MAX_QUADS] = calloc((size_t)group * MAX_QUADS, sizeof(uint32_t));
     if (!buffer || !xq) {
         free(buffer);
         free(xq);
+        products_end(&p);
         return 0;
     }
-    float *pre[GROUP], *gated[GROUP], *wide[GROUP];
-    for (int g = 0; g < GROUP; g++) {
+    float *pre[MAX_GROUP], *gated[MAX_GROUP], *wide[MAX_GROUP];
+    for (int g = 0; g < group; g++) {
         pre[g] = buffer + (size_t)g * (C2 + 2 * C);
         gated[g] = pre[g] + C2;
         wide[g] = gated[g] + C;
     }
     const size_t row_bytes = (size_t)(w + 2) * C;
-    for (Py_ssize_t first = start; first < stop; first += GROUP) {
-        Py_ssize_t positions[GROUP];
-        for (int g = 0; g < GROUP; g++) {
+    for (Py_ssize_t first = start; first < stop; first += group) {
+        Py_ssize_t positions[MAX_GROUP];
+        const int rows = stop - first < group ? (int)(stop - first) : group, active = p.amx ? rows : group;
+        for (int g = 0; g < active; g++) {
             positions[g] = first + g < stop ? first + g : first;
             const Py_ssize_t r = positions[g] / w, c = positions[g] % w;
             uint8_t *column = (uint8_t *)xq[g];
             for (int dy = 0; dy < 3; dy++) /* taps (dy, dx) in raster order, C bytes each: the tap-major columns */
                 memcpy(column + (size_t)dy * 3 * C, grid + (size_t)(r + dy) * row_bytes + (size_t)c * C, (size_t)3 * C);
         }
-        product_quads(in, (const uint32_t (*)[MAX_QUADS])xq, pre);
-        for (int g = 0; g < GROUP; g++) gate(level, pre[g], out_layer, gated[g]);
-        product_int8(out_layer, gated, wide);
-        for (int g = 0; g < GROUP; g++) { /* all reads of x before any write (the padding repeats a position) */
+        product_bytes(&p, in, (const uint32_t (*)[MAX_QUADS])xq, pre, active);
+        for (int g = 0; g < active; g++) gate(level, pre[g], out_layer, gated[g]);
+        product_rows(&p, out_layer, gated, wide, active);
+        for (int g = 0; g < active; g++) { /* all reads of x before any write (the padding repeats a position) */
             const float *row = x + (size_t)positions[g] * C;
             for (int c = 0; c < C; c++) wide[g][c] = clampf(row[c] + wide[g][c], ACT_MAX);
         }
-        for (int g = 0; g < GROUP; g++) memcpy(x + (size_t)positions[g] * C, wide[g], sizeof(float) * C);
+        for (int g = 0; g < active; g++) memcpy(x + (size_t)positions[g] * C, wide[g], sizeof(float) * C);
     }
     free(buffer);
     free(xq);
+    products_end(&p);
     return 1;
 }
 
 /* Rows start..stop-1 of x (rows, I) float32 on the activation grid through one layer on its own
  * (IntNetwork.linear: the input rounded to the layer's 8 bits, the exact product, bias, 2^-shift, floor, clamp),
  * written as int16 (rows, O): the values are integers within +-32767, so int16 holds them exactly. */
-INT8_TARGET static int linear_rows_int8(const Layer *layer, const float *x, Py_ssize_t start, Py_ssize_t stop,
-                                        int16_t *out) {
+INT8_TARGET static int linear_rows_int8(const Level *level, int index, const float *x, Py_ssize_t start,
+                                        Py_ssize_t stop, int16_t *out) {
+    const Layer *layer = &level->layers[index];
     const int I = layer->inputs, O = layer->outputs;
-    float *buffer = malloc(sizeof(float) * GROUP * (size_t)(I + O));
-    if (!buffer) return 0;
-    float *in[GROUP], *result[GROUP];
-    for (int g = 0; g < GROUP; g++) {
+    Products p;
+    if (!products_start(&p, level, level->causal_blocks)) return 0;
+    const int group = p.group;
+    float *buffer = malloc(sizeof(float) * group * (size_t)(I + O));
+    if (!buffer) {
+        products_end(&p);
+        return 0;
+    }
+    float *in[MAX_GROUP], *result[MAX_GROUP];
+    for (int g = 0; g < group; g++) {
         in[g] = buffer + (size_t)g * (I + O);
         result[g] = in[g] + I;
     }
-    for (Py_ssize_t first = start; first < stop; first += GROUP) {
-        for (int g = 0; g < GROUP; g++) /* the last group repeats its first row where rows run out */
+    for (Py_ssize_t first = start; first < stop; first += group) {
+        const int rows = stop - first < group ? (int)(stop - first) : group, active = p.amx ? rows : group;
+        for (int g = 0; g < active; g++) /* the last group repeats its first row where rows run out */
             layer_input(layer, x + (size_t)(first + g < stop ? first + g : first) * I, in[g], I);
-        product_int8(layer, in, result);
-        for (int g = 0; g < GROUP && first + g < stop; g++) {
+        product_rows(&p, layer, in, result, active);
+        for (int g = 0; g < rows; g++) {
             int16_t *row = out + (size_t)(first + g) * O;
             for (int o = 0; o < O; o++) row[o] = (int16_t)result[g][o];
         }
     }
     free(buffer);
+    products_end(&p);
     return 1;
 }
 #else
@@ -1028,7 +1193,7 @@ static PyObject *linear_rows(PyObject *Py_UNUSED(self), PyObject *args) {
     int done = 0;
 #ifdef HAVE_INT8_PATH
     Py_BEGIN_ALLOW_THREADS
-    done = linear_rows_int8(&level->layers[layer], x, start, stop, (int16_t *)out);
+    done = linear_rows_int8(level, layer, x, start, stop, (int16_t *)out);
     Py_END_ALLOW_THREADS
 #endif
     if (!done) return PyErr_NoMemory();
@@ -1052,9 +1217,33 @@ static PyObject *set_prefetch(PyObject *Py_UNUSED(self), PyObject *flag) {
     return PyBool_FromLong(previous);
 }
 
+/* _amx(flag) -> the previous setting: whether kernels take AMX tiles where the CPU has them (off only to compare
+ * the paths: tests, benchmarks/step_kernel.py). amx_int8() says whether they do. */
+static PyObject *set_amx(PyObject *Py_UNUSED(self), PyObject *flag) {
+    const int value = PyObject_IsTrue(flag);
+    if (value < 0) return NULL;
+#ifdef HAVE_AMX_INT8
+    const int previous = amx_int8_enabled;
+    amx_int8_enabled = value;
+    return PyBool_FromLong(previous);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyObject *py_amx_int8(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
+#ifdef HAVE_AMX_INT8
+    return PyBool_FromLong(amx_int8_ready && amx_int8_enabled);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"int8_supported", py_int8_supported, METH_NOARGS, "Whether this CPU runs the int8 path (AVX-512 VNNI)."},
     {"uses_int8", uses_int8, METH_O, "Whether a level's products take the int8 path."},
+    {"amx_int8", py_amx_int8, METH_NOARGS, "Whether the int8 path's products run on AMX tiles."},
+    {"_amx", set_amx, METH_O, "Turn the AMX tiles on or off (to compare the paths); the old setting."},
     {"_prefetch", set_prefetch, METH_O, "Turn the step function's prefetching on or off (to measure it); the old setting."},
     {"smallest", smallest, METH_VARARGS, "The k smallest values of each row of a float32 table, and their columns."},
     {"convs", make_convs, METH_VARARGS, "Prepare a conditioning stack's 3x3 gated blocks (int8 path only)."},
@@ -1070,4 +1259,9 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stepkernel", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__stepkernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__stepkernel(void) {
+#ifdef HAVE_AMX_INT8
+    amx_int8_ready = int8_supported() && amx_tiles_permitted(AMX_FEATURE_INT8);
+#endif
+    return PyModule_Create(&module);
+}

@@ -219,24 +219,62 @@ def mlp_bf16(y: np.ndarray, fc1: np.ndarray, fc1_bias: np.ndarray, fc2: np.ndarr
     return out
 
 
+def pack_conv3x3_bf16(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 3x3 conv's (3, 3, Cin, Cout) weight (Cin a multiple of 32) and (Cout,) bias -> its bfloat16 tiles for
+    `conv3x3_bf16` and the bias zero-padded as the tiles' columns: the (9 Cin, Cout) matrix, rows (i, j, cin), its
+    columns zero-padded to a multiple of 32 (the extra outputs are computed and dropped)."""
+    _check_floats("weight", weight, 4)
+    padded, padded_bias = pad_columns(weight.reshape(-1, weight.shape[3]), bias)
+    return pack_bf16(padded), padded_bias
+
+
 def conv3x3_bf16(x: np.ndarray, packed: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None,
-                 first_row: int = 0, rows: int | None = None, gelu: bool = False) -> np.ndarray:
-    """`conv3x3` in bfloat16 on AMX tiles, for Cin and Cout multiples of 32: x rounded to bfloat16 (nearest even),
-    the products summed in float32. packed: `pack_bf16` of the (9 Cin, Cout) matrix, rows (i, j, cin) (the
-    (3, 3, Cin, Cout) weight reshaped). Only where `bf16_available()`."""
+                 first_row: int = 0, rows: int | None = None, gelu: bool = False,
+                 outputs: int | None = None) -> np.ndarray:
+    """`conv3x3` in bfloat16 on AMX tiles, Cin a multiple of 32: x rounded to bfloat16 (nearest even), the
+    products summed in float32. packed, bias: `pack_conv3x3_bf16`'s (the columns zero-padded to a multiple of 32);
+    outputs: the conv's own (default: the bias's length; out's where given). Only where `bf16_available()`."""
     _check_floats("x", x, 3)
     channels = x.shape[2]
-    if not isinstance(packed, np.ndarray) or packed.dtype != np.uint16 or packed.size % (9 * max(channels, 1)):
-        raise ValueError(f"packed: pack_bf16 of a (9 * {channels}, outputs) matrix is needed")
-    out_channels = packed.size // (9 * channels)
-    if channels % 32 or out_channels % 32 or out_channels == 0:
-        raise ValueError(f"conv3x3_bf16: inputs and outputs must be multiples of 32, not {channels} and "
-                         f"{out_channels}")
-    _check_vector("bias", bias, out_channels)
-    out = _output_rows("conv3x3_bf16", x, out, first_row, rows, out_channels)
+    if channels % 32 or channels == 0:
+        raise ValueError(f"conv3x3_bf16: the inputs must be a multiple of 32, not {channels}")
+    _check_floats("bias", bias, 1)
+    columns = bias.shape[0]
+    if not isinstance(packed, np.ndarray) or packed.dtype != np.uint16 or packed.size != 9 * channels * columns:
+        raise ValueError(f"packed: pack_conv3x3_bf16 of a (3, 3, {channels}, outputs) weight is needed")
+    outputs = out.shape[2] if isinstance(out, np.ndarray) and out.ndim == 3 else (outputs or columns)
+    if columns % 32 or not 0 < outputs <= columns < outputs + 32:
+        raise ValueError(f"conv3x3_bf16: {outputs} outputs do not match the bias's {columns} padded columns")
+    out = _output_rows("conv3x3_bf16", x, out, first_row, rows, outputs)
     if not bf16_available():
         raise RuntimeError("conv3x3_bf16: this CPU (or OS) has no AMX bfloat16 tiles, or the C module is not built")
     _module().conv3x3_bf16(x, packed, bias, out, first_row, bool(gelu))
+    return out
+
+
+def pad_columns(matrix: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A (K, N) matrix and its bias with N zero-padded to a multiple of 32 (for `pack_bf16`; the extra columns
+    come out as zeros and are not written)."""
+    padding = -matrix.shape[1] % 32
+    return (np.ascontiguousarray(np.pad(matrix, ((0, 0), (0, padding))), dtype=np.float32),
+            np.ascontiguousarray(np.pad(bias, (0, padding)), dtype=np.float32))
+
+
+def upsample_bf16(x: np.ndarray, packed: np.ndarray, bias: np.ndarray, out: np.ndarray, first_row: int = 0,
+                  rows: int | None = None, packed_rest: np.ndarray | None = None) -> np.ndarray:
+    """LayerNorm over channels (eps LAYER_NORM_EPS, no affine) then a 2x2 stride-2 transposed conv, for rows
+    first_row .. first_row + rows - 1 of x (H, W, C) float32, C a multiple of 32, into the matching rows of out
+    (2H, 2W, O): each normalised position rounded to bfloat16 times `packed` (`pack_bf16` of the (C, N) matrix
+    whose columns are (i, j, o), zero-padded to N; `pad_columns`), summed in float32, plus bias (N,). With
+    packed_rest (`pack_bf16(..., remainder=True)`), three passes as `mlp_bf16`'s. Only where
+    `bf16_available()`."""
+    _check_floats("x", x, 3)
+    _check_floats("out", out, 3, writable=True)
+    height = x.shape[0]
+    rows = height - first_row if rows is None else rows
+    if not bf16_available():
+        raise RuntimeError("upsample_bf16: this CPU (or OS) has no AMX bfloat16 tiles, or the C module is not built")
+    _module().upsample_bf16(x, packed, packed_rest, bias, out, first_row, rows, LAYER_NORM_EPS)
     return out
 
 

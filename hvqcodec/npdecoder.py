@@ -192,6 +192,11 @@ class UpsampleWeights:
     matrix: np.ndarray
     bias: np.ndarray
     out_channels: int
+    # The matrix with its columns zero-padded to a multiple of 32 in bfloat16 tiles, and that bias, where the CPU
+    # has them, for low-precision decodes; with what rounding left (three passes) for the RGB output.
+    bf16: np.ndarray | None = None
+    bf16_bias: np.ndarray | None = None
+    bf16_rest: np.ndarray | None = None
 
 
 @dataclass
@@ -199,7 +204,9 @@ class Conv3x3Weights:
     """One of the post-filter's 3x3 convs: weight (3, 3, Cin, Cout) (torch's (Cout, Cin, 3, 3) transposed)."""
     weight: np.ndarray
     bias: np.ndarray
-    bf16: np.ndarray | None = None  # `matrix` in bfloat16 tiles, where the CPU has them and Cin, Cout fit
+    # In bfloat16 tiles with the bias padded to match (decoderkernel.pack_conv3x3_bf16), where the CPU has them.
+    bf16: np.ndarray | None = None
+    bf16_bias: np.ndarray | None = None
 
     @property
     def matrix(self) -> np.ndarray:
@@ -286,7 +293,13 @@ def _upsample_weights(state: _State, norm: str, conv: str, channels: int, out_ch
     matrix = kernel.transpose(0, 2, 3, 1).reshape(channels, 4 * out_channels)
     norm_weight, norm_bias = state(norm + ".weight", channels), state(norm + ".bias", channels)
     bias = norm_bias @ matrix + np.tile(state(conv + ".bias", out_channels), 4)
-    return UpsampleWeights(_f32(norm_weight[:, None] * matrix), _f32(bias), out_channels)
+    layer = UpsampleWeights(_f32(norm_weight[:, None] * matrix), _f32(bias), out_channels)
+    if decoderkernel.bf16_available() and channels % 32 == 0:
+        padded, layer.bf16_bias = decoderkernel.pad_columns(layer.matrix, layer.bias)
+        layer.bf16 = decoderkernel.pack_bf16(padded)
+        # The RGB output (3 channels) in three passes: about 16 bits where one pass has 8, at little cost.
+        layer.bf16_rest = decoderkernel.pack_bf16(padded, remainder=True) if out_channels < 32 else None
+    return layer
 
 
 def _conv1x1(state: _State, name: str, in_channels: int, out_channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -316,8 +329,10 @@ def prepare_weights(state: Mapping[str, np.ndarray], config: DecoderConfig) -> D
             kernel = get(f"post_filter.convs.{index}.weight", cout, cin, 3, 3)
             layer = Conv3x3Weights(_f32(kernel.transpose(2, 3, 1, 0)),
                                    _f32(get(f"post_filter.convs.{index}.bias", cout)))
-            if decoderkernel.bf16_available() and cin % 32 == 0 and cout % 32 == 0:
-                layer.bf16 = decoderkernel.pack_bf16(layer.matrix)
+            # The first layer (the picture as input) stays float32: in bfloat16 it needed three passes to keep the
+            # pixels and then took longer than the float32 kernel.
+            if decoderkernel.bf16_available() and cin % 32 == 0:
+                layer.bf16, layer.bf16_bias = decoderkernel.pack_conv3x3_bf16(layer.weight, layer.bias)
             post_filter.append(layer)
     group_dim = d // config.refine_groups if config.refine_stages else 0
     return DecoderWeights(
@@ -448,9 +463,24 @@ def project_codes_and_context(vectors: np.ndarray | None, context: np.ndarray, c
     return x
 
 
-def upsample(x: np.ndarray, layer: UpsampleWeights) -> np.ndarray:
-    """LayerNorm2d + ConvTranspose2d(k=2, s=2) on (H, W, C) -> (2H, 2W, O)."""
+def upsample(x: np.ndarray, layer: UpsampleWeights, run: _Run) -> np.ndarray:
+    """LayerNorm2d + ConvTranspose2d(k=2, s=2) on (H, W, C) -> (2H, 2W, O): in bfloat16 on AMX tiles (the C
+    kernel, bands of rows on `run`'s threads) where the decode is low-precision and the weights were packed,
+    else in float32 numpy."""
     h, w, c = x.shape
+    if run.bf16 and layer.bf16 is not None:
+        x = np.ascontiguousarray(x)
+        out = np.empty((2 * h, 2 * w, layer.out_channels), np.float32)
+        band_rows = max(1, chunk_positions(c) // w)
+
+        def band(top: int) -> None:
+            lap = run.laps("upsampling: ")
+            decoderkernel.upsample_bf16(x, layer.bf16, layer.bf16_bias, out, top, min(band_rows, h - top),
+                                        layer.bf16_rest)
+            lap("LayerNorm + 2x2 transposed conv in bfloat16 (C)")
+
+        run.each(band, range(0, h, band_rows))
+        return out
     out = normalise_rows_(x.reshape(-1, c).copy()) @ layer.matrix
     out += layer.bias
     o = layer.out_channels
@@ -595,7 +625,8 @@ def post_filter_kernels(rgb: np.ndarray, layers: list[Conv3x3Weights], run: _Run
             lap = run.laps("post-filter: ")
             bf16 = run.bf16 and layer.bf16 is not None
             if bf16:
-                decoderkernel.conv3x3_bf16(x, layer.bf16, layer.bias, rows, first_row=first - x_top, gelu=index < last)
+                decoderkernel.conv3x3_bf16(x, layer.bf16, layer.bf16_bias, rows, first_row=first - x_top,
+                                           gelu=index < last)
             else:
                 decoderkernel.conv3x3(x, layer.weight, layer.bias, rows, first_row=first - x_top, gelu=index < last)
             lap(f"3x3 conv {cin}->{cout}{' + GELU' if index < last else ''}{' in bfloat16' if bf16 else ''} (C)")
@@ -668,7 +699,7 @@ def top_context(weights: DecoderWeights, top: np.ndarray, run: _Run) -> np.ndarr
     x = conv1x1(weights.codebooks[0][top], weights.top_proj, weights.top_proj_bias)
     for block in weights.top_blocks:
         x = convnext_block(x, block, run)
-    return upsample(x, weights.top_up)
+    return upsample(x, weights.top_up, run)
 
 
 def mid_context(weights: DecoderWeights, mid: np.ndarray | None, c2: np.ndarray, run: _Run) -> np.ndarray:
@@ -678,7 +709,7 @@ def mid_context(weights: DecoderWeights, mid: np.ndarray | None, c2: np.ndarray,
                                   weights.mid_proj_context, weights.mid_proj_bias, weights.mid_absent_projected)
     for block in weights.mid_blocks:
         x = convnext_block(x, block, run)
-    return upsample(x, weights.mid_up)
+    return upsample(x, weights.mid_up, run)
 
 
 def context_path(weights: DecoderWeights, codes: list[np.ndarray], run: _Run) -> np.ndarray:
@@ -710,16 +741,16 @@ def quarter_stage(weights: DecoderWeights, codes: list[np.ndarray], c1: np.ndarr
 
 def half_stage(weights: DecoderWeights, quarter: np.ndarray, run: _Run) -> np.ndarray:
     """/4 features -> 2x upsampling -> the /2 ConvNeXt blocks."""
-    x = upsample(quarter, weights.half_up)
+    x = upsample(quarter, weights.half_up, run)
     for block in weights.half_blocks:
         x = convnext_block(x, block, run)
     return x
 
 
-def to_rgb(weights: DecoderWeights, half: np.ndarray, quarter: np.ndarray) -> np.ndarray:
+def to_rgb(weights: DecoderWeights, half: np.ndarray, quarter: np.ndarray, run: _Run) -> np.ndarray:
     """/2 features (2x to RGB) plus the detail head's 4x4 blocks from the /4 features -> RGB (16h, 16w, 3),
     mapped from [-1, 1] to [0, 1]."""
-    rgb = upsample(half, weights.to_rgb)
+    rgb = upsample(half, weights.to_rgb, run)
     if weights.detail is not None:
         h, w = quarter.shape[:2]
         detail = conv1x1(quarter, weights.detail, weights.detail_bias)  # (h, w, 48): channel 16 colour + 4 i + j
@@ -740,7 +771,7 @@ def decode_prepared(weights: DecoderWeights, codes: list[np.ndarray], run: _Run,
     lap(PARTS[1])
     half = half_stage(weights, quarter, run)
     lap(PARTS[2])
-    rgb = to_rgb(weights, half, quarter)
+    rgb = to_rgb(weights, half, quarter, run)
     lap(PARTS[3])
     if weights.post_filter:
         rgb += post_filter_correction(rgb, weights.post_filter, run)

@@ -107,6 +107,30 @@ def int8_available() -> bool:
     return int8_supported() and os.environ.get("HVQ_STEP_KERNEL_INT8", "1") != "0"
 
 
+def amx_int8() -> bool:
+    """Whether the int8 path's products run on AMX tiles (AMX-INT8, where Linux grants this process the tiles'
+    state; the same integers as with AVX-512 VNNI, whose products take over elsewhere or when `set_amx(False)`)."""
+    return built() and hasattr(_stepkernel, "amx_int8") and bool(_stepkernel.amx_int8())
+
+
+def amx_int8_supported() -> bool:
+    """Whether this CPU and OS run the int8 path's products on AMX tiles (whatever `set_amx` says now)."""
+    if not built() or not hasattr(_stepkernel, "_amx"):
+        return False
+    previous = _stepkernel._amx(True)
+    try:
+        return bool(_stepkernel.amx_int8())
+    finally:
+        _stepkernel._amx(previous)
+
+
+def set_amx(on: bool) -> bool:
+    """Take AMX tiles for the int8 path's products where supported (on unless turned off, which only the tests and
+    benchmarks/step_kernel.py --baseline vnni do, to compare the two: nothing computed depends on it). Returns the
+    previous setting (False where the C module is not built)."""
+    return built() and hasattr(_stepkernel, "_amx") and bool(_stepkernel._amx(bool(on)))
+
+
 def set_prefetch(on: bool) -> bool:
     """Whether the step function prefetches the next positions' table rows while the ones before them compute (on
     unless turned off, which only `benchmarks/step_kernel.py --baseline no-prefetch` does; nothing computed

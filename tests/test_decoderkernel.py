@@ -270,18 +270,20 @@ def test_mlp_bf16_arguments_are_checked():
 
 @pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
 @pytest.mark.parametrize("shape,channels,band", [((6, 37, 32), 32, None), ((9, 70, 32), 64, (2, 4)),
-                                                 ((5, 32, 64), 32, None)])
+                                                 ((5, 32, 64), 32, None), ((7, 40, 32), 3, (1, 5))])
 def test_conv3x3_bf16(shape, channels, band):
     """As the float64 reference on the bfloat16-rounded input and weight, to float32 summation (a hundredth of
     float32's distance from it) and the rounded GELU's 5e-5, in bands of rows too, with and without GELU; widths
-    that are not a multiple of the 32 positions a block computes."""
+    that are not a multiple of the 32 positions a block computes; 3 outputs (the columns padded to 32)."""
     rng = np.random.default_rng(9)
     x = random(rng, shape)
     weight, bias = random(rng, (3, 3, shape[2], channels), (9 * shape[2]) ** -0.5), random(rng, channels, 0.1)
-    packed = decoderkernel.pack_bf16(weight.reshape(-1, channels))
+    packed, padded_bias = decoderkernel.pack_conv3x3_bf16(weight, bias)
     first, rows = band or (0, shape[0])
     for gelu in (False, True):
-        out = decoderkernel.conv3x3_bf16(x, packed, bias, first_row=first, rows=rows, gelu=gelu)
+        out = decoderkernel.conv3x3_bf16(x, packed, padded_bias, first_row=first, rows=rows, gelu=gelu,
+                                         outputs=channels)
+        assert out.shape == (rows, shape[1], channels)
         expected = reference_conv3x3(to_bf16(x), to_bf16(weight), bias, gelu)[first:first + rows]
         float32 = reference_conv3x3(x, weight, bias, gelu)[first:first + rows]
         error = np.abs(out - expected).max()
@@ -303,6 +305,8 @@ def test_conv3x3_bf16_arguments_are_checked():
         lambda: module.conv3x3_bf16(x, packed[:100], bias, np.zeros((4, 5, 32), np.float32), 0, False),
         lambda: module.conv3x3_bf16(x, packed, bias, x, 0, False),  # out is x
         lambda: module.conv3x3_bf16(random(rng, (4, 5, 16)), packed, bias, np.zeros((4, 5, 32), np.float32), 0, 0),
+        lambda: module.conv3x3_bf16(x, packed, bias, np.zeros((4, 5, 40), np.float32), 0, False),  # 40 > 32 columns
+        lambda: decoderkernel.conv3x3_bf16(x, packed, bias, outputs=33),  # more outputs than columns
     ]
     for call in bad_calls:
         with pytest.raises(ValueError):
@@ -345,3 +349,55 @@ def test_rounded_gelu():
                                      gelu=True)
     error = np.abs(out - exact_gelu(to_bf16(x)))
     assert error.max() < 5e-5 and error.max() > 1e-7  # rounded, not exact
+
+
+@pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
+@pytest.mark.parametrize("shape,outputs,band,three", [((5, 37, 64), 64, None, False), ((6, 33, 32), 3, (2, 3), True),
+                                                      ((4, 8, 96), 40, None, True), ((3, 11, 32), 8, (1, 2), False)])
+def test_upsample_bf16(shape, outputs, band, three):
+    """LayerNorm + 2x2 stride-2 transposed conv against float64: each position's four pixels where they belong,
+    rows outside the band untouched; one pass within bfloat16's rounding, three passes a hundred times closer."""
+    rng = np.random.default_rng(11)
+    height, width, channels = shape
+    x = random(rng, shape, 2.0) + 0.5
+    matrix, bias = random(rng, (channels, 4 * outputs), channels ** -0.5), random(rng, 4 * outputs, 0.1)
+    padded, padded_bias = decoderkernel.pad_columns(matrix, bias)
+    assert padded.shape[1] % 32 == 0 and padded_bias.shape == (padded.shape[1],)
+    packed = decoderkernel.pack_bf16(padded)
+    rest = decoderkernel.pack_bf16(padded, remainder=True) if three else None
+    first, rows = band or (0, height)
+    out = np.full((2 * height, 2 * width, outputs), np.nan, np.float32)
+    decoderkernel.upsample_bf16(x, packed, padded_bias, out, first, rows, rest)
+    x64 = x.astype(np.float64)
+    normed = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
+    expected = (normed @ matrix + bias).reshape(height, width, 2, 2, outputs).transpose(0, 2, 1, 3, 4)
+    expected = expected.reshape(2 * height, 2 * width, outputs)
+    inside = slice(2 * first, 2 * (first + rows))
+    assert np.isnan(np.delete(out, np.r_[inside], axis=0)).all()
+    error = np.abs(out[inside] - expected[inside]).max()
+    assert error < (3e-4 if three else 3e-2)
+    if not three:  # as rounding the normalised input and the matrix to bfloat16 gives it
+        rounded = (to_bf16(normed.astype(np.float32)) @ to_bf16(matrix) + bias).reshape(
+            height, width, 2, 2, outputs).transpose(0, 2, 1, 3, 4).reshape(2 * height, 2 * width, outputs)
+        assert np.abs(out[inside] - rounded[inside]).max() < error / 10
+
+
+@pytest.mark.skipif(not decoderkernel.bf16_available(), reason="no AMX bfloat16 tiles here")
+def test_upsample_bf16_arguments_are_checked():
+    rng = np.random.default_rng(12)
+    x = random(rng, (4, 5, 32))
+    padded, bias = decoderkernel.pad_columns(random(rng, (32, 12)), random(rng, 12))
+    packed = decoderkernel.pack_bf16(padded)
+    out = np.zeros((8, 10, 3), np.float32)
+    bad_calls = [
+        lambda: decoderkernel.upsample_bf16(x, packed[:-32], bias, out),
+        lambda: decoderkernel.upsample_bf16(random(rng, (4, 5, 16)), packed, bias, out),
+        lambda: decoderkernel.upsample_bf16(x, packed, bias, np.zeros((8, 9, 3), np.float32)),  # not 2W wide
+        lambda: decoderkernel.upsample_bf16(x, packed, bias, np.zeros((8, 10, 9), np.float32)),  # 36 > 32 columns
+        lambda: decoderkernel.upsample_bf16(x, packed, bias, out, first_row=3, rows=2),
+        lambda: decoderkernel.upsample_bf16(x, packed, bias, out, packed_rest=packed[:64]),
+        lambda: decoderkernel.upsample_bf16(x, packed, bias, x),  # out is x (and the wrong shape)
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError):
+            call()

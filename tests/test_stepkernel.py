@@ -40,6 +40,16 @@ def torch_frequencies(state: LevelState, start: int, stop: int) -> torch.Tensor:
 
 # The int8 path (AVX-512 VNNI) where this CPU has it, and the float32 path everywhere.
 PATHS = [False, True] if stepkernel.int8_supported() else [False]
+# The int8 path's products with AVX-512 VNNI, and on AMX tiles where this CPU and OS have them.
+PRODUCTS = ["vnni", "amx"] if stepkernel.amx_int8_supported() else ["vnni"]
+
+
+@pytest.fixture(params=PRODUCTS)
+def products(request):
+    previous = stepkernel.set_amx(request.param == "amx")
+    assert stepkernel.amx_int8() == (request.param == "amx")
+    yield request.param
+    stepkernel.set_amx(previous)
 
 
 @pytest.mark.parametrize("int8", PATHS, ids=lambda int8: "int8" if int8 else "float32")
@@ -52,7 +62,7 @@ PATHS = [False, True] if stepkernel.int8_supported() else [False]
     (144, 64, 1, 3.0, True),    # int8: one causal block, a codebook of 9 blocks of 16
     (70, 16, 1, 1.0, False),    # float32 only: a codebook that is no multiple of 8 (the frequencies' last codes)
 ])
-def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale, subpixel, int8, monkeypatch):
+def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale, subpixel, int8, monkeypatch, products):
     monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1" if int8 else "0")
     int_prior, codes = make_prior(codebook, channels, causal_blocks, weight_scale, subpixel)
     for level in range(3):
@@ -85,7 +95,7 @@ def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale,
 
 
 @pytest.mark.parametrize("int8", PATHS, ids=lambda int8: "int8" if int8 else "float32")
-def test_decodes_what_the_torch_version_encodes(int8, monkeypatch):
+def test_decodes_what_the_torch_version_encodes(int8, monkeypatch, products):
     """A coding-block prior's streams written with the torch step function decode with the C one, wavefront by
     wavefront, and the other way round: the file does not depend on which one a machine has."""
     monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1" if int8 else "0")
@@ -134,7 +144,7 @@ def test_large_batches_go_to_c_only_where_openmp_threads_sleep_soon(monkeypatch,
 
 @pytest.mark.skipif(not stepkernel.int8_supported(), reason="the int8 path needs AVX-512 VNNI")
 @pytest.mark.parametrize("weight_scale", [1.0, 40.0])
-def test_stage_heads_same_integers_as_torch(weight_scale, monkeypatch):
+def test_stage_heads_same_integers_as_torch(weight_scale, monkeypatch, products):
     """A refinement stage group's head in C (int8 path) against the torch version, row by row, on contexts that
     include the activation grid's ends; any split of the rows gives the same integers."""
     monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1")
@@ -195,7 +205,7 @@ def test_smallest_per_row_as_a_stable_sort(rows, columns, k, levels):
 
 @pytest.mark.skipif(not stepkernel.int8_supported(), reason="the int8 path needs AVX-512 VNNI")
 @pytest.mark.parametrize("channels,weight_scale", [(32, 1.0), (32, 40.0), (64, 3.0)])
-def test_conditioning_stacks_same_integers_as_torch(channels, weight_scale, monkeypatch):
+def test_conditioning_stacks_same_integers_as_torch(channels, weight_scale, monkeypatch, products):
     """The levels' conditioning stacks (3x3 gated blocks) in C against the torch version, on one thread and
     shared with the helper; grids as small as one row or column too (the zero padding on every side)."""
     monkeypatch.setenv("HVQ_STEP_KERNEL_INT8", "1")
@@ -222,7 +232,7 @@ def test_conditioning_stacks_same_integers_as_torch(channels, weight_scale, monk
 
 @pytest.mark.skipif(not stepkernel.int8_supported(), reason="the int8 path needs AVX-512 VNNI")
 @pytest.mark.parametrize("channels,weight_scale", [(32, 1.0), (32, 40.0), (64, 3.0)])
-def test_conditioning_projections_same_integers_as_torch(channels, weight_scale, monkeypatch):
+def test_conditioning_projections_same_integers_as_torch(channels, weight_scale, monkeypatch, products):
     """A level's conditioning projections (layers applied to each row on its own) in C, written as int16, against
     the torch version's integers: row counts in and off groups of four, one thread and two, inputs at the
     activation grid's ends and (weight_scale 40) outputs at its clamps."""
