@@ -67,6 +67,12 @@ typedef struct Level {
     int int8;                  /* whether run_positions_int8 computes the products (int8_supported, shapes) */
     void (*frequencies_row)(const struct Level *, const float *, double *, double); /* the float32 path's */
     Layer layers[MAX_LAYERS];  /* block0.in, block0.out, block1.in, ..., head */
+    /* The masked convolution as a layer on AMX tiles (hvqcodec 0.23): its (taps * C, 2C) weight, inputs tap-major,
+     * with masked_bias and masked_scale; the code embedding rounded to its 8 bits + 128, (K + 1, C), code K (off
+     * the grid) all 128 (zero). Used where masked_amx (the int8 path on AMX tiles); else the tap tables. */
+    Layer masked;
+    const uint8_t *embedding_bytes;
+    int masked_amx;
 } Level;
 
 INLINE float clampf(float x, float limit) {
@@ -346,9 +352,9 @@ static int prefetching = 1;
  * positions along a diagonal, which no hardware prefetcher follows), so a group's loads are issued while the
  * group before it computes. A hint only: nothing read or computed changes. */
 INLINE void prefetch_position(const Level *level, const int64_t *canvas, const int64_t *neighbours,
-                              const int64_t *upper, const int16_t *const *cond, Py_ssize_t p) {
+                              const int64_t *upper, const int16_t *const *cond, Py_ssize_t p, int tap_rows) {
 #if defined(__GNUC__)
-    const int C2 = 2 * level->channels, K = level->codebook_size, taps = level->taps;
+    const int C2 = 2 * level->channels, K = level->codebook_size, taps = tap_rows ? level->taps : 0;
     const size_t row_bytes = sizeof(float) * (size_t)C2, cond_bytes = sizeof(int16_t) * (size_t)C2;
     for (int t = 0; t < taps; t++) {
         const char *row = (const char *)(level->tap_tables +
@@ -387,7 +393,7 @@ HOT static int run_positions(const Level *level, const int64_t *canvas, const in
     for (Py_ssize_t first = 0; first < count; first += 2) {
         const Py_ssize_t positions[2] = {first, first + 1 < count ? first + 1 : first};
         for (Py_ssize_t next = first + 2; prefetching && next < count && next < first + 4; next++)
-            prefetch_position(level, canvas, neighbours, upper, cond, next);
+            prefetch_position(level, canvas, neighbours, upper, cond, next, 1);
         for (int g = 0; g < 2; g++)
             first_activations(level, canvas, neighbours, upper, cond, positions[g], work[g].pre, work[g].h);
         for (int b = 0; b < level->causal_blocks; b++) {
@@ -600,7 +606,7 @@ static int products_start(Products *p, const Level *level, int layers) {
     p->group = GROUP;
 #ifdef HAVE_AMX_INT8
     if (amx_int8_ready && amx_int8_enabled) {
-        int widest = 0;
+        int widest = level->masked_amx ? level->masked.outputs : 0;
         for (int i = 0; i < layers; i++)
             widest = level->layers[i].outputs > widest ? level->layers[i].outputs : widest;
         p->bytes = calloc((size_t)MAX_GROUP * MAX_QUADS * 4, 1);
@@ -662,6 +668,31 @@ INT8_TARGET static void product_rows(Products *p, const Layer *layer, float *con
     product_bytes(p, layer, (const uint32_t (*)[MAX_QUADS])xq, out, rows);
 }
 
+/* first_activations for `active` positions at once with the masked convolution on AMX tiles: each position's
+ * causal neighbours' embedding bytes side by side (tap-major, as the packed layer's inputs), one product for all,
+ * then its conditioning and the gate, into h[g]; pre[g] (2C) is scratch. The same integers as the tap tables'
+ * sums: both are the exact integer sums of the same products, then the same float32 steps. */
+INT8_TARGET static void first_activations_tiles(Products *p, const Level *level, const int64_t *canvas,
+                                                const int64_t *neighbours, const int64_t *upper,
+                                                const int16_t *const *cond, const Py_ssize_t *positions, int active,
+                                                float *const *pre, float *const *h) {
+    const int C = level->channels, C2 = 2 * C, taps = level->taps;
+    const size_t stride = sizeof(uint32_t) * MAX_QUADS;
+    for (int g = 0; g < active; g++) {
+        uint8_t *row = p->bytes + (size_t)g * stride;
+        const int64_t *near = neighbours + positions[g] * taps;
+        for (int t = 0; t < taps; t++) {
+            const uint8_t *source = level->embedding_bytes + (size_t)canvas[near[t]] * C;
+            for (int k = 0; k < C; k += 16) _mm_storeu_si128((__m128i *)(row + t * C + k), _mm_loadu_si128((const __m128i *)(source + k)));
+        }
+    }
+    product_bytes(p, &level->masked, (const uint32_t (*)[MAX_QUADS])p->bytes, pre, active);
+    for (int g = 0; g < active; g++) {
+        if (cond) add_conditioning(pre[g], cond[0] + (size_t)upper[positions[g]] * C2, C2);
+        gate(level, pre[g], NULL, h[g]);
+    }
+}
+
 /* run_positions with the int8 products, p.group positions at a time (the same steps, in the same order). With
  * `given` (count, C) instead of a canvas, each position's first activations are given rather than computed by the
  * masked convolution and the first gate: a refinement stage's group head (IntStagePrior.group_head), the same
@@ -683,11 +714,11 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
         return 0;
     }
     Work work[MAX_GROUP];
-    float *pre[MAX_GROUP], *x[MAX_GROUP], *wide[MAX_GROUP];
+    float *pre[MAX_GROUP], *h[MAX_GROUP], *x[MAX_GROUP], *wide[MAX_GROUP];
     for (int g = 0; g < group; g++) {
         float *base = buffer + g * per_position;
         work[g] = (Work){base, base + C2, base + C2 + C, base + C2 + 2 * C};
-        pre[g] = work[g].pre, x[g] = work[g].x, wide[g] = work[g].wide;
+        pre[g] = work[g].pre, h[g] = work[g].h, x[g] = work[g].x, wide[g] = work[g].wide;
     }
     double *spare = (double *)(buffer + group * per_position);
     for (Py_ssize_t first = 0; first < count; first += group) {
@@ -695,9 +726,12 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
         const int rows = count - first < group ? (int)(count - first) : group, active = p.amx ? rows : group;
         for (int g = 0; g < group; g++) positions[g] = first + g < count ? first + g : first;
         for (int g = 0; g < active && given; g++) memcpy(work[g].h, given + (size_t)positions[g] * C, sizeof(float) * C);
+        const int masked_tiles = p.amx && level->masked_amx && !given;
         for (Py_ssize_t next = first + group; !given && prefetching && next < count && next < first + 2 * group; next++)
-            prefetch_position(level, canvas, neighbours, upper, cond, next);
-        for (int g = 0; g < active && !given; g++)
+            prefetch_position(level, canvas, neighbours, upper, cond, next, !masked_tiles);
+        if (masked_tiles)
+            first_activations_tiles(&p, level, canvas, neighbours, upper, cond, positions, active, pre, h);
+        for (int g = 0; g < active && !given && !masked_tiles; g++)
             first_activations(level, canvas, neighbours, upper, cond, positions[g], pre[g], work[g].h);
         for (int b = 0; b < level->causal_blocks; b++) {
             const Layer *in = &level->layers[2 * b], *out_layer = &level->layers[2 * b + 1];
@@ -819,6 +853,8 @@ static void free_level(PyObject *capsule) {
         free(level->layers[i].packed);
         free(level->layers[i].correction);
     }
+    free(level->masked.packed);
+    free(level->masked.correction);
     free(level);
 }
 
@@ -889,10 +925,11 @@ static PyObject *make_level(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *addresses[6], *layers;
     memset(&level, 0, sizeof(level));
     int want_int8 = 0;
-    if (!PyArg_ParseTuple(args, "iiiiiiOOOOOOO!|p", &level.channels, &level.codebook_size, &level.taps,
+    PyObject *masked = Py_None, *embedding = Py_None;
+    if (!PyArg_ParseTuple(args, "iiiiiiOOOOOOO!|pOO", &level.channels, &level.codebook_size, &level.taps,
                           &level.causal_blocks, &level.exp_max, &level.gate_half, &addresses[0], &addresses[1],
                           &addresses[2], &addresses[3], &addresses[4], &addresses[5], &PyTuple_Type, &layers,
-                          &want_int8))
+                          &want_int8, &masked, &embedding))
         return NULL;
     const void **targets[6] = {(const void **)&level.tap_tables, (const void **)&level.masked_bias,
                                (const void **)&level.masked_scale, (const void **)&level.tanh_table,
@@ -915,7 +952,30 @@ static PyObject *make_level(PyObject *Py_UNUSED(self), PyObject *args) {
         }
     }
     choose_frequencies_row(&level);
-    return level_capsule(&level, "hvqcodec.level", count, want_int8);
+    PyObject *capsule = level_capsule(&level, "hvqcodec.level", count, want_int8);
+    if (!capsule || masked == Py_None || embedding == Py_None) return capsule;
+    /* The masked convolution on AMX tiles: where the products take them and the layer fits the int8 format. */
+    Level *stored = PyCapsule_GetPointer(capsule, "hvqcodec.level");
+    Layer *layer = &stored->masked;
+    if (!parse_layer(masked, layer) || !address(embedding, (const void **)&stored->embedding_bytes)) {
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    if (layer->inputs != level.taps * level.channels || layer->outputs != 2 * level.channels) {
+        Py_DECREF(capsule);
+        PyErr_SetString(PyExc_ValueError, "the masked layer's shape does not match the level prior");
+        return NULL;
+    }
+#ifdef HAVE_AMX_INT8
+    if (stored->int8 && amx_int8_ready && level.channels % 16 == 0 && int8_layer_fits(layer)) {
+        if (!int8_pack(layer)) {
+            Py_DECREF(capsule);
+            return PyErr_NoMemory();
+        }
+        stored->masked_amx = 1;
+    }
+#endif
+    return capsule;
 }
 
 /* frequencies(level, canvas, neighbours, upper, cond, count, out[, scale]): out (count, K) float64 frequencies
@@ -1210,6 +1270,12 @@ static PyObject *uses_int8(PyObject *Py_UNUSED(self), PyObject *capsule) {
     return PyBool_FromLong(level->int8);
 }
 
+static PyObject *uses_masked_tiles(PyObject *Py_UNUSED(self), PyObject *capsule) {
+    const Level *level = PyCapsule_GetPointer(capsule, "hvqcodec.level");
+    if (!level) return NULL;
+    return PyBool_FromLong(level->masked_amx);
+}
+
 static PyObject *set_prefetch(PyObject *Py_UNUSED(self), PyObject *flag) {
     const int previous = prefetching, value = PyObject_IsTrue(flag);
     if (value < 0) return NULL;
@@ -1242,6 +1308,8 @@ static PyObject *py_amx_int8(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args
 static PyMethodDef methods[] = {
     {"int8_supported", py_int8_supported, METH_NOARGS, "Whether this CPU runs the int8 path (AVX-512 VNNI)."},
     {"uses_int8", uses_int8, METH_O, "Whether a level's products take the int8 path."},
+    {"uses_masked_tiles", uses_masked_tiles, METH_O,
+     "Whether a level's masked convolution is one product on AMX tiles (while they are on), not tap tables."},
     {"amx_int8", py_amx_int8, METH_NOARGS, "Whether the int8 path's products run on AMX tiles."},
     {"_amx", set_amx, METH_O, "Turn the AMX tiles on or off (to compare the paths); the old setting."},
     {"_prefetch", set_prefetch, METH_O, "Turn the step function's prefetching on or off (to measure it); the old setting."},

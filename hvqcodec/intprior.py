@@ -395,6 +395,8 @@ class IntLevelPrior(_IntNetwork):
         # integers formed in float64 by npprior.masked_tap_tables, then stored in the dtype): the layer is then a
         # sum of 12 lookups instead of a matmul per position.
         weight, bias_and_half, inv_scale, input_scale, _ = self.layers.pop("masked")
+        # Kept for the C step function, which computes the layer as one product on AMX tiles where it can.
+        self.masked_layer, self.masked_embedding = (weight, bias_and_half, inv_scale, input_scale), t["embedding"]
         self.masked_scale = (bias_and_half, inv_scale)
         self.tap_tables = torch.from_numpy(masked_tap_tables(weight.double().cpu().numpy(), input_scale,
                                                              t["embedding"].cpu().numpy(), self.channels)).to(

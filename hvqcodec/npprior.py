@@ -162,6 +162,7 @@ class LevelPrior(_Network):
         self.cond_embeddings = [t[f"cond.embedding{u}"].astype(np.int64) for u in range(level)]
         self.cond_positions = 4 if level and t["cond.proj0.weight"].shape[0] == 8 * self.channels else 1
         weight, bias_and_half, inv_scale, input_scale, _ = self.layers.pop("masked")
+        self.masked_layer, self.masked_embedding = (weight, bias_and_half, inv_scale, input_scale), t["embedding"]
         self.tap_tables = masked_tap_tables(weight, input_scale, t["embedding"], self.channels).astype(np.float32)
         self.masked_scale = (bias_and_half, inv_scale)
         self.tap_offsets = np.arange(len(wavefront.TAPS)) * (self.codebook_size + 1)

@@ -344,11 +344,39 @@ class LevelKernel(_Tables):
             raise ValueError(f"level prior tables of unexpected sizes for the C step function: "
                              f"{[tuple(t.shape) for t in tables]}, exp {tuple(exp.shape)}")
         self.codebook_size = codebook
+        masked = ()
+        if getattr(prior, "masked_layer", None) is not None and prior.masked_layer[3] is not None:
+            masked = self._masked_layer(prior.masked_layer, prior.masked_embedding, tables[1:3], taps)
         self.handle = _stepkernel.level(channels, codebook, taps, prior.causal_blocks, exp_max, gate_half,
                                         *(_address(t) for t in tables), _address(exp), tuple(layers),
-                                        int8_available())
-        # Whether the products run on int8 weights (the CPU and every layer's shape allow it).
+                                        int8_available(), *masked)
+        # Whether the products run on int8 weights (the CPU and every layer's shape allow it), and whether the
+        # masked convolution is one product on AMX tiles (while `amx_int8()`) instead of the tap tables' rows.
         self.int8 = int8_supported() and bool(_stepkernel.uses_int8(self.handle))
+        self.masked_tiles = hasattr(_stepkernel, "uses_masked_tiles") and bool(
+            _stepkernel.uses_masked_tiles(self.handle))
+
+    def _masked_layer(self, layer, embedding, bias_and_scale, taps: int) -> tuple[tuple, int]:
+        """An 8-bit masked convolution as the C function takes it for AMX tiles (where it has them, it computes the
+        first activations as one product rather than the sum of the tap tables' rows: the same integers): its
+        layer tuple, the weight's inputs reordered from (channel, tap) to (tap, channel), and the address of the
+        code embedding rounded to the layer's 8 bits (half to even, as masked_tap_tables) + 128, (K + 1, C) bytes,
+        code K (off the grid) zero."""
+        import numpy as np
+
+        def array(t) -> np.ndarray:
+            return np.asarray(t.detach().cpu() if hasattr(t, "detach") else t, dtype=np.float64)
+
+        weight, input_scale = array(layer[0]), float(layer[3])
+        inputs, outputs = weight.shape
+        channels = inputs // taps
+        weight = self._float32(weight.reshape(channels, taps, outputs).transpose(1, 0, 2).reshape(inputs, outputs))
+        embedding = array(embedding)
+        rounded = np.full((embedding.shape[0] + 1, channels), 128, np.uint8)
+        rounded[:-1] = np.clip(np.rint(embedding * input_scale), -127, 127) + 128  # int8's range, as NARROW_MAX
+        rounded = self._keep_tensor(rounded)
+        return ((inputs, outputs, _address(weight), _address(bias_and_scale[0]), _address(bias_and_scale[1]),
+                 input_scale), _address(rounded))
 
     def frequencies(self, canvas: torch.Tensor, neighbours: torch.Tensor, upper: torch.Tensor,
                     cond: Sequence[torch.Tensor] | None, threads: int = 1, scale: float = 1.0) -> torch.Tensor:

@@ -68,8 +68,10 @@ def test_same_integers_as_torch(codebook, channels, causal_blocks, weight_scale,
     for level in range(3):
         level_prior = int_prior.levels[level]
         assert level_prior.kernel is not None
-        # The int8 path needs whole quads of inputs and blocks of 16 outputs in every layer.
+        # The int8 path needs whole quads of inputs and blocks of 16 outputs in every layer; on AMX tiles, the
+        # masked convolution is one product there.
         assert level_prior.kernel.int8 == (int8 and channels % 16 == 0 and codebook % 16 == 0)
+        assert level_prior.kernel.masked_tiles == (level_prior.kernel.int8 and stepkernel.amx_int8_supported())
         state, _ = _known_state(level_prior, codes[level], codes[:level])
         count = state.order.numel()
         want = torch_frequencies(state, 0, count)
