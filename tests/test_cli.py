@@ -112,7 +112,8 @@ def test_version_names_the_step_function():
     line, torch_imported = output.splitlines()
     line, decoder = line.rsplit("; ", 1)
     if stepkernel.available():
-        path = ", int8 path (AVX-512 VNNI)" if stepkernel.int8_available() else \
+        tiles = ", AMX tiles" if stepkernel.amx_int8() else ""
+        path = f", int8 path (AVX-512 VNNI{tiles})" if stepkernel.int8_available() else \
             (", int8 path off (HVQ_STEP_KERNEL_INT8=0)" if stepkernel.int8_supported() else "")
         assert line.endswith(f" {__version__} (step function: C{path}"), line
     else:

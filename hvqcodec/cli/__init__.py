@@ -18,7 +18,7 @@ def _step_function() -> str:
 
     if stepkernel.available():
         if stepkernel.int8_available():
-            return "step function: C, int8 path (AVX-512 VNNI)"
+            return "step function: C, int8 path (AVX-512 VNNI" + (", AMX tiles)" if stepkernel.amx_int8() else ")")
         return "step function: C, int8 path off (HVQ_STEP_KERNEL_INT8=0)" if stepkernel.int8_supported() else \
             "step function: C"
     return "step function: torch (HVQ_STEP_KERNEL=0)" if stepkernel.built() else \
