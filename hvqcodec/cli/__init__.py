@@ -84,7 +84,28 @@ def run() -> None:
     from . import common
 
     common.console_script = True
+    _reuse_freed_memory()
     try:
         main()
     finally:
         gc.freeze()
+
+
+def _reuse_freed_memory() -> None:
+    """The console script's large arrays from the heap, kept there once freed, so that the next array reuses the
+    pages: glibc gives each large array its own mapping and returns it when the array is freed, and the kernel
+    zeroes every page of the next fresh one (on a 12-megapixel decode, 7% of the CPU time went to that). Peak memory
+    is unchanged; freed pages are not handed back until exit. glibc only; like `gc.freeze`, not for long-lived
+    processes (the Python API)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    mallopt(m_mmap_max, 0)  # no mapping of its own for any allocation: all from the heap
+    mallopt(m_trim_threshold, 1 << 30)  # and freed memory kept there (up to 1 GiB past the top)
