@@ -17,6 +17,9 @@ import torch
 
 import hvqcodec.codec as codec_module
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runtime_split import CallTimer  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,7 +31,6 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="the 4000x3000 photo of benchmarks/codec.py")
     args = parser.parse_args()
     if args.large:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from codec import make_large_image
 
         scratch = tempfile.TemporaryDirectory()  # removed when main returns
@@ -36,17 +38,7 @@ def main() -> None:
         print(make_large_image(Path(args.image)))
     torch.set_num_threads(args.threads)
     spent: dict[str, float] = collections.defaultdict(float)
-
-    def timed(owner, name: str, part: str) -> None:
-        function = getattr(owner, name)
-
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            try:
-                return function(*a, **k)
-            finally:
-                spent[part] += time.perf_counter() - start
-        setattr(owner, name, wrapper)
+    timed = CallTimer(spent)
 
     codec = codec_module.load_codec(args.model, "cpu")
     timed(codec_module, "decode_level", "levels (wavefronts)")

@@ -29,6 +29,27 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class CallTimer:
+    """timer(owner, name, part): owner.name replaced by a wrapper that adds each call's seconds to spent[part]
+    (part: a name, or a function of the call's positional arguments giving one); safe from several threads.
+    benchmarks/decode_split.py uses it too."""
+
+    def __init__(self, spent: dict[str, float]) -> None:
+        self.spent, self.lock = spent, threading.Lock()
+
+    def __call__(self, owner, name: str, part) -> None:
+        function = getattr(owner, name)
+
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                with self.lock:
+                    self.spent[part(a) if callable(part) else part] += time.perf_counter() - start
+        setattr(owner, name, wrapper)
+
+
 def main() -> None:
     from hvqcodec import imageio, npcoding, npencoder, runtime
 
@@ -48,20 +69,7 @@ def main() -> None:
         print(make_large_image(Path(args.image)))
     engine = runtime.load_runtime()
     spent: dict[str, float] = collections.defaultdict(float)
-    lock = threading.Lock()
-
-    def timed(owner, name: str, part) -> None:
-        function = getattr(owner, name)
-
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            try:
-                return function(*a, **k)
-            finally:
-                with lock:
-                    spent[part(a) if callable(part) else part] += time.perf_counter() - start
-        setattr(owner, name, wrapper)
-
+    timed = CallTimer(spent)
     timed(engine, "decode_level_streams", lambda a: f"decode: level {a[0]} (wavefronts)")
     timed(engine, "decode_stage_streams", lambda a: f"decode: refinement stage {a[0]}")
     timed(engine, "reconstruct", "decode: picture (the decoder)")

@@ -921,6 +921,12 @@ static PyObject *py_pack_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
     return finish_call(views, 2, ok, 1);
 }
 
+/* Whether the bfloat16 tile kernels run here; else RuntimeError naming `kernel`. */
+static int tiles_ready(const char *kernel) {
+    if (!amx_ready) PyErr_Format(PyExc_RuntimeError, "%s: this CPU (or OS) has no AMX bfloat16 tiles", kernel);
+    return amx_ready;
+}
+
 static PyObject *py_mlp_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *y, *fc1, *fc1_bias, *fc2, *fc2_bias, *residual, *out, *fc1_rest = Py_None, *fc2_rest = Py_None;
     if (!PyArg_ParseTuple(args, "OOOOOOO|OO", &y, &fc1, &fc1_bias, &fc2, &fc2_bias, &residual, &out, &fc1_rest,
@@ -930,10 +936,7 @@ static PyObject *py_mlp_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "mlp_bf16: give both weights' remainders, or neither");
         return NULL;
     }
-    if (!amx_ready) {
-        PyErr_SetString(PyExc_RuntimeError, "mlp_bf16: this CPU (or OS) has no AMX bfloat16 tiles");
-        return NULL;
-    }
+    if (!tiles_ready("mlp_bf16")) return NULL;
     Py_buffer views[9] = {{0}};
     enum { Y, FC1, FC1_BIAS, FC2, FC2_BIAS, RESIDUAL, OUT, FC1_REST, FC2_REST };
     if (!get_floats(y, "y", 2, 0, &views[Y])) return NULL;
@@ -974,10 +977,7 @@ static PyObject *py_conv3x3_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_ssize_t first_row;
     int gelu;
     if (!PyArg_ParseTuple(args, "OOOOnp", &x, &packed, &bias, &out, &first_row, &gelu)) return NULL;
-    if (!amx_ready) {
-        PyErr_SetString(PyExc_RuntimeError, "conv3x3_bf16: this CPU (or OS) has no AMX bfloat16 tiles");
-        return NULL;
-    }
+    if (!tiles_ready("conv3x3_bf16")) return NULL;
     Py_buffer views[4] = {{0}};
     enum { X, PACKED, BIAS, OUT };
     if (!get_floats(x, "x", 3, 0, &views[X])) return NULL;
@@ -1018,10 +1018,7 @@ static PyObject *py_upsample_bf16(PyObject *Py_UNUSED(self), PyObject *args) {
     float eps;
     if (!PyArg_ParseTuple(args, "OOOOOnnf", &x, &packed, &packed_rest, &bias, &out, &first_row, &rows, &eps))
         return NULL;
-    if (!amx_ready) {
-        PyErr_SetString(PyExc_RuntimeError, "upsample_bf16: this CPU (or OS) has no AMX bfloat16 tiles");
-        return NULL;
-    }
+    if (!tiles_ready("upsample_bf16")) return NULL;
     Py_buffer views[5] = {{0}};
     enum { X, PACKED, REST, BIAS, OUT };
     if (!get_floats(x, "x", 3, 0, &views[X])) return NULL;

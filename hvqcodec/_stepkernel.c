@@ -721,12 +721,12 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
         pre[g] = work[g].pre, h[g] = work[g].h, x[g] = work[g].x, wide[g] = work[g].wide;
     }
     double *spare = (double *)(buffer + group * per_position);
+    const int masked_tiles = p.amx && level->masked_amx && !given; /* the first activations as one product */
     for (Py_ssize_t first = 0; first < count; first += group) {
         Py_ssize_t positions[MAX_GROUP];
         const int rows = count - first < group ? (int)(count - first) : group, active = p.amx ? rows : group;
         for (int g = 0; g < group; g++) positions[g] = first + g < count ? first + g : first;
         for (int g = 0; g < active && given; g++) memcpy(work[g].h, given + (size_t)positions[g] * C, sizeof(float) * C);
-        const int masked_tiles = p.amx && level->masked_amx && !given;
         for (Py_ssize_t next = first + group; !given && prefetching && next < count && next < first + 2 * group; next++)
             prefetch_position(level, canvas, neighbours, upper, cond, next, !masked_tiles);
         if (masked_tiles)

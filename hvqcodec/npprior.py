@@ -59,11 +59,22 @@ def layer_tables(tables: dict[str, np.ndarray], where: str = "") -> dict[str, La
     return layers
 
 
-def tap_major(weight: np.ndarray) -> np.ndarray:
-    """A 3x3 layer's (inputs, outputs) weight with its input rows reordered from (channel, tap), as stored (F.unfold's
-    order), to (tap, channel), the order the convolutions gather their columns in."""
+def tap_major(weight: np.ndarray, taps: int = 9) -> np.ndarray:
+    """A layer's (inputs, outputs) weight over `taps` taps (a 3x3 layer's 9, a masked layer's causal ones) with its
+    input rows reordered from (channel, tap), as stored (F.unfold's order), to (tap, channel), the order the C
+    kernels gather their columns in."""
     inputs, outputs = weight.shape
-    return np.ascontiguousarray(weight.reshape(inputs // 9, 9, outputs).transpose(1, 0, 2).reshape(inputs, outputs))
+    return np.ascontiguousarray(
+        weight.reshape(inputs // taps, taps, outputs).transpose(1, 0, 2).reshape(inputs, outputs))
+
+
+def rounded_embedding(embedding: np.ndarray, input_scale: float | None) -> np.ndarray:
+    """A code embedding as an 8-bit layer's input (float64): rounded with `input_scale`, half to even as intprior's
+    layer_input, to [-NARROW_MAX, NARROW_MAX]; as it is for a 16-bit layer (input_scale None)."""
+    embedding = embedding.astype(np.float64)
+    if input_scale is None:
+        return embedding
+    return np.clip(np.rint(embedding * input_scale), -NARROW_MAX, NARROW_MAX)
 
 
 def masked_tap_tables(weight: np.ndarray, input_scale: float | None, embedding: np.ndarray,
@@ -73,10 +84,7 @@ def masked_tap_tables(weight: np.ndarray, input_scale: float | None, embedding: 
     (taps * (K + 1), 2C) so that the 12 rows of a position are summed without materialising them. weight: the
     layer's (inputs, outputs) = (C * taps, 2C) table; the embedding is the layer's input, rounded to 8 bits with
     `input_scale` for an 8-bit layer (so that every entry, and the sum of 12 plus the bias, stays float32-exact)."""
-    embedding = embedding.astype(np.float64)
-    if input_scale is not None:  # half to even, as intprior's layer_input
-        embedding = np.clip(np.rint(embedding * input_scale), -NARROW_MAX, NARROW_MAX)
-    embedding = np.concatenate([embedding, np.zeros((1, channels))])
+    embedding = np.concatenate([rounded_embedding(embedding, input_scale), np.zeros((1, channels))])
     weight = weight.astype(np.float64).T.reshape(2 * channels, channels, -1)
     # (taps, K + 1, 2C) by one batched matmul (exact: integers far below 2^53; einsum's loops took 20 ms a level)
     return np.matmul(embedding[None], weight.transpose(2, 1, 0)).reshape(-1, 2 * channels)

@@ -360,20 +360,21 @@ class LevelKernel(_Tables):
         """An 8-bit masked convolution as the C function takes it for AMX tiles (where it has them, it computes the
         first activations as one product rather than the sum of the tap tables' rows: the same integers): its
         layer tuple, the weight's inputs reordered from (channel, tap) to (tap, channel), and the address of the
-        code embedding rounded to the layer's 8 bits (half to even, as masked_tap_tables) + 128, (K + 1, C) bytes,
+        code embedding rounded to the layer's 8 bits (as masked_tap_tables rounds it) + 128, (K + 1, C) bytes,
         code K (off the grid) zero."""
         import numpy as np
+
+        from .npprior import rounded_embedding, tap_major  # (npprior imports this module)
 
         def array(t) -> np.ndarray:
             return np.asarray(t.detach().cpu() if hasattr(t, "detach") else t, dtype=np.float64)
 
         weight, input_scale = array(layer[0]), float(layer[3])
         inputs, outputs = weight.shape
-        channels = inputs // taps
-        weight = self._float32(weight.reshape(channels, taps, outputs).transpose(1, 0, 2).reshape(inputs, outputs))
-        embedding = array(embedding)
-        rounded = np.full((embedding.shape[0] + 1, channels), 128, np.uint8)
-        rounded[:-1] = np.clip(np.rint(embedding * input_scale), -127, 127) + 128  # int8's range, as NARROW_MAX
+        weight = self._float32(tap_major(weight, taps))
+        embedding = rounded_embedding(array(embedding), input_scale)
+        rounded = np.full((embedding.shape[0] + 1, embedding.shape[1]), 128, np.uint8)
+        rounded[:-1] = embedding + 128
         rounded = self._keep_tensor(rounded)
         return ((inputs, outputs, _address(weight), _address(bias_and_scale[0]), _address(bias_and_scale[1]),
                  input_scale), _address(rounded))
