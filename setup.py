@@ -9,6 +9,6 @@ COMPILE_ARGS = [] if os.name == "nt" else ["-O3"]
 
 # Both include hvqcodec/_amx.h (AMX tiles' set-up; MANIFEST.in puts it in the source distribution).
 setup(ext_modules=[Extension("hvqcodec._stepkernel", ["hvqcodec/_stepkernel.c"], optional=True,
-                             extra_compile_args=COMPILE_ARGS, depends=["hvqcodec/_amx.h"]),
+                             extra_compile_args=COMPILE_ARGS, depends=["hvqcodec/_amx.h", "hvqcodec/_rangecoder.h"]),
                    Extension("hvqcodec._decoderkernel", ["hvqcodec/_decoderkernel.c"], optional=True,
                              extra_compile_args=COMPILE_ARGS, depends=["hvqcodec/_amx.h"])])

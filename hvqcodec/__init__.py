@@ -5,7 +5,7 @@
     image = hvqcodec.decompress(data)                     # PIL.Image
     samples = hvqcodec.sample(4, size=(256, 256), seed=1) # new images from the priors
 """
-__version__ = "0.23.0"
+__version__ = "0.24.0"
 __all__ = ["compress", "decompress", "sample"]
 
 

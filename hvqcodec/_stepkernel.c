@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "_amx.h"
+#include "_rangecoder.h"
 
 #define ACT_BITS 10
 #define ACT_MAX 32767.0f
@@ -369,6 +370,15 @@ INLINE void prefetch_position(const Level *level, const int64_t *canvas, const i
 #endif
 }
 
+/* Where the int8 step function can hand each position's frequency row instead of writing a (count, K) table
+ * (hvqcodec 0.24): emit(sink, position, row) gets the exact integer frequencies (K float64, summing to 2^20) of
+ * the positions in order, one row at a time in cache; it returns 0 to stop the run (which then returns
+ * SINK_STOPPED). The range coder's loops (decode_level, encode_level, candidate_frequencies) are sinks. */
+typedef struct Sink {
+    int (*emit)(struct Sink *sink, Py_ssize_t position, const double *row);
+} Sink;
+#define SINK_STOPPED (-1)
+
 /* One position's working rows. */
 typedef struct {
     float *pre, *h, *x, *wide;
@@ -700,7 +710,7 @@ INT8_TARGET static void first_activations_tiles(Products *p, const Level *level,
  * first position where positions run out; on AMX it is short (`active` positions). */
 INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *canvas, const int64_t *neighbours,
                                           const int64_t *upper, const int16_t *const *cond, const float *given,
-                                          Py_ssize_t count, double *out, double scale) {
+                                          Py_ssize_t count, double *out, double scale, Sink *sink) {
     const int C = level->channels, C2 = 2 * C, K = level->codebook_size;
     const Layer *head = &level->layers[2 * level->causal_blocks];
     const int widest = K > C2 ? K : C2;
@@ -747,6 +757,17 @@ INT8_TARGET static int run_positions_int8(const Level *level, const int64_t *can
         }
         for (int g = 0; g < active; g++) layer_input(head, work[g].h, x[g], C);
         product_rows(&p, head, x, wide, active);
+        if (sink) { /* each row to the sink, in order, from one row in cache (the last group's padding: none) */
+            for (int g = 0; g < rows; g++) {
+                frequencies_row_avx2(level, wide[g], spare, 1.0);
+                if (!sink->emit(sink, positions[g], spare)) {
+                    free(buffer);
+                    products_end(&p);
+                    return SINK_STOPPED;
+                }
+            }
+            continue;
+        }
         for (int g = 0; g < active; g++) /* a repeated position (the last group's padding) writes to spare */
             frequencies_row_avx2(level, wide[g],
                                  g == 0 || positions[g] != first ? out + (size_t)positions[g] * K : spare, scale);
@@ -1013,7 +1034,7 @@ static PyObject *frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_INT8_PATH
     if (level->int8)
-        done = run_positions_int8(level, canvas, neighbours, upper, cond_tables, NULL, count, (double *)out, scale);
+        done = run_positions_int8(level, canvas, neighbours, upper, cond_tables, NULL, count, (double *)out, scale, NULL);
     else
 #endif
         done = run_positions(level, canvas, neighbours, upper, cond_tables, count, (double *)out, scale);
@@ -1041,7 +1062,7 @@ static PyObject *heads(PyObject *Py_UNUSED(self), PyObject *args) {
     int done = 0;
 #ifdef HAVE_INT8_PATH
     Py_BEGIN_ALLOW_THREADS
-    done = run_positions_int8(level, NULL, NULL, NULL, NULL, (const float *)given, count, (double *)out, scale);
+    done = run_positions_int8(level, NULL, NULL, NULL, NULL, (const float *)given, count, (double *)out, scale, NULL);
     Py_END_ALLOW_THREADS
 #endif
     if (!done) return PyErr_NoMemory();
@@ -1305,6 +1326,412 @@ static PyObject *py_amx_int8(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args
 #endif
 }
 
+/* --- Range coding in C (hvqcodec 0.24) -------------------------------------------------------------------------
+ * The streams constriction writes and reads (its queue range coder with Categorical(perfect=False) models: the same
+ * words, `_rangecoder.h`), coded here from the exact frequency rows: a level's wavefronts decode and encode in one C
+ * call (the step function's rows go straight to the coder, never into a (positions, K) table), and a refinement
+ * stage's rows are coded without constriction's per-call set-up. tests/test_rangecoder.py compares both coders word
+ * for word and symbol for symbol. */
+
+#define EXHAUSTED_BITS_MAX 96.0 /* as rangecoding.EXHAUSTED_BITS_MAX */
+
+typedef struct {
+    rc_decoder coder;
+    uint32_t *words;       /* the stream's words (a copy) */
+    double bits_after_end; /* information decoded once every word was read */
+} StreamDecoder;
+
+typedef struct {
+    rc_encoder coder;
+} StreamEncoder;
+
+static void free_stream_decoder(PyObject *capsule) {
+    StreamDecoder *d = PyCapsule_GetPointer(capsule, "hvqcodec.streamdecoder");
+    free(d->words);
+    free(d);
+}
+
+static void free_stream_encoder(PyObject *capsule) {
+    StreamEncoder *e = PyCapsule_GetPointer(capsule, "hvqcodec.streamencoder");
+    rc_encoder_free(&e->coder);
+    free(e);
+}
+
+/* The left end of symbol s's interval, for cum = the frequencies of the codes before it (rc_quantise's). */
+INLINE uint32_t interval_start(uint32_t cum, uint32_t s, uint32_t K) {
+    return (uint32_t)(((uint64_t)cum * ((uint64_t)RC_ONE - K)) >> RC_ROW_BITS) + s;
+}
+
+/* Decodes one symbol from an exact frequency row (K values summing to 2^20). 0 where the stream is corrupt: a
+ * quantile no interval holds (garbage), or more than EXHAUSTED_BITS_MAX bits decoded past the stream's end (a
+ * finished stream is padded with zeros, and garbage would otherwise decode at full cost). */
+static int decode_symbol(StreamDecoder *d, const double *row, uint32_t K, int64_t *symbol) {
+    const int exhausted = rc_decoder_maybe_exhausted(&d->coder);
+    const uint32_t q = rc_decoder_quantile(&d->coder);
+    if (q >= RC_ONE) return 0;
+    uint32_t cum = 0, s = 0;
+    for (; s + 16 <= K; s += 16) { /* whole blocks of 16 codes below the quantile first */
+        uint32_t block = 0;
+        for (int j = 0; j < 16; j++) block += (uint32_t)row[s + j];
+        if (q < interval_start(cum + block, s + 16, K)) break;
+        cum += block;
+    }
+    for (; s + 1 < K; s++) {
+        const uint32_t next = cum + (uint32_t)row[s];
+        if (q < interval_start(next, s + 1, K)) break;
+        cum = next;
+    }
+    uint32_t left, prob;
+    rc_quantise(cum, (uint32_t)row[s], s, K, &left, &prob);
+    rc_decoder_consume(&d->coder, left, prob);
+    if (exhausted) {
+        d->bits_after_end += -log2(row[s] / FREQ_TOTAL);
+        if (d->bits_after_end > EXHAUSTED_BITS_MAX) return 0;
+    }
+    *symbol = s;
+    return 1;
+}
+
+/* Appends symbol s of an exact frequency row to an encoder; its information (bits) is added to *bits. */
+INLINE int encode_symbol(StreamEncoder *e, const double *row, uint32_t K, int64_t s, double *bits) {
+    uint32_t cum = 0;
+    for (int64_t k = 0; k < s; k++) cum += (uint32_t)row[k];
+    const uint32_t freq = (uint32_t)row[s];
+    uint32_t left, prob;
+    rc_quantise(cum, freq, (uint32_t)s, K, &left, &prob);
+    *bits += -log2((double)freq / FREQ_TOTAL);
+    return rc_encode(&e->coder, left, prob);
+}
+
+#ifdef HAVE_INT8_PATH
+typedef struct {
+    Sink sink;
+    int64_t *canvas;
+    const int64_t *centres, *tiles; /* from the run's first position */
+    StreamDecoder **streams;
+    uint32_t K;
+} DecodeSink;
+
+static int decode_emit(Sink *sink, Py_ssize_t p, const double *row) {
+    DecodeSink *d = (DecodeSink *)sink;
+    int64_t symbol;
+    if (!decode_symbol(d->streams[d->tiles[p]], row, d->K, &symbol)) return 0;
+    d->canvas[d->centres[p]] = symbol; /* no position of this wavefront reads it */
+    return 1;
+}
+
+typedef struct {
+    Sink sink;
+    const int64_t *symbols;
+    StreamEncoder *stream;
+    uint32_t K;
+    double bits;
+    int out_of_memory;
+} EncodeSink;
+
+static int encode_emit(Sink *sink, Py_ssize_t p, const double *row) {
+    EncodeSink *e = (EncodeSink *)sink;
+    if (e->symbols[p] < 0 || e->symbols[p] >= e->K) return 0;
+    if (!encode_symbol(e->stream, row, e->K, e->symbols[p], &e->bits)) {
+        e->out_of_memory = 1;
+        return 0;
+    }
+    return 1;
+}
+
+typedef struct {
+    Sink sink;
+    const int64_t *candidates; /* (count, per_position) */
+    double *out;               /* (count, per_position) probabilities */
+    int per_position;
+    uint32_t K;
+} CandidateSink;
+
+static int candidate_emit(Sink *sink, Py_ssize_t p, const double *row) {
+    CandidateSink *c = (CandidateSink *)sink;
+    for (int m = 0; m < c->per_position; m++) {
+        const int64_t code = c->candidates[p * c->per_position + m];
+        if (code < 0 || code >= c->K) return 0;
+        c->out[p * c->per_position + m] = row[code] * (1.0 / FREQ_TOTAL);
+    }
+    return 1;
+}
+#endif
+
+/* The step function's arguments shared by the sinks' entry points: a level capsule on the int8 path and the
+ * addresses of its state's canvas, neighbours, upper rows and conditioning tables. */
+typedef struct {
+    const Level *level;
+    const void *canvas, *neighbours, *upper;
+    const int16_t *cond[MAX_LAYERS];
+    const int16_t *const *cond_tables;
+} StepArgs;
+
+static int step_args(PyObject *capsule, PyObject *canvas, PyObject *neighbours, PyObject *upper, PyObject *cond,
+                     StepArgs *a) {
+    a->level = PyCapsule_GetPointer(capsule, "hvqcodec.level");
+    if (!a->level) return 0;
+    if (!a->level->taps || !a->level->int8) {
+        PyErr_SetString(PyExc_ValueError, "the range coder's loops run level priors on the int8 path only");
+        return 0;
+    }
+    if (!address(canvas, &a->canvas) || !address(neighbours, &a->neighbours) || !address(upper, &a->upper))
+        return 0;
+    a->cond_tables = NULL;
+    if (cond != Py_None) {
+        if (!PyTuple_Check(cond) || PyTuple_GET_SIZE(cond) != a->level->causal_blocks + 1) {
+            PyErr_SetString(PyExc_ValueError, "one conditioning table per gated unit expected");
+            return 0;
+        }
+        for (int i = 0; i <= a->level->causal_blocks; i++)
+            if (!address(PyTuple_GET_ITEM(cond, i), (const void **)&a->cond[i])) return 0;
+        a->cond_tables = a->cond;
+    }
+    return 1;
+}
+
+static const char *CORRUPT = "stream ends before its codes do (truncated or corrupt)";
+
+/* stream_decoder(data) -> capsule: a range decoder over a stream's bytes (little-endian 32-bit words). */
+static PyObject *stream_decoder(PyObject *Py_UNUSED(self), PyObject *args) {
+    const unsigned char *data;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "y#", &data, &length)) return NULL;
+    if (length % 4) {
+        PyErr_SetString(PyExc_ValueError, "range-coded stream length is not a multiple of 4");
+        return NULL;
+    }
+    StreamDecoder *d = calloc(1, sizeof *d);
+    const size_t count = (size_t)length / 4;
+    if (!d || !(d->words = malloc(sizeof(uint32_t) * (count ? count : 1)))) {
+        free(d);
+        return PyErr_NoMemory();
+    }
+    for (size_t i = 0; i < count; i++) {
+        const unsigned char *b = data + 4 * i;
+        d->words[i] = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    }
+    rc_decoder_init(&d->coder, d->words, count);
+    PyObject *capsule = PyCapsule_New(d, "hvqcodec.streamdecoder", free_stream_decoder);
+    if (!capsule) {
+        free(d->words);
+        free(d);
+    }
+    return capsule;
+}
+
+/* stream_encoder() -> capsule: an empty range encoder. */
+static PyObject *stream_encoder(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
+    StreamEncoder *e = malloc(sizeof *e);
+    if (!e) return PyErr_NoMemory();
+    rc_encoder_init(&e->coder);
+    PyObject *capsule = PyCapsule_New(e, "hvqcodec.streamencoder", free_stream_encoder);
+    if (!capsule) free(e);
+    return capsule;
+}
+
+/* stream_bytes(encoder) -> bytes: the words so far, finished as constriction's get_compressed() finishes them
+ * (little-endian; the encoder may go on). */
+static PyObject *stream_bytes(PyObject *Py_UNUSED(self), PyObject *capsule) {
+    StreamEncoder *e = PyCapsule_GetPointer(capsule, "hvqcodec.streamencoder");
+    if (!e) return NULL;
+    const uint32_t *words;
+    const size_t count = rc_encoder_finish(&e->coder, &words);
+    if (count == (size_t)-1) return PyErr_NoMemory();
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 * count));
+    if (!result) return NULL;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    for (size_t i = 0; i < count; i++)
+        for (int j = 0; j < 4; j++) out[4 * i + j] = (unsigned char)(words[i] >> (8 * j));
+    return result;
+}
+
+/* decode_rows(decoder, rows, count, K, out): out (count,) int64 symbols decoded with the probability rows (count,
+ * K) float64 (exact frequencies / 2^20). ValueError for a corrupt or truncated stream. */
+static PyObject *decode_rows(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *capsule, *rows_address, *out_address;
+    Py_ssize_t count, K;
+    if (!PyArg_ParseTuple(args, "OOnnO", &capsule, &rows_address, &count, &K, &out_address)) return NULL;
+    StreamDecoder *d = PyCapsule_GetPointer(capsule, "hvqcodec.streamdecoder");
+    const void *rows, *out;
+    if (!d || !address(rows_address, &rows) || !address(out_address, &out)) return NULL;
+    if (K < 1 || K > 65536) {
+        PyErr_SetString(PyExc_ValueError, "decode_rows: 1 to 65536 codes a row");
+        return NULL;
+    }
+    double *row = malloc(sizeof(double) * (size_t)K);
+    if (!row) return PyErr_NoMemory();
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < count && ok; p++) {
+        const double *probabilities = (const double *)rows + (size_t)p * K;
+        for (Py_ssize_t k = 0; k < K; k++) row[k] = probabilities[k] * FREQ_TOTAL;
+        ok = decode_symbol(d, row, (uint32_t)K, (int64_t *)out + p);
+    }
+    Py_END_ALLOW_THREADS
+    free(row);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, CORRUPT);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* encode_rows(encoder, symbols, rows, count, K) -> bits: appends symbols (count,) int64 with their probability
+ * rows (count, K) float64 (exact frequencies / 2^20); returns their information. */
+static PyObject *encode_rows(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *capsule, *symbols_address, *rows_address;
+    Py_ssize_t count, K;
+    if (!PyArg_ParseTuple(args, "OOOnn", &capsule, &symbols_address, &rows_address, &count, &K)) return NULL;
+    StreamEncoder *e = PyCapsule_GetPointer(capsule, "hvqcodec.streamencoder");
+    const void *symbols, *rows;
+    if (!e || !address(symbols_address, &symbols) || !address(rows_address, &rows)) return NULL;
+    if (K < 1 || K > 65536) {
+        PyErr_SetString(PyExc_ValueError, "encode_rows: 1 to 65536 codes a row");
+        return NULL;
+    }
+    for (Py_ssize_t p = 0; p < count; p++)
+        if (((const int64_t *)symbols)[p] < 0 || ((const int64_t *)symbols)[p] >= K) {
+            PyErr_SetString(PyExc_ValueError, "encode_rows: a symbol outside its row");
+            return NULL;
+        }
+    double *row = malloc(sizeof(double) * (size_t)K), bits = 0.0;
+    if (!row) return PyErr_NoMemory();
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < count && ok; p++) {
+        const double *probabilities = (const double *)rows + (size_t)p * K;
+        for (Py_ssize_t k = 0; k < K; k++) row[k] = probabilities[k] * FREQ_TOTAL;
+        ok = encode_symbol(e, row, (uint32_t)K, ((const int64_t *)symbols)[p], &bits);
+    }
+    Py_END_ALLOW_THREADS
+    free(row);
+    if (!ok) return PyErr_NoMemory();
+    return PyFloat_FromDouble(bits);
+}
+
+/* decode_level(level, canvas, neighbours, upper, cond, centres, tiles, fronts, front_count, decoders): decodes every
+ * wavefront of a level's state (fronts: (front_count, 2) int64 [start, stop)), each position from its tile's
+ * decoder (tiles: int64 per position, indexing the tuple of decoder capsules), painting each code onto the canvas
+ * at its centre; the step function's rows go straight to the decoder. ValueError for a corrupt stream. Runs
+ * without the GIL. */
+static PyObject *decode_level(PyObject *Py_UNUSED(self), PyObject *args) {
+#ifdef HAVE_INT8_PATH
+    PyObject *capsule, *canvas, *neighbours, *upper, *cond, *centres_address, *tiles_address, *fronts_address, *decoders;
+    Py_ssize_t front_count;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOnO!", &capsule, &canvas, &neighbours, &upper, &cond, &centres_address,
+                          &tiles_address, &fronts_address, &front_count, &PyTuple_Type, &decoders))
+        return NULL;
+    StepArgs a;
+    const void *centres, *tiles, *fronts;
+    if (!step_args(capsule, canvas, neighbours, upper, cond, &a) || !address(centres_address, &centres) ||
+        !address(tiles_address, &tiles) || !address(fronts_address, &fronts))
+        return NULL;
+    const Py_ssize_t streams = PyTuple_GET_SIZE(decoders);
+    StreamDecoder **coders = malloc(sizeof(StreamDecoder *) * (size_t)(streams ? streams : 1));
+    if (!coders) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < streams; i++)
+        if (!(coders[i] = PyCapsule_GetPointer(PyTuple_GET_ITEM(decoders, i), "hvqcodec.streamdecoder"))) {
+            free(coders);
+            return NULL;
+        }
+    const int64_t *bounds = fronts;
+    const int taps = a.level->taps;
+    DecodeSink sink = {{decode_emit}, (int64_t *)a.canvas, NULL, NULL, coders, (uint32_t)a.level->codebook_size};
+    int done = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t f = 0; f < front_count && done == 1; f++) {
+        const int64_t start = bounds[2 * f], stop = bounds[2 * f + 1];
+        sink.centres = (const int64_t *)centres + start;
+        sink.tiles = (const int64_t *)tiles + start;
+        done = run_positions_int8(a.level, a.canvas, (const int64_t *)a.neighbours + (size_t)start * taps,
+                                  (const int64_t *)a.upper + start, a.cond_tables, NULL, stop - start, NULL, 1.0,
+                                  &sink.sink);
+    }
+    Py_END_ALLOW_THREADS
+    free(coders);
+    if (done == SINK_STOPPED) {
+        PyErr_SetString(PyExc_ValueError, CORRUPT);
+        return NULL;
+    }
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+#else
+    (void)args;
+    PyErr_SetString(PyExc_ValueError, "decode_level needs the int8 path");
+    return NULL;
+#endif
+}
+
+/* encode_level(level, canvas, neighbours, upper, cond, symbols, count, encoder) -> bits: appends a level's known
+ * codes (symbols: int64 in decoding order, painted onto the canvas already) to an encoder, each with the
+ * frequencies the decoder will compute for it; returns their information. Runs without the GIL. */
+static PyObject *encode_level(PyObject *Py_UNUSED(self), PyObject *args) {
+#ifdef HAVE_INT8_PATH
+    PyObject *capsule, *canvas, *neighbours, *upper, *cond, *symbols_address, *encoder;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "OOOOOOnO", &capsule, &canvas, &neighbours, &upper, &cond, &symbols_address,
+                          &count, &encoder))
+        return NULL;
+    StepArgs a;
+    const void *symbols;
+    if (!step_args(capsule, canvas, neighbours, upper, cond, &a) || !address(symbols_address, &symbols)) return NULL;
+    StreamEncoder *stream = PyCapsule_GetPointer(encoder, "hvqcodec.streamencoder");
+    if (!stream) return NULL;
+    EncodeSink sink = {{encode_emit}, symbols, stream, (uint32_t)a.level->codebook_size, 0.0, 0};
+    int done;
+    Py_BEGIN_ALLOW_THREADS
+    done = run_positions_int8(a.level, a.canvas, a.neighbours, a.upper, a.cond_tables, NULL, count, NULL, 1.0,
+                              &sink.sink);
+    Py_END_ALLOW_THREADS
+    if (done == SINK_STOPPED && !sink.out_of_memory) {
+        PyErr_SetString(PyExc_ValueError, "encode_level: a code outside the codebook");
+        return NULL;
+    }
+    if (done != 1) return PyErr_NoMemory();
+    return PyFloat_FromDouble(sink.bits);
+#else
+    (void)args;
+    PyErr_SetString(PyExc_ValueError, "encode_level needs the int8 path");
+    return NULL;
+#endif
+}
+
+/* candidate_frequencies(level, canvas, neighbours, upper, cond, count, candidates, per_position, out): out (count,
+ * per_position) float64 = the probabilities (exact frequencies / 2^20) of each position's candidate codes
+ * (candidates: (count, per_position) int64), without writing the (count, K) table. Runs without the GIL. */
+static PyObject *candidate_frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
+#ifdef HAVE_INT8_PATH
+    PyObject *capsule, *canvas, *neighbours, *upper, *cond, *candidates_address, *out_address;
+    Py_ssize_t count;
+    int per_position;
+    if (!PyArg_ParseTuple(args, "OOOOOnOiO", &capsule, &canvas, &neighbours, &upper, &cond, &count,
+                          &candidates_address, &per_position, &out_address))
+        return NULL;
+    StepArgs a;
+    const void *candidates, *out;
+    if (!step_args(capsule, canvas, neighbours, upper, cond, &a) || !address(candidates_address, &candidates) ||
+        !address(out_address, &out))
+        return NULL;
+    CandidateSink sink = {{candidate_emit}, candidates, (double *)out, per_position, (uint32_t)a.level->codebook_size};
+    int done;
+    Py_BEGIN_ALLOW_THREADS
+    done = run_positions_int8(a.level, a.canvas, a.neighbours, a.upper, a.cond_tables, NULL, count, NULL, 1.0,
+                              &sink.sink);
+    Py_END_ALLOW_THREADS
+    if (done == SINK_STOPPED) {
+        PyErr_SetString(PyExc_ValueError, "candidate_frequencies: a code outside the codebook");
+        return NULL;
+    }
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+#else
+    (void)args;
+    PyErr_SetString(PyExc_ValueError, "candidate_frequencies needs the int8 path");
+    return NULL;
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"int8_supported", py_int8_supported, METH_NOARGS, "Whether this CPU runs the int8 path (AVX-512 VNNI)."},
     {"uses_int8", uses_int8, METH_O, "Whether a level's products take the int8 path."},
@@ -1322,6 +1749,14 @@ static PyMethodDef methods[] = {
     {"heads", heads, METH_VARARGS, "Integer frequencies of a head network for given activations (see intprior.py)."},
     {"level", make_level, METH_VARARGS, "Prepare a level prior's tables (addresses of contiguous tensors)."},
     {"frequencies", frequencies, METH_VARARGS, "Integer frequencies of a batch of positions (see intprior.py)."},
+    {"stream_decoder", stream_decoder, METH_VARARGS, "A range decoder over a stream's bytes (constriction's format)."},
+    {"stream_encoder", stream_encoder, METH_NOARGS, "An empty range encoder (constriction's format)."},
+    {"stream_bytes", stream_bytes, METH_O, "An encoder's stream so far, finished, as bytes."},
+    {"decode_rows", decode_rows, METH_VARARGS, "Symbols decoded with probability rows."},
+    {"encode_rows", encode_rows, METH_VARARGS, "Symbols encoded with probability rows; their bits."},
+    {"decode_level", decode_level, METH_VARARGS, "Every wavefront of a level decoded, codes painted."},
+    {"encode_level", encode_level, METH_VARARGS, "A level's known codes encoded; their bits."},
+    {"candidate_frequencies", candidate_frequencies, METH_VARARGS, "Probabilities of each position's candidates."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -132,7 +132,7 @@ class TileEncoder:
             state = npprior.LevelState(self.levels[level], [grid.shape], [uppers])
         symbols = grid.reshape(-1)[state.order]
         state.paint(0, len(symbols), symbols)
-        stream = rangecoding.encode_ordered(state, symbols)
+        stream = state.encode(symbols) if rangecoding.c_coder() else rangecoding.encode_ordered(state, symbols)
         return stream.data, stream.cross_entropy_bits
 
     def _ecvq_bottom(self, flat: np.ndarray, size: tuple[int, int], uppers: list[np.ndarray], lam: float,
@@ -147,7 +147,7 @@ class TileEncoder:
         state.paint(0, len(order), in_order[:, 0])
         picked = np.empty(in_order.shape)
         for start, stop in rangecoding.spans(len(order), rangecoding.ENCODE_CHUNK):
-            picked[start:stop] = np.take_along_axis(state.probabilities(start, stop), in_order[start:stop], 1)
+            picked[start:stop] = state.candidate_probabilities(start, in_order[start:stop])
         cost = costs[order].astype(np.float64) + lam * -np.log2(picked)  # probabilities: exact freq / 2^20
         chosen = np.empty(len(order), dtype=np.int64)
         chosen[order] = np.take_along_axis(in_order, cost.argmin(1)[:, None], 1)[:, 0]

@@ -3,9 +3,11 @@ runs (docs/DESIGN.md section 8), on the C module's int8 path only.
 
 The probabilities are the exact integers of `intprior` (the same tables, the same C functions, which take
 addresses and do not care whether numpy or torch owns them), so a file decodes to the same codes here as in the
-torch codec. The layers' integer tables (`layer_tables`, `tap_major`, `masked_tap_tables`), the stacking of the
-levels' conditioning (`stacked_conditioning`) and the levels' layout (`wavefront.layout`) are the same code here
-and in `intprior`, which converts the arrays to tensors; what differs is only who owns them.
+torch codec. The layers' integer tables (`layer_tables`, `tap_major`, `masked_tap_tables`) and the levels' layout
+(`wavefront.layout`) are the same code here and in `intprior`, which converts the arrays to tensors; the levels'
+conditioning is stacked in `stacked_conditioning`'s rows (here written in place, `_stacked_conditioning`). A level's
+wavefronts are range coded in one C call here (`LevelState.decode`, `encode`), where the torch codec loops in
+Python (`rangecoding.decode_fronts`, `encode_ordered`): the same codes and bytes.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import stepkernel, wavefront
+from . import rangecoding, stepkernel, wavefront
 
 ACT_BITS = 10
 ACT_MAX = (1 << 15) - 1  # |activation| < 32 on the 2^-10 grid
@@ -179,9 +181,11 @@ class LevelPrior(_Network):
             raise ValueError(f"{prefix}: the step function's int8 path does not take these tables")
         self._cond_kernels = None
 
-    def conditioning(self, upper_codes: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+    def conditioning(self, upper_codes: Sequence[np.ndarray], out: Sequence[np.ndarray] | None = None
+                     ) -> list[np.ndarray] | None:
         """Upper levels' codes -> per gated unit a (h_u * w_u * cond_positions, 2C) int16 projection (as
-        `intprior.IntLevelPrior.conditioning`)."""
+        `intprior.IntLevelPrior.conditioning`); written into `out` (one such contiguous table per unit) where
+        given, so that a level's tiles' conditioning is stacked without a copy."""
         if self.level == 0:
             return None
         if self._cond_kernels is None:
@@ -196,8 +200,26 @@ class LevelPrior(_Network):
             x = x + table[codes.repeat(factor, -2).repeat(factor, -1)]  # (h, w, C)
         x = np.clip(x, -ACT_MAX, ACT_MAX).reshape(h * w, -1).astype(np.float32)
         x = convs.run(x, h, w, self.threads)
-        return [linears.run(x, i, self.threads).reshape(h * w * self.cond_positions, -1)
+        return [linears.run(x, i, self.threads, None if out is None else out[i].reshape(h * w, -1)
+                            ).reshape(h * w * self.cond_positions, -1)
                 for i in range(1 + self.causal_blocks)]
+
+
+def _stacked_conditioning(prior: LevelPrior, sizes: Sequence[tuple[int, int]],
+                          upper_codes: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray] | None:
+    """`stacked_conditioning`'s tables, each tile's projections written in place (a 1024 x 1024 tile's bottom
+    level has 48 MB of them, which the copy took a fifth of the conditioning's time to move)."""
+    if prior.level == 0:
+        return None
+    positions, width = prior.cond_positions, 2 * prior.channels
+    rows = sum((h // 2) * (w // 2) for h, w in sizes) * positions
+    stacked = [np.empty((rows, width), dtype=np.int16) for _ in range(1 + prior.causal_blocks)]
+    base = 0
+    for (h, w), uppers in zip(sizes, upper_codes):
+        count = (h // 2) * (w // 2) * positions
+        prior.conditioning(uppers, [table[base:base + count] for table in stacked])
+        base += count
+    return stacked
 
 
 class LevelState:
@@ -207,16 +229,33 @@ class LevelState:
                  upper_codes: Sequence[Sequence[np.ndarray]]) -> None:
         self.prior, self.sizes = prior, [tuple(size) for size in sizes]
         positions = prior.cond_positions
-        cond = stacked_conditioning(prior.conditioning, self.sizes, upper_codes, positions,
-                                    lambda rows, unit: np.empty((rows, unit.shape[1]), dtype=np.int16))
+        cond = _stacked_conditioning(prior, self.sizes, upper_codes)
         laid = wavefront.layout(self.sizes, prior.block, positions)
         self.order, self.centres, self.fronts, self._segments = laid.order, laid.centres, laid.fronts, laid.segments
+        self._tiles = laid.tiles
         self.canvas = np.full(laid.canvas_size, prior.codebook_size, dtype=np.int64)
         self._bound = stepkernel.BoundLevel(prior.kernel, self.canvas, laid.neighbours, laid.upper, cond)
         self.threads = prior.threads  # what `probabilities` runs on (an encoder may lower it)
 
     def probabilities(self, start: int, stop: int) -> np.ndarray:
         return self._bound.probabilities(start, stop, self.threads)
+
+    def candidate_probabilities(self, start: int, candidates: np.ndarray) -> np.ndarray:
+        """`probabilities(start, start + P)` at each position's candidate codes (P, M), without the (P, K) table."""
+        return self._bound.candidate_probabilities(start, candidates, self.threads)
+
+    def decode(self, decoders: Sequence) -> None:
+        """Decodes the whole level from its tiles' streams (`rangecoding.CStreamDecoder`s, one per tile) in one C
+        call on this thread: `rangecoding.decode_fronts`'s loop, the rows going straight to the decoder."""
+        fronts = np.asarray(self.fronts, dtype=np.int64).reshape(-1, 2)
+        self._bound.decode(self.centres, self._tiles, fronts, decoders)
+
+    def encode(self, symbols: np.ndarray) -> "rangecoding.EncodedLevel":
+        """One tile's known codes (decoding order, painted already) into its stream in one C call on this thread:
+        `rangecoding.encode_ordered`'s result."""
+        encoder = rangecoding.new_encoder()
+        bits = self._bound.encode(symbols, encoder)
+        return rangecoding.finish(encoder, bits)
 
     def segments(self, start: int) -> list[tuple[int, int, int]]:
         return self._segments[start]

@@ -1,14 +1,27 @@
 """Range coding of code grids, without torch: the stream decoder, the two decoding loops (a level's wavefronts,
 a refinement stage's groups) and their encoding counterparts, which the torch codec (`entropy`, `codec`) and the
 runtime without torch (`runtime`, `npcoding`, DESIGN section 8) both run, each on its own state and prior objects
-(constriction's queue coder: decode order = encode order)."""
+(constriction's queue coder: decode order = encode order).
+
+The streams are constriction's (its queue range coder, Categorical(perfect=False) models of our exact rows): where
+the C module is built, `_stepkernel` codes them itself (`_rangecoder.h`, the same words and symbols, hvqcodec 0.24:
+without constriction's set-up per call, and a level's wavefronts in one C call, `npprior.LevelState.decode`);
+constriction otherwise, and always for the residual layer's models. HVQ_RANGE_CODER=constriction takes constriction
+(to compare)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
+import os
+
 import constriction
 import numpy as np
+
+try:
+    from . import _stepkernel as _c_coder
+except ImportError:  # built without the C module
+    _c_coder = None
 
 # Positions per batch of a refinement stage's prior (encoder and decoder): a 1024 x 1024 tile's stage would
 # otherwise hold several (65536, K) float64 tables at once, about 0.5 GB; 2048 rather than 8192 keeps them in
@@ -40,6 +53,51 @@ def family() -> "constriction.stream.model.Categorical":
 EXHAUSTED_BITS_MAX = 96
 
 
+def c_coder() -> bool:
+    """Whether streams are coded in C here (the C module is built, HVQ_RANGE_CODER is not "constriction")."""
+    return _c_coder is not None and os.environ.get("HVQ_RANGE_CODER", "") != "constriction"
+
+
+class CStreamDecoder:
+    """StreamDecoder's C twin (`_stepkernel.stream_decoder`): the same symbols, the same error for a stream read
+    past its end (charged symbol by symbol rather than batch by batch), and a `handle` that `npprior.LevelState`
+    decodes whole levels with."""
+
+    def __init__(self, data: bytes) -> None:
+        self.handle = _c_coder.stream_decoder(bytes(data))
+
+    def decode(self, family, probabilities: np.ndarray) -> np.ndarray:
+        probabilities = np.ascontiguousarray(probabilities, dtype=np.float64)
+        count, codes = probabilities.shape
+        symbols = np.empty(count, dtype=np.int64)
+        _c_coder.decode_rows(self.handle, probabilities.ctypes.data, count, codes, symbols.ctypes.data)
+        return symbols
+
+
+class StreamEncoder:
+    """A queue range encoder: `add(symbols, probabilities)` -> their information in bits, `data()` -> the stream's
+    bytes so far (little-endian 32-bit words). In C where `c_coder()`, else constriction's: the same words."""
+
+    def __init__(self) -> None:
+        self.handle = _c_coder.stream_encoder() if c_coder() else None
+        self.constriction = None if self.handle is not None else constriction.stream.queue.RangeEncoder()
+
+    def add(self, symbols: np.ndarray, probabilities: np.ndarray) -> float:
+        probabilities = np.ascontiguousarray(probabilities, dtype=np.float64)
+        if self.handle is not None:
+            symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+            return _c_coder.encode_rows(self.handle, symbols.ctypes.data, probabilities.ctypes.data, len(symbols),
+                                        probabilities.shape[1])
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32)
+        self.constriction.encode(symbols, family(), probabilities)
+        return float(-np.log2(probabilities[np.arange(len(symbols)), symbols]).sum())
+
+    def data(self) -> bytes:
+        if self.handle is not None:
+            return _c_coder.stream_bytes(self.handle)
+        return self.constriction.get_compressed().astype("<u4").tobytes()
+
+
 class StreamDecoder:
     """A range decoder over one stream that fails as soon as it reads past the stream's end.
 
@@ -69,7 +127,7 @@ def stream_decoder(source) -> StreamDecoder:
     """A decoder for a stream's bytes; anything else with the same decode(family, probabilities) method (the
     sampler) is used as it is, so sampling runs through the very same loops as decoding."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return StreamDecoder(bytes(source))
+        return CStreamDecoder(bytes(source)) if c_coder() else StreamDecoder(bytes(source))
     return source
 
 
@@ -121,21 +179,19 @@ def _run_groups(prior, context, positions: int, chunk: int, step: GroupStep) -> 
     return groups
 
 
-def new_encoder() -> "constriction.stream.queue.RangeEncoder":
-    return constriction.stream.queue.RangeEncoder()
+def new_encoder() -> StreamEncoder:
+    return StreamEncoder()
 
 
-def encode_probabilities(encoder, symbols: np.ndarray, probabilities: np.ndarray) -> float:
+def encode_probabilities(encoder: StreamEncoder, symbols: np.ndarray, probabilities: np.ndarray) -> float:
     """Appends symbols (P,) with their probabilities (P, K), the frequencies / FREQ_TOTAL, to a queue encoder;
     returns their information in bits."""
-    symbols = np.ascontiguousarray(symbols, dtype=np.int32)
-    encoder.encode(symbols, family(), probabilities)
-    return float(-np.log2(probabilities[np.arange(len(symbols)), symbols]).sum())
+    return encoder.add(symbols, probabilities)
 
 
-def finish(encoder, bits: float) -> EncodedLevel:
+def finish(encoder: StreamEncoder, bits: float) -> EncodedLevel:
     """A queue encoder's stream as bytes (little-endian 32-bit words)."""
-    return EncodedLevel(encoder.get_compressed().astype("<u4").tobytes(), bits)
+    return EncodedLevel(encoder.data(), bits)
 
 
 def encode_ordered(state: WavefrontState, symbols: np.ndarray, chunk: int = ENCODE_CHUNK) -> EncodedLevel:

@@ -152,7 +152,11 @@ class Runtime:
 
         def decode(group: range) -> list[np.ndarray]:
             state = npprior.LevelState(prior, [sizes[i] for i in group], [tile_codes[i] for i in group])
-            rangecoding.decode_fronts(state, [rangecoding.stream_decoder(streams[i]) for i in group])
+            decoders = [rangecoding.stream_decoder(streams[i]) for i in group]
+            if rangecoding.c_coder():  # the whole level in one C call (on this thread)
+                state.decode(decoders)
+            else:
+                rangecoding.decode_fronts(state, decoders)
             return state.codes()
 
         return self._tile_groups(decode, len(streams), side_by_side)

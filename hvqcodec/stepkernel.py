@@ -277,13 +277,18 @@ class LinearKernel(_Tables):
         self.inputs, self.outputs = [layer[0] for layer in layers], [layer[1] for layer in layers]
         self.handle = _stepkernel.linears(layers)
 
-    def run(self, x: torch.Tensor | np.ndarray, layer: int, threads: int = 1) -> torch.Tensor | np.ndarray:
+    def run(self, x: torch.Tensor | np.ndarray, layer: int, threads: int = 1, out: np.ndarray | None = None
+            ) -> torch.Tensor | np.ndarray:
         """x (rows, inputs) on the activation grid -> layer `layer` of each row, (rows, outputs) int16 (numpy for
-        numpy)."""
+        numpy), written into `out` (a contiguous int16 numpy table of that shape) where given."""
         x = _contiguous(x, "float32")
         if len(x.shape) != 2 or x.shape[1] != self.inputs[layer]:
             raise ValueError(f"rows of {self.inputs[layer]} values expected, got {tuple(x.shape)}")
-        out = _empty_like_input(x, (x.shape[0], self.outputs[layer]), "int16")
+        if out is None:
+            out = _empty_like_input(x, (x.shape[0], self.outputs[layer]), "int16")
+        elif (out.dtype.name != "int16" or not out.flags.c_contiguous
+              or tuple(out.shape) != (x.shape[0], self.outputs[layer])):
+            raise ValueError(f"out: a contiguous int16 ({x.shape[0]}, {self.outputs[layer]}) table expected")
         x_address, out_address = _address(x), _address(out)
         _split(x.shape[0], threads, lambda start, stop: _stepkernel.linear_rows(
             self.handle, layer, x_address, start, stop, out_address))
@@ -445,3 +450,51 @@ class BoundLevel:
                                     self.cond_addresses, b - a, base + 8 * codebook * a, PROBABILITY_SCALE)
         _split(stop - start, threads, run)
         return out
+
+    def candidate_probabilities(self, start: int, candidates: np.ndarray, threads: int = 1) -> np.ndarray:
+        """The probabilities (exact frequencies / 2^20) of each position's candidate codes, (P, M) float64 for
+        candidates (P, M) int64 of positions start..start+P-1: `probabilities` taken at those codes, without the
+        (P, K) table (each row stays in cache)."""
+        import numpy as np
+
+        candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+        count, per_position = candidates.shape
+        if not 0 <= start <= start + count <= self.neighbours.shape[0]:
+            raise ValueError("candidate_probabilities: positions outside the state")
+        out = np.empty((count, per_position))
+        base, given, canvas = out.ctypes.data, candidates.ctypes.data, _address(self.canvas)
+        neighbours, upper = _address(self.neighbours), _address(self.upper)
+
+        def run(a: int, b: int) -> None:
+            _stepkernel.candidate_frequencies(self.kernel.handle, canvas, neighbours + 8 * self.taps * (start + a),
+                                              upper + 8 * (start + a), self.cond_addresses, b - a,
+                                              given + 8 * per_position * a, per_position, base + 8 * per_position * a)
+        _split(count, threads, run)
+        return out
+
+    def decode(self, centres: np.ndarray, tiles: np.ndarray, fronts: np.ndarray, decoders: Sequence) -> None:
+        """Decodes every wavefront (fronts: (F, 2) int64 [start, stop)) in one C call on this thread, each
+        position from decoders[tiles[p]] (`rangecoding.CStreamDecoder`s), painting its code at canvas[centres[p]].
+        ValueError for a corrupt stream."""
+        for array in (centres, tiles, fronts):
+            if array.dtype.name != "int64" or not array.flags.c_contiguous:
+                raise ValueError("decode: contiguous int64 centres, tiles and fronts expected")
+        if len(centres) != self.neighbours.shape[0] or len(tiles) != len(centres) or (
+                len(fronts) and (fronts.min() < 0 or fronts.max() > len(centres))) or (
+                len(tiles) and not 0 <= tiles.min() <= tiles.max() < len(decoders)):
+            raise ValueError("decode: centres, tiles or fronts do not fit the state")
+        _stepkernel.decode_level(self.kernel.handle, _address(self.canvas), _address(self.neighbours),
+                                 _address(self.upper), self.cond_addresses, centres.ctypes.data, tiles.ctypes.data,
+                                 fronts.ctypes.data, len(fronts), tuple(decoder.handle for decoder in decoders))
+
+    def encode(self, symbols: np.ndarray, encoder) -> float:
+        """Appends all positions' codes (symbols: int64 in decoding order, painted onto the canvas already) to a
+        `rangecoding.StreamEncoder` in C, each with the probabilities its decoder will compute; their bits."""
+        import numpy as np
+
+        symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+        if len(symbols) != self.neighbours.shape[0]:
+            raise ValueError("encode: one code per position expected")
+        return _stepkernel.encode_level(self.kernel.handle, _address(self.canvas), _address(self.neighbours),
+                                        _address(self.upper), self.cond_addresses, symbols.ctypes.data,
+                                        len(symbols), encoder.handle)
