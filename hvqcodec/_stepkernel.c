@@ -1610,17 +1610,71 @@ static PyObject *encode_rows(PyObject *Py_UNUSED(self), PyObject *args) {
     return PyFloat_FromDouble(bits);
 }
 
-/* decode_level(level, canvas, neighbours, upper, cond, centres, tiles, fronts, front_count, decoders): decodes every
- * wavefront of a level's state (fronts: (front_count, 2) int64 [start, stop)), each position from its tile's
- * decoder (tiles: int64 per position, indexing the tuple of decoder capsules), painting each code onto the canvas
- * at its centre; the step function's rows go straight to the decoder. ValueError for a corrupt stream. Runs
- * without the GIL. */
+#if defined(HAVE_INT8_PATH) && defined(__linux__)
+#define HAVE_FRONT_HELPER 1
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+
+/* A second thread for decode_level on one stream (a single tile's level, where the other core is free): for each
+ * wavefront large enough, it computes the rows of the front's later positions into a table while this thread
+ * computes and decodes the earlier ones, then decodes the helper's rows in order. A front's positions read only
+ * earlier fronts' codes, all painted before the front is posted, so the split changes no row and no code. The
+ * hand-overs spin (a front takes tens of microseconds; a sleeping thread's wake-up is of that order), then yield
+ * the core, so that a third thread (the decoder's context path) still gets one. */
+typedef struct {
+    const Level *level;
+    const int64_t *canvas, *neighbours, *upper;
+    const int16_t *const *cond;
+    int64_t first, count; /* the helper's positions of the posted front */
+    double *rows;         /* (count, K) exact frequencies */
+    _Atomic long posted, finished;
+    _Atomic int quit;
+    int failed;
+    pthread_t thread;
+} FrontHelper;
+
+static void wait_for(_Atomic long *serial, long target, _Atomic int *quit) {
+    for (long spins = 0; atomic_load_explicit(serial, memory_order_acquire) < target; spins++) {
+        if (quit && atomic_load_explicit(quit, memory_order_acquire)) return;
+        if (spins < 2000)
+            _mm_pause();
+        else
+            sched_yield();
+    }
+}
+
+static void *front_helper_main(void *argument) {
+    FrontHelper *h = argument;
+    for (long serial = 1;; serial++) {
+        wait_for(&h->posted, serial, &h->quit);
+        if (atomic_load_explicit(&h->posted, memory_order_acquire) < serial) return NULL; /* quit */
+        const int taps = h->level->taps;
+        if (run_positions_int8(h->level, h->canvas, h->neighbours + (size_t)h->first * taps, h->upper + h->first,
+                               h->cond, NULL, h->count, h->rows, 1.0, NULL) != 1)
+            h->failed = 1;
+        atomic_store_explicit(&h->finished, serial, memory_order_release);
+    }
+}
+#endif
+
+/* Positions a front needs before decode_level shares it with the helper, and the share this thread keeps (it
+ * also decodes every position). */
+#define HELPER_MIN_POSITIONS 32
+#define HELPER_MAIN_SHARE 0.45
+
+/* decode_level(level, canvas, neighbours, upper, cond, centres, tiles, fronts, front_count, decoders[, threads]):
+ * decodes every wavefront of a level's state (fronts: (front_count, 2) int64 [start, stop)), each position from
+ * its tile's decoder (tiles: int64 per position, indexing the tuple of decoder capsules), painting each code onto
+ * the canvas at its centre; the step function's rows go straight to the decoder; threads 2: with a FrontHelper.
+ * ValueError for a corrupt stream. Runs without the GIL. */
 static PyObject *decode_level(PyObject *Py_UNUSED(self), PyObject *args) {
 #ifdef HAVE_INT8_PATH
     PyObject *capsule, *canvas, *neighbours, *upper, *cond, *centres_address, *tiles_address, *fronts_address, *decoders;
     Py_ssize_t front_count;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOnO!", &capsule, &canvas, &neighbours, &upper, &cond, &centres_address,
-                          &tiles_address, &fronts_address, &front_count, &PyTuple_Type, &decoders))
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOnO!|i", &capsule, &canvas, &neighbours, &upper, &cond, &centres_address,
+                          &tiles_address, &fronts_address, &front_count, &PyTuple_Type, &decoders, &threads))
         return NULL;
     StepArgs a;
     const void *centres, *tiles, *fronts;
@@ -1637,17 +1691,55 @@ static PyObject *decode_level(PyObject *Py_UNUSED(self), PyObject *args) {
         }
     const int64_t *bounds = fronts;
     const int taps = a.level->taps;
-    DecodeSink sink = {{decode_emit}, (int64_t *)a.canvas, NULL, NULL, coders, (uint32_t)a.level->codebook_size};
+    const int K = a.level->codebook_size;
+    DecodeSink sink = {{decode_emit}, (int64_t *)a.canvas, NULL, NULL, coders, (uint32_t)K};
     int done = 1;
+#ifdef HAVE_FRONT_HELPER
+    FrontHelper helper = {a.level, a.canvas, a.neighbours, a.upper, a.cond_tables, 0, 0, NULL, 0, 0, 0, 0};
+    int helping = 0;
+    if (threads > 1) {
+        int64_t widest = 0;
+        for (Py_ssize_t f = 0; f < front_count; f++)
+            widest = bounds[2 * f + 1] - bounds[2 * f] > widest ? bounds[2 * f + 1] - bounds[2 * f] : widest;
+        if (widest >= HELPER_MIN_POSITIONS && (helper.rows = malloc(sizeof(double) * (size_t)widest * K)) &&
+            pthread_create(&helper.thread, NULL, front_helper_main, &helper) == 0)
+            helping = 1;
+    }
+    long serial = 0;
+#endif
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t f = 0; f < front_count && done == 1; f++) {
         const int64_t start = bounds[2 * f], stop = bounds[2 * f + 1];
+        int64_t split = stop;
         sink.centres = (const int64_t *)centres + start;
         sink.tiles = (const int64_t *)tiles + start;
+#ifdef HAVE_FRONT_HELPER
+        if (helping && stop - start >= HELPER_MIN_POSITIONS) {
+            split = start + (int64_t)((double)(stop - start) * HELPER_MAIN_SHARE);
+            helper.first = split;
+            helper.count = stop - split;
+            atomic_store_explicit(&helper.posted, ++serial, memory_order_release);
+        }
+#endif
         done = run_positions_int8(a.level, a.canvas, (const int64_t *)a.neighbours + (size_t)start * taps,
-                                  (const int64_t *)a.upper + start, a.cond_tables, NULL, stop - start, NULL, 1.0,
+                                  (const int64_t *)a.upper + start, a.cond_tables, NULL, split - start, NULL, 1.0,
                                   &sink.sink);
+#ifdef HAVE_FRONT_HELPER
+        if (split < stop) { /* the helper's rows, decoded in order once it is done */
+            wait_for(&helper.finished, serial, NULL);
+            if (helper.failed) done = 0;
+            for (int64_t p = split; p < stop && done == 1; p++)
+                if (!decode_emit(&sink.sink, p - start, helper.rows + (size_t)(p - split) * K)) done = SINK_STOPPED;
+        }
+#endif
     }
+#ifdef HAVE_FRONT_HELPER
+    if (helping) {
+        atomic_store_explicit(&helper.quit, 1, memory_order_release);
+        pthread_join(helper.thread, NULL);
+    }
+    free(helper.rows);
+#endif
     Py_END_ALLOW_THREADS
     free(coders);
     if (done == SINK_STOPPED) {

@@ -246,9 +246,10 @@ class LevelState:
 
     def decode(self, decoders: Sequence) -> None:
         """Decodes the whole level from its tiles' streams (`rangecoding.CStreamDecoder`s, one per tile) in one C
-        call on this thread: `rangecoding.decode_fronts`'s loop, the rows going straight to the decoder."""
+        call (on `threads`: a second one computes part of each large wavefront's rows): `rangecoding.decode_fronts`'s
+        loop, the rows going straight to the decoder."""
         fronts = np.asarray(self.fronts, dtype=np.int64).reshape(-1, 2)
-        self._bound.decode(self.centres, self._tiles, fronts, decoders)
+        self._bound.decode(self.centres, self._tiles, fronts, decoders, self.threads)
 
     def encode(self, symbols: np.ndarray) -> "rangecoding.EncodedLevel":
         """One tile's known codes (decoding order, painted already) into its stream in one C call on this thread:

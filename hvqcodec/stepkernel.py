@@ -472,10 +472,12 @@ class BoundLevel:
         _split(count, threads, run)
         return out
 
-    def decode(self, centres: np.ndarray, tiles: np.ndarray, fronts: np.ndarray, decoders: Sequence) -> None:
-        """Decodes every wavefront (fronts: (F, 2) int64 [start, stop)) in one C call on this thread, each
-        position from decoders[tiles[p]] (`rangecoding.CStreamDecoder`s), painting its code at canvas[centres[p]].
-        ValueError for a corrupt stream."""
+    def decode(self, centres: np.ndarray, tiles: np.ndarray, fronts: np.ndarray, decoders: Sequence,
+               threads: int = 1) -> None:
+        """Decodes every wavefront (fronts: (F, 2) int64 [start, stop)) in one C call, each position from
+        decoders[tiles[p]] (`rangecoding.CStreamDecoder`s), painting its code at canvas[centres[p]]; with threads
+        2, a helper thread computes part of each large front's rows (the same codes). ValueError for a corrupt
+        stream."""
         for array in (centres, tiles, fronts):
             if array.dtype.name != "int64" or not array.flags.c_contiguous:
                 raise ValueError("decode: contiguous int64 centres, tiles and fronts expected")
@@ -485,7 +487,8 @@ class BoundLevel:
             raise ValueError("decode: centres, tiles or fronts do not fit the state")
         _stepkernel.decode_level(self.kernel.handle, _address(self.canvas), _address(self.neighbours),
                                  _address(self.upper), self.cond_addresses, centres.ctypes.data, tiles.ctypes.data,
-                                 fronts.ctypes.data, len(fronts), tuple(decoder.handle for decoder in decoders))
+                                 fronts.ctypes.data, len(fronts), tuple(decoder.handle for decoder in decoders),
+                                 min(max(threads, 1), 2))
 
     def encode(self, symbols: np.ndarray, encoder) -> float:
         """Appends all positions' codes (symbols: int64 in decoding order, painted onto the canvas already) to a

@@ -117,13 +117,15 @@ def shipped_level(level: int, threads: int = 1) -> npprior.LevelPrior:
 
 
 @pytest.mark.skipif(not stepkernel.int8_available(), reason="the level loops run on the int8 path")
-def test_level_loops_in_c_are_the_python_loops():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_level_loops_in_c_are_the_python_loops(threads):
     """Two tiles of the shipped model's mid level (codes from a random upper grid): encode_level's bytes are
-    encode_ordered's (constriction), decode_level paints the codes back, and the candidates' probabilities are
-    the full table's."""
-    prior = shipped_level(1)
+    encode_ordered's (constriction), decode_level paints the codes back (with a helper thread on wavefronts of
+    HELPER_MIN_POSITIONS (32) or more where threads is 2: the first tile's 12 coding blocks give fronts of up to 135),
+    and the candidates' probabilities are the full table's."""
+    prior = shipped_level(1, threads)
     rng = np.random.default_rng(3)
-    sizes = [(24, 40), (16, 8)]
+    sizes = [(48, 128), (16, 8)]
     uppers = [[rng.integers(prior.codebook_size, size=(h // 2, w // 2))] for h, w in sizes]
     grids = [rng.integers(prior.codebook_size, size=size) for size in sizes]
     streams = []
