@@ -1140,6 +1140,157 @@ static PyObject *smallest(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The encoder's code search (hvqcodec 0.24): each row's `k` codes of least cost ((x . -2c) + |x|^2) + |c|^2
+ * (+ lambdas * bits(c) where bits is given), the order of npencoder.distances' float32 sums, the products summed in
+ * registers, four rows and 32 codes at a time (the codebook, 64 KB for 512 codes of 32 values, stays in cache),
+ * each row's costs then ranked by smallest_rows in cache. numpy wrote and reread a (1024, K) float32 table per
+ * chunk several times, and its matmul is slow for this shape: a 1024 x 1024 tile's bottom candidates took 0.16 s.
+ * The products' order differs from a BLAS's, as BLASes differ from each other: costs within float32 rounding, the
+ * same codes but for exact near-ties. */
+typedef float vec16 __attribute__((vector_size(64)));
+typedef float vec16_unaligned __attribute__((vector_size(64), aligned(4)));
+#define NEAREST_ROWS 4
+
+#define SELECT_MAX_CODES 2048
+
+/* A row's k smallest values, ascending, the lower column first among equals, found as npencoder.smallest finds
+ * them: a threshold no higher than the k-th smallest (the k-th smallest of the minima of K / 8 groups of
+ * columns, column j in group j mod K / 8: k groups hold a value at or below it), then only the values at or
+ * below it (about k + 1 of them, in the groups whose minimum is) ranked by (value, column). smallest_rows' running insertion mispredicted a branch for most of
+ * its comparisons here. 0 (nothing written) for shapes it does not take or a row with NaNs. */
+INLINE int select_smallest(const float *row, int K, int k, float *best, int64_t *where) {
+    const int groups = K / 8;
+    if (K % 8 || groups < k || K > SELECT_MAX_CODES) return 0;
+    float minima[SELECT_MAX_CODES / 8], ranked[SELECT_MAX_CODES];
+    int64_t columns[SELECT_MAX_CODES];
+    for (int g = 0; g < groups; g++) minima[g] = row[g];
+    for (int j = 1; j < 8; j++)
+        for (int g = 0; g < groups; g++) minima[g] = row[j * groups + g] < minima[g] ? row[j * groups + g] : minima[g];
+    float kth[64] = {0};
+    if (k > 64) return 0;
+    for (int g = 0; g < k; g++) { /* the k smallest minima, ascending */
+        int slot = g;
+        while (slot > 0 && minima[g] < kth[slot - 1]) { kth[slot] = kth[slot - 1]; slot--; }
+        kth[slot] = minima[g];
+    }
+    for (int g = k; g < groups; g++)
+        if (minima[g] < kth[k - 1]) {
+            int slot = k - 1;
+            while (slot > 0 && minima[g] < kth[slot - 1]) { kth[slot] = kth[slot - 1]; slot--; }
+            kth[slot] = minima[g];
+        }
+    const float threshold = kth[k - 1];
+    int count = 0;
+    for (int g = 0; g < groups; g++) { /* only groups whose minimum is at or below it hold such values */
+        if (!(minima[g] <= threshold)) continue;
+        for (int j = 0; j < 8; j++) {
+            const int c = j * groups + g;
+            const float v = row[c];
+            if (!(v <= threshold)) continue;
+            /* insertion by (value, column) */
+            int slot = count++;
+            while (slot > 0 && (v < ranked[slot - 1] || (v == ranked[slot - 1] && c < columns[slot - 1]))) {
+                ranked[slot] = ranked[slot - 1];
+                columns[slot] = columns[slot - 1];
+                slot--;
+            }
+            ranked[slot] = v;
+            columns[slot] = c;
+        }
+    }
+    if (count < k) return 0; /* NaNs */
+    for (int j = 0; j < k; j++) {
+        best[j] = ranked[j];
+        where[j] = columns[j];
+    }
+    return 1;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && !defined(HVQ_NO_CLONES)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+static void nearest_rows(const float *rows, Py_ssize_t count, int D, const float *minus2t, const float *norms,
+                         const float *bits, float lambdas, int K, int k, float *table, float *costs,
+                         int64_t *indices) {
+    for (Py_ssize_t r0 = 0; r0 < count; r0 += NEAREST_ROWS) {
+        const int n = count - r0 < NEAREST_ROWS ? (int)(count - r0) : NEAREST_ROWS;
+        const float *x[NEAREST_ROWS];
+        float squares[NEAREST_ROWS];
+        for (int r = 0; r < NEAREST_ROWS; r++) { /* past the last row: the first again, its results unused */
+            x[r] = rows + (size_t)(r0 + (r < n ? r : 0)) * D;
+            float sum = 0.0f;
+            for (int d = 0; d < D; d++) sum += x[r][d] * x[r][d];
+            squares[r] = sum;
+        }
+        int j0 = 0;
+        for (; j0 + 32 <= K; j0 += 32) {
+            vec16 a[NEAREST_ROWS][2] = {{{0}}};
+            for (int d = 0; d < D; d++) {
+                const vec16 w0 = *(const vec16_unaligned *)(minus2t + (size_t)d * K + j0);
+                const vec16 w1 = *(const vec16_unaligned *)(minus2t + (size_t)d * K + j0 + 16);
+                for (int r = 0; r < NEAREST_ROWS; r++) {
+                    a[r][0] += x[r][d] * w0;
+                    a[r][1] += x[r][d] * w1;
+                }
+            }
+            for (int r = 0; r < n; r++)
+                for (int h = 0; h < 2; h++) {
+                    vec16 t = a[r][h] + squares[r];
+                    t += *(const vec16_unaligned *)(norms + j0 + 16 * h);
+                    if (bits) {
+                        const vec16 b = *(const vec16_unaligned *)(bits + j0 + 16 * h);
+                        const vec16 weighted = lambdas * b;
+                        t += weighted;
+                    }
+                    *(vec16_unaligned *)(table + (size_t)r * K + j0 + 16 * h) = t;
+                }
+        }
+        for (; j0 < K; j0++) /* codebooks of other sizes: one code at a time */
+            for (int r = 0; r < n; r++) {
+                float dot = 0.0f;
+                for (int d = 0; d < D; d++) dot += x[r][d] * minus2t[(size_t)d * K + j0];
+                float t = dot + squares[r];
+                t += norms[j0];
+                if (bits) t += lambdas * bits[j0];
+                table[(size_t)r * K + j0] = t;
+            }
+        for (int r = 0; r < n; r++)
+            if (!select_smallest(table + (size_t)r * K, K, k, costs + (size_t)(r0 + r) * k,
+                                 indices + (size_t)(r0 + r) * k))
+                smallest_rows(table + (size_t)r * K, 1, K, k, costs + (size_t)(r0 + r) * k,
+                              indices + (size_t)(r0 + r) * k);
+    }
+}
+
+/* nearest_codes(rows, count, D, minus2t, norms, bits, lambdas, K, k, costs, indices): addresses of float32 (count,
+ * D) rows, (D, K) -2 c^T, (K) |c|^2, (K) bits or None; out float32 (count, k) costs and int64 (count, k) codes,
+ * least first, the lower code first among equal costs. Runs without the GIL. */
+static PyObject *nearest_codes(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *rows_address, *minus2t_address, *norms_address, *bits_address, *costs_address, *indices_address;
+    Py_ssize_t count;
+    int D, K, k;
+    float lambdas;
+    if (!PyArg_ParseTuple(args, "OniOOOfiiOO", &rows_address, &count, &D, &minus2t_address, &norms_address,
+                          &bits_address, &lambdas, &K, &k, &costs_address, &indices_address))
+        return NULL;
+    if (k < 1 || k > K || count < 0 || D < 1) {
+        PyErr_SetString(PyExc_ValueError, "nearest_codes: need 1 <= k <= K and D >= 1");
+        return NULL;
+    }
+    const void *rows, *minus2t, *norms, *bits = NULL, *costs, *indices;
+    if (!address(rows_address, &rows) || !address(minus2t_address, &minus2t) || !address(norms_address, &norms) ||
+        (bits_address != Py_None && !address(bits_address, &bits)) || !address(costs_address, &costs) ||
+        !address(indices_address, &indices))
+        return NULL;
+    float *table = malloc(sizeof(float) * NEAREST_ROWS * (size_t)K);
+    if (!table) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    nearest_rows(rows, count, D, minus2t, norms, bits, lambdas, K, k, table, (float *)costs, (int64_t *)indices);
+    Py_END_ALLOW_THREADS
+    free(table);
+    Py_RETURN_NONE;
+}
+
 /* convs(channels, blocks, gate_half, tanh_table, sigmoid_table, layers) -> capsule: the 3x3 gated blocks of a
  * conditioning stack (layers: block0.in with its weight in tap-major order (9C, 2C), block0.out (C, C), ...), on
  * the int8 path only (ValueError where the CPU or the shapes do not allow it: the torch version runs). */
@@ -1833,6 +1984,7 @@ static PyMethodDef methods[] = {
     {"_amx", set_amx, METH_O, "Turn the AMX tiles on or off (to compare the paths); the old setting."},
     {"_prefetch", set_prefetch, METH_O, "Turn the step function's prefetching on or off (to measure it); the old setting."},
     {"smallest", smallest, METH_VARARGS, "The k smallest values of each row of a float32 table, and their columns."},
+    {"nearest_codes", nearest_codes, METH_VARARGS, "Each row's k codes of least squared distance (+ bits)."},
     {"convs", make_convs, METH_VARARGS, "Prepare a conditioning stack's 3x3 gated blocks (int8 path only)."},
     {"conv_grid", conv_grid, METH_VARARGS, "A block's inputs rounded to 8 bits, + 128, on a zero-padded grid."},
     {"conv_block", conv_block, METH_VARARGS, "Positions of a grid through one 3x3 gated block, in place."},

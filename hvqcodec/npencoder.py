@@ -21,7 +21,7 @@ order); top and mid codes come from argmins over those floats, so a near-tie can
 positions of a hundred thousand (tests/test_npencoder.py), which docs/DESIGN.md section 8 allows: the codes a
 file carries are decoded exactly by either runtime.
 
-This module imports numpy, hvqcodec.decoderkernel and hvqcodec.npdecoder only (no torch).
+This module imports numpy, hvqcodec.decoderkernel, hvqcodec.stepkernel and hvqcodec.npdecoder only (no torch).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from . import stepkernel
 from .names import PAD_MULTIPLE  # the image is replicate-padded to multiples of it (autoencoder.pad_to_multiple)
 from .npdecoder import (BlockWeights, DecoderWeights, Timer, _block_weights, _conv1x1, _f32, _is_int, _Network,
                         _Run, _State, convnext_block, decoder_config, mid_context, normalise_rows_,
@@ -286,11 +287,19 @@ def _flat_latent(latent: np.ndarray, dim: int) -> np.ndarray:
 
 def search(flat: np.ndarray, codebook: Codebook, count: int, lambdas: float, run: _Run
            ) -> tuple[np.ndarray, np.ndarray]:
-    """The `count` best codes of each row of flat (M, D), NEAREST_CHUNK rows at a time: costs and indices."""
+    """The `count` best codes of each row of flat (M, D), NEAREST_CHUNK rows at a time: costs and indices (with the
+    C kernels, `stepkernel.nearest_codes`: the same sums in registers, no (M, K) table)."""
     costs = np.empty((flat.shape[0], count), np.float32)
     indices = np.empty((flat.shape[0], count), np.int64)
+    in_c = run.kernels and stepkernel.nearest_codes(flat[:0], codebook.minus_doubled_transposed,
+                                                    codebook.squared_norms, None, 0.0, count) is not None
 
     def chunk(first: int, stop: int) -> None:
+        if in_c:
+            costs[first:stop], indices[first:stop] = stepkernel.nearest_codes(
+                flat[first:stop], codebook.minus_doubled_transposed, codebook.squared_norms, codebook.bits,
+                lambdas, count)
+            return
         costs[first:stop], indices[first:stop] = smallest(distances(flat[first:stop], codebook, lambdas), count)
 
     _bands(run, flat.shape[0], NEAREST_CHUNK, chunk)

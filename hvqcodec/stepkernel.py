@@ -175,6 +175,31 @@ def smallest(table: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] |
     return values, indices
 
 
+def nearest_codes(rows: np.ndarray, minus_doubled_transposed: np.ndarray, squared_norms: np.ndarray,
+                  bits: np.ndarray | None, lambdas: float, count: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The encoder's code search in C (numpy float32 arrays): each row's (M, D) `count` codes of least
+    (x . -2c + |x|^2) + |c|^2 (+ lambdas * bits where lambdas > 0), as costs (M, count) float32 and codes (M, count)
+    int64, least first, the lower code first among equal costs; None where the C module is not built (numpy's
+    table then)."""
+    import numpy as np
+
+    if _stepkernel is None or not hasattr(_stepkernel, "nearest_codes"):
+        return None
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    dim, codes = minus_doubled_transposed.shape
+    if rows.ndim != 2 or rows.shape[1] != dim or not 1 <= count <= codes:
+        raise ValueError(f"nearest_codes: rows of {dim} values and 1 <= count <= {codes} are needed")
+    tables = [np.ascontiguousarray(minus_doubled_transposed, dtype=np.float32),
+              np.ascontiguousarray(squared_norms, dtype=np.float32)]
+    weights = np.ascontiguousarray(bits, dtype=np.float32) if lambdas > 0 and bits is not None else None
+    costs = np.empty((rows.shape[0], count), np.float32)
+    indices = np.empty((rows.shape[0], count), np.int64)
+    _stepkernel.nearest_codes(rows.ctypes.data, rows.shape[0], dim, tables[0].ctypes.data, tables[1].ctypes.data,
+                              None if weights is None else weights.ctypes.data, float(lambdas), codes, count,
+                              costs.ctypes.data, indices.ctypes.data)
+    return costs, indices
+
+
 def _address(array: "torch.Tensor | np.ndarray") -> int:
     """Where a CPU tensor's or a numpy array's data starts (the C functions take addresses, whoever owns them:
     the torch codec and the runtime without torch share these classes)."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hvqcodec import npdecoder, npencoder
+from hvqcodec import npdecoder, npencoder, stepkernel
 from hvqcodec.autoencoder import AutoencoderConfig, HierarchicalVQVAE
 from hvqcodec.names import PAD_MULTIPLE
 from hvqcodec.npencoder import NumpyEncoder
@@ -228,3 +228,29 @@ def test_imports_no_torch():
     code = "import sys, hvqcodec.npencoder; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not stepkernel.available(), reason="the C module is not built")
+@pytest.mark.parametrize("codes,dim,count,lambdas", [(512, 32, 8, 0.0), (512, 32, 1, 0.0), (512, 32, 8, 0.5),
+                                                     (96, 8, 3, 0.0), (37, 5, 4, 0.2), (4096, 16, 8, 0.0)])
+def test_code_search_in_c_is_numpy_s(codes, dim, count, lambdas):
+    """stepkernel.nearest_codes (the runtime's code search with the C kernels) against distances + smallest:
+    costs within float32 rounding, the same codes in the same order, ties (duplicated codewords, duplicated
+    rows) broken towards the lower code, bits added where lambdas > 0; a row with a NaN as numpy ranks it."""
+    rng = np.random.default_rng(codes + count)
+    vectors = rng.normal(size=(codes, dim)).astype(np.float32)
+    vectors[codes // 2:codes // 2 + 4] = vectors[1]  # equal distances to several codes
+    bits = rng.uniform(1, 12, size=codes).astype(np.float32)
+    codebook = npencoder.Codebook.of(vectors, bits)
+    rows = (vectors[rng.integers(codes, size=3000)] + rng.normal(0, 0.1, (3000, dim))).astype(np.float32)
+    rows[:50] = vectors[1]  # exact ties between the duplicated codewords
+    rows[60, 2] = np.nan
+    costs, indices = stepkernel.nearest_codes(rows, codebook.minus_doubled_transposed, codebook.squared_norms,
+                                              bits, lambdas, count)
+    expected_costs, expected = npencoder.smallest(npencoder.distances(rows, codebook, lambdas), count)
+    finite = np.isfinite(expected_costs).all(1)
+    assert not finite[60] and finite.sum() == 2999
+    assert np.array_equal(indices[finite], expected[finite])
+    np.testing.assert_allclose(costs[finite], expected_costs[finite], rtol=1e-5, atol=1e-4)
+    if count >= 5 and lambdas == 0:
+        assert indices[0, :5].tolist() == sorted(indices[0, :5].tolist())  # the five equal codes, lowest first
