@@ -1594,17 +1594,57 @@ typedef struct {
     Sink sink;
     const int64_t *candidates; /* (count, per_position) */
     double *out;               /* (count, per_position) probabilities */
+    uint32_t *cums;            /* (count, per_position) frequencies below each candidate, or NULL */
     int per_position;
     uint32_t K;
 } CandidateSink;
 
+#define CUM_BLOCK 16
+#define CUM_BLOCKS_MAX 256 /* codebooks of up to 4096 codes take the blocks; larger ones sum code by code */
+
 static int candidate_emit(Sink *sink, Py_ssize_t p, const double *row) {
     CandidateSink *c = (CandidateSink *)sink;
+    const uint32_t K = c->K;
+    const int blocked = c->cums && K <= CUM_BLOCK * CUM_BLOCKS_MAX;
+    double below[CUM_BLOCKS_MAX + 1]; /* the frequencies below each block of CUM_BLOCK codes (exact integers) */
+    if (blocked) {
+        below[0] = 0.0;
+        const uint32_t blocks = K / CUM_BLOCK;
+        for (uint32_t b = 0; b < blocks; b++) {
+            double sum = 0.0;
+            for (int j = 0; j < CUM_BLOCK; j++) sum += row[b * CUM_BLOCK + j];
+            below[b + 1] = below[b] + sum;
+        }
+    }
     for (int m = 0; m < c->per_position; m++) {
         const int64_t code = c->candidates[p * c->per_position + m];
-        if (code < 0 || code >= c->K) return 0;
+        if (code < 0 || code >= K) return 0;
         c->out[p * c->per_position + m] = row[code] * (1.0 / FREQ_TOTAL);
+        if (c->cums) {
+            int64_t k = blocked ? code - code % CUM_BLOCK : 0;
+            double cum = blocked ? below[code / CUM_BLOCK] : 0.0;
+            for (; k < code; k++) cum += row[k];
+            c->cums[p * c->per_position + m] = (uint32_t)cum;
+        }
     }
+    return 1;
+}
+
+typedef struct {
+    Sink sink;
+    const int64_t *symbols;
+    uint32_t *cums, *freqs;
+    uint32_t K;
+} SymbolSink;
+
+static int symbol_emit(Sink *sink, Py_ssize_t p, const double *row) {
+    SymbolSink *c = (SymbolSink *)sink;
+    const int64_t s = c->symbols[p];
+    if (s < 0 || s >= c->K) return 0;
+    uint32_t cum = 0;
+    for (int64_t k = 0; k < s; k++) cum += (uint32_t)row[k];
+    c->cums[p] = cum;
+    c->freqs[p] = (uint32_t)row[s];
     return 1;
 }
 #endif
@@ -1940,23 +1980,25 @@ static PyObject *encode_level(PyObject *Py_UNUSED(self), PyObject *args) {
 #endif
 }
 
-/* candidate_frequencies(level, canvas, neighbours, upper, cond, count, candidates, per_position, out): out (count,
- * per_position) float64 = the probabilities (exact frequencies / 2^20) of each position's candidate codes
- * (candidates: (count, per_position) int64), without writing the (count, K) table. Runs without the GIL. */
+/* candidate_frequencies(level, canvas, neighbours, upper, cond, count, candidates, per_position, out[, cums]): out
+ * (count, per_position) float64 = the probabilities (exact frequencies / 2^20) of each position's candidate codes
+ * (candidates: (count, per_position) int64), without writing the (count, K) table; cums (uint32, the same shape):
+ * the frequencies below each (what its range coding needs besides its own). Runs without the GIL. */
 static PyObject *candidate_frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
 #ifdef HAVE_INT8_PATH
-    PyObject *capsule, *canvas, *neighbours, *upper, *cond, *candidates_address, *out_address;
+    PyObject *capsule, *canvas, *neighbours, *upper, *cond, *candidates_address, *out_address, *cums_address = Py_None;
     Py_ssize_t count;
     int per_position;
-    if (!PyArg_ParseTuple(args, "OOOOOnOiO", &capsule, &canvas, &neighbours, &upper, &cond, &count,
-                          &candidates_address, &per_position, &out_address))
+    if (!PyArg_ParseTuple(args, "OOOOOnOiO|O", &capsule, &canvas, &neighbours, &upper, &cond, &count,
+                          &candidates_address, &per_position, &out_address, &cums_address))
         return NULL;
     StepArgs a;
-    const void *candidates, *out;
+    const void *candidates, *out, *cums = NULL;
     if (!step_args(capsule, canvas, neighbours, upper, cond, &a) || !address(candidates_address, &candidates) ||
-        !address(out_address, &out))
+        !address(out_address, &out) || (cums_address != Py_None && !address(cums_address, &cums)))
         return NULL;
-    CandidateSink sink = {{candidate_emit}, candidates, (double *)out, per_position, (uint32_t)a.level->codebook_size};
+    CandidateSink sink = {{candidate_emit}, candidates, (double *)out, (uint32_t *)cums, per_position,
+                          (uint32_t)a.level->codebook_size};
     int done;
     Py_BEGIN_ALLOW_THREADS
     done = run_positions_int8(a.level, a.canvas, a.neighbours, a.upper, a.cond_tables, NULL, count, NULL, 1.0,
@@ -1973,6 +2015,73 @@ static PyObject *candidate_frequencies(PyObject *Py_UNUSED(self), PyObject *args
     PyErr_SetString(PyExc_ValueError, "candidate_frequencies needs the int8 path");
     return NULL;
 #endif
+}
+
+/* symbol_frequencies(level, canvas, neighbours, upper, cond, count, symbols, cums, freqs): for each position its
+ * code's (symbols: int64) frequency and the frequencies below it (uint32 each), as encode_level would code them.
+ * Runs without the GIL. */
+static PyObject *symbol_frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
+#ifdef HAVE_INT8_PATH
+    PyObject *capsule, *canvas, *neighbours, *upper, *cond, *symbols_address, *cums_address, *freqs_address;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "OOOOOnOOO", &capsule, &canvas, &neighbours, &upper, &cond, &count, &symbols_address,
+                          &cums_address, &freqs_address))
+        return NULL;
+    StepArgs a;
+    const void *symbols, *cums, *freqs;
+    if (!step_args(capsule, canvas, neighbours, upper, cond, &a) || !address(symbols_address, &symbols) ||
+        !address(cums_address, &cums) || !address(freqs_address, &freqs))
+        return NULL;
+    SymbolSink sink = {{symbol_emit}, symbols, (uint32_t *)cums, (uint32_t *)freqs, (uint32_t)a.level->codebook_size};
+    int done;
+    Py_BEGIN_ALLOW_THREADS
+    done = run_positions_int8(a.level, a.canvas, a.neighbours, a.upper, a.cond_tables, NULL, count, NULL, 1.0,
+                              &sink.sink);
+    Py_END_ALLOW_THREADS
+    if (done == SINK_STOPPED) {
+        PyErr_SetString(PyExc_ValueError, "symbol_frequencies: a code outside the codebook");
+        return NULL;
+    }
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+#else
+    (void)args;
+    PyErr_SetString(PyExc_ValueError, "symbol_frequencies needs the int8 path");
+    return NULL;
+#endif
+}
+
+/* encode_counts(encoder, symbols, cums, freqs, count, K) -> bits: appends codes (int64) of rows of K codes summing to
+ * 2^20, each given by its frequency and the frequencies below it (uint32), to an encoder; their information. */
+static PyObject *encode_counts(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *capsule, *symbols_address, *cums_address, *freqs_address;
+    Py_ssize_t count, K;
+    if (!PyArg_ParseTuple(args, "OOOOnn", &capsule, &symbols_address, &cums_address, &freqs_address, &count, &K))
+        return NULL;
+    StreamEncoder *e = PyCapsule_GetPointer(capsule, "hvqcodec.streamencoder");
+    const void *symbols_void, *cums_void, *freqs_void;
+    if (!e || !address(symbols_address, &symbols_void) || !address(cums_address, &cums_void) ||
+        !address(freqs_address, &freqs_void))
+        return NULL;
+    const int64_t *symbols = symbols_void;
+    const uint32_t *cums = cums_void, *freqs = freqs_void;
+    for (Py_ssize_t p = 0; p < count; p++)
+        if (symbols[p] < 0 || symbols[p] >= K || freqs[p] < 1 || (uint64_t)cums[p] + freqs[p] > FREQ_TOTAL) {
+            PyErr_SetString(PyExc_ValueError, "encode_counts: a code outside its row");
+            return NULL;
+        }
+    double bits = 0.0;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < count && ok; p++) {
+        uint32_t left, prob;
+        rc_quantise(cums[p], freqs[p], (uint32_t)symbols[p], (uint32_t)K, &left, &prob);
+        bits += -log2((double)freqs[p] / FREQ_TOTAL);
+        ok = rc_encode(&e->coder, left, prob);
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok) return PyErr_NoMemory();
+    return PyFloat_FromDouble(bits);
 }
 
 static PyMethodDef methods[] = {
@@ -2001,6 +2110,8 @@ static PyMethodDef methods[] = {
     {"decode_level", decode_level, METH_VARARGS, "Every wavefront of a level decoded, codes painted."},
     {"encode_level", encode_level, METH_VARARGS, "A level's known codes encoded; their bits."},
     {"candidate_frequencies", candidate_frequencies, METH_VARARGS, "Probabilities of each position's candidates."},
+    {"symbol_frequencies", symbol_frequencies, METH_VARARGS, "Each position's code's frequency and those below it."},
+    {"encode_counts", encode_counts, METH_VARARGS, "Codes encoded from their frequencies and those below them."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -197,6 +197,15 @@ class UpsampleWeights:
     bf16: np.ndarray | None = None
     bf16_bias: np.ndarray | None = None
     bf16_rest: np.ndarray | None = None
+    # The remainders for the encoder's three passes (`split_bf16`: its context path's upsamplings, whose output
+    # chooses codes against torch's float32), where the encoder packed them; the decoder's one pass never uses them.
+    split_rest: np.ndarray | None = None
+
+    def split_bf16(self) -> None:
+        """Pack the matrix's remainders for three-pass products (once), where its bfloat16 tiles are packed."""
+        if self.bf16 is not None and self.split_rest is None:
+            padded, _ = decoderkernel.pad_columns(self.matrix, self.bias)
+            self.split_rest = decoderkernel.pack_bf16(padded, remainder=True)
 
 
 @dataclass
@@ -465,18 +474,20 @@ def project_codes_and_context(vectors: np.ndarray | None, context: np.ndarray, c
 
 def upsample(x: np.ndarray, layer: UpsampleWeights, run: _Run) -> np.ndarray:
     """LayerNorm2d + ConvTranspose2d(k=2, s=2) on (H, W, C) -> (2H, 2W, O): in bfloat16 on AMX tiles (the C
-    kernel, bands of rows on `run`'s threads) where the decode is low-precision and the weights were packed,
-    else in float32 numpy."""
+    kernel, bands of rows on `run`'s threads) where the decode is low-precision and the weights were packed, or in
+    three bfloat16 passes where the run splits (the encoder) and the remainders were packed, else in float32
+    numpy."""
     h, w, c = x.shape
-    if run.bf16 and layer.bf16 is not None:
+    # A low-precision decode's one pass (three for the RGB output), or the encoder's three passes where packed.
+    rest = layer.bf16_rest if run.bf16 else layer.split_rest if run.split_bf16 else None
+    if layer.bf16 is not None and (run.bf16 or rest is not None):
         x = np.ascontiguousarray(x)
         out = np.empty((2 * h, 2 * w, layer.out_channels), np.float32)
         band_rows = max(1, chunk_positions(c) // w)
 
         def band(top: int) -> None:
             lap = run.laps("upsampling: ")
-            decoderkernel.upsample_bf16(x, layer.bf16, layer.bf16_bias, out, top, min(band_rows, h - top),
-                                        layer.bf16_rest)
+            decoderkernel.upsample_bf16(x, layer.bf16, layer.bf16_bias, out, top, min(band_rows, h - top), rest)
             lap("LayerNorm + 2x2 transposed conv in bfloat16 (C)")
 
         run.each(band, range(0, h, band_rows))

@@ -328,6 +328,8 @@ class NumpyEncoder(_Network):
         for block in [b for blocks in self.weights.stages for b in blocks] + self.decoder_weights.top_blocks + \
                 self.decoder_weights.mid_blocks:
             block.split_bf16()
+        for layer in (self.decoder_weights.top_up, self.decoder_weights.mid_up):  # (the context path's upsamplings)
+            layer.split_bf16()
 
     @property
     def code_dim(self) -> int:

@@ -240,9 +240,30 @@ class LevelState:
     def probabilities(self, start: int, stop: int) -> np.ndarray:
         return self._bound.probabilities(start, stop, self.threads)
 
-    def candidate_probabilities(self, start: int, candidates: np.ndarray) -> np.ndarray:
-        """`probabilities(start, start + P)` at each position's candidate codes (P, M), without the (P, K) table."""
-        return self._bound.candidate_probabilities(start, candidates, self.threads)
+    def candidate_probabilities(self, start: int, candidates: np.ndarray, cumulative: np.ndarray | None = None
+                                ) -> np.ndarray:
+        """`probabilities(start, start + P)` at each position's candidate codes (P, M), without the (P, K) table;
+        into `cumulative` (P, M) uint32 where given, the frequencies below each candidate."""
+        return self._bound.candidate_probabilities(start, candidates, self.threads, cumulative)
+
+    def encode_reusing(self, symbols: np.ndarray, cumulative: np.ndarray, frequencies: np.ndarray,
+                       stale: np.ndarray) -> "rangecoding.EncodedLevel":
+        """`encode(symbols)` (painted already) where each position's frequency and the frequencies below its code are
+        known already (uint32, decoding order) but for the `stale` ones (bool), whose causal neighbours' codes
+        changed since: only those are computed again (the entropy-constrained choice's pass knew the others)."""
+        cumulative, frequencies = cumulative.copy(), frequencies.copy()
+        again = np.flatnonzero(stale)
+        cumulative[again], frequencies[again] = self._bound.symbol_frequencies(again, symbols[again])
+        encoder = rangecoding.new_encoder()
+        bits = encoder.add_counts(symbols, cumulative, frequencies, self.prior.codebook_size)
+        return rangecoding.finish(encoder, bits)
+
+    def stale_positions(self, changed: np.ndarray) -> np.ndarray:
+        """Which positions (decoding order) have a causal neighbour among the `changed` positions (bool, decoding
+        order): their frequencies differ from a pass over the canvas before the change."""
+        moved = np.zeros(self.canvas.shape, dtype=bool)
+        moved[self.centres[changed]] = True
+        return moved[self._bound.neighbours].any(1)
 
     def decode(self, decoders: Sequence) -> None:
         """Decodes the whole level from its tiles' streams (`rangecoding.CStreamDecoder`s, one per tile) in one C

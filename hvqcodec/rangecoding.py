@@ -92,6 +92,16 @@ class StreamEncoder:
         self.constriction.encode(symbols, family(), probabilities)
         return float(-np.log2(probabilities[np.arange(len(symbols)), symbols]).sum())
 
+    def add_counts(self, symbols: np.ndarray, cumulative: np.ndarray, frequencies: np.ndarray, codes: int) -> float:
+        """Appends symbols given by their exact frequencies and the frequencies below them (uint32; rows of `codes`
+        codes summing to 2^20); their information in bits. In C only (`c_coder()`)."""
+        symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+        cumulative, frequencies = (np.ascontiguousarray(a, dtype=np.uint32) for a in (cumulative, frequencies))
+        if self.handle is None or not symbols.shape == cumulative.shape == frequencies.shape:
+            raise ValueError("add_counts: the C coder and one frequency and cumulative per symbol are needed")
+        return _c_coder.encode_counts(self.handle, symbols.ctypes.data, cumulative.ctypes.data,
+                                      frequencies.ctypes.data, len(symbols), codes)
+
     def data(self) -> bytes:
         if self.handle is not None:
             return _c_coder.stream_bytes(self.handle)

@@ -476,26 +476,51 @@ class BoundLevel:
         _split(stop - start, threads, run)
         return out
 
-    def candidate_probabilities(self, start: int, candidates: np.ndarray, threads: int = 1) -> np.ndarray:
+    def candidate_probabilities(self, start: int, candidates: np.ndarray, threads: int = 1,
+                                cumulative: np.ndarray | None = None) -> np.ndarray:
         """The probabilities (exact frequencies / 2^20) of each position's candidate codes, (P, M) float64 for
         candidates (P, M) int64 of positions start..start+P-1: `probabilities` taken at those codes, without the
-        (P, K) table (each row stays in cache)."""
+        (P, K) table (each row stays in cache). cumulative: a (P, M) uint32 table to fill with the frequencies
+        below each candidate."""
         import numpy as np
 
         candidates = np.ascontiguousarray(candidates, dtype=np.int64)
         count, per_position = candidates.shape
         if not 0 <= start <= start + count <= self.neighbours.shape[0]:
             raise ValueError("candidate_probabilities: positions outside the state")
+        if cumulative is not None and (cumulative.dtype.name != "uint32" or cumulative.shape != candidates.shape
+                                       or not cumulative.flags.c_contiguous):
+            raise ValueError("candidate_probabilities: cumulative must be a contiguous uint32 table like candidates")
         out = np.empty((count, per_position))
         base, given, canvas = out.ctypes.data, candidates.ctypes.data, _address(self.canvas)
         neighbours, upper = _address(self.neighbours), _address(self.upper)
+        below = None if cumulative is None else cumulative.ctypes.data
 
         def run(a: int, b: int) -> None:
             _stepkernel.candidate_frequencies(self.kernel.handle, canvas, neighbours + 8 * self.taps * (start + a),
                                               upper + 8 * (start + a), self.cond_addresses, b - a,
-                                              given + 8 * per_position * a, per_position, base + 8 * per_position * a)
+                                              given + 8 * per_position * a, per_position, base + 8 * per_position * a,
+                                              None if below is None else below + 4 * per_position * a)
         _split(count, threads, run)
         return out
+
+    def symbol_frequencies(self, positions: np.ndarray, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the given positions (int64 indices) and their codes, each code's frequency and the frequencies below
+        it (uint32 each), under the canvas as it is: what the range coder needs of them, on this thread."""
+        import numpy as np
+
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+        if positions.shape != symbols.shape or positions.ndim != 1 or (
+                len(positions) and not 0 <= positions.min() <= positions.max() < self.neighbours.shape[0]):
+            raise ValueError("symbol_frequencies: one code per position of the state expected")
+        neighbours = np.ascontiguousarray(self.neighbours[positions])
+        upper = np.ascontiguousarray(self.upper[positions])
+        cums, freqs = np.empty(len(positions), np.uint32), np.empty(len(positions), np.uint32)
+        _stepkernel.symbol_frequencies(self.kernel.handle, _address(self.canvas), neighbours.ctypes.data,
+                                       upper.ctypes.data, self.cond_addresses, len(positions), symbols.ctypes.data,
+                                       cums.ctypes.data, freqs.ctypes.data)
+        return cums, freqs
 
     def decode(self, centres: np.ndarray, tiles: np.ndarray, fronts: np.ndarray, decoders: Sequence,
                threads: int = 1) -> None:

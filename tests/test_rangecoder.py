@@ -120,7 +120,8 @@ def shipped_level(level: int, threads: int = 1) -> npprior.LevelPrior:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_level_loops_in_c_are_the_python_loops(threads):
     """Two tiles of the shipped model's mid level (codes from a random upper grid): encode_level's bytes are
-    encode_ordered's (constriction), decode_level paints the codes back (with a helper thread on wavefronts of
+    encode_ordered's (constriction), and encode_reusing's from frequencies known under other codes (computed again
+    where a neighbour changed), decode_level paints the codes back (with a helper thread on wavefronts of
     HELPER_MIN_POSITIONS (32) or more where threads is 2: the first tile's 12 coding blocks give fronts of up to 135),
     and the candidates' probabilities are the full table's."""
     prior = shipped_level(1, threads)
@@ -137,8 +138,23 @@ def test_level_loops_in_c_are_the_python_loops(threads):
         theirs = rangecoding.encode_ordered(state, symbols)
         assert ours.data == theirs.data and ours.cross_entropy_bits == pytest.approx(theirs.cross_entropy_bits)
         candidates = rng.integers(prior.codebook_size, size=(len(symbols), 5))
-        expected = np.take_along_axis(state.probabilities(0, len(symbols)), candidates, 1)
-        assert np.array_equal(state.candidate_probabilities(0, candidates), expected)
+        table = state.probabilities(0, len(symbols))
+        below = np.empty(candidates.shape, np.uint32)
+        assert np.array_equal(state.candidate_probabilities(0, candidates, below),
+                              np.take_along_axis(table, candidates, 1))
+        frequencies = np.rint(table * TOTAL).astype(np.int64)
+        assert np.array_equal(below, np.take_along_axis(frequencies.cumsum(1) - frequencies, candidates, 1))
+        # The same stream from frequencies known under other codes, computed again where a neighbour changed.
+        other = np.where(rng.random(len(symbols)) < 0.2, rng.integers(prior.codebook_size, size=len(symbols)),
+                         symbols)
+        state.paint(0, len(symbols), other)
+        known_below = np.empty((len(symbols), 1), np.uint32)
+        known = np.rint(state.candidate_probabilities(0, symbols[:, None], known_below)[:, 0] * TOTAL)
+        state.paint(0, len(symbols), symbols)
+        stale = state.stale_positions(other != symbols)
+        assert 0 < stale.mean() < 1
+        reused = state.encode_reusing(symbols, known_below[:, 0], known.astype(np.uint32), stale)
+        assert reused.data == ours.data and reused.cross_entropy_bits == ours.cross_entropy_bits
         streams.append(ours.data)
     state = npprior.LevelState(prior, sizes, uppers)
     state.decode([rangecoding.stream_decoder(data) for data in streams])
