@@ -864,6 +864,7 @@ INT8_TARGET static int linear_rows_int8(const Level *level, int index, const flo
 }
 #else
 static int int8_supported(void) { return 0; }
+#define MAX_QUADS 576 /* (the shape checks of the int8-only kernels, which refuse anyway) */
 #endif
 
 static void free_level(PyObject *capsule) {
@@ -1683,6 +1684,24 @@ static int step_args(PyObject *capsule, PyObject *canvas, PyObject *neighbours, 
 
 static const char *CORRUPT = "stream ends before its codes do (truncated or corrupt)";
 
+#ifdef HAVE_INT8_PATH
+/* Runs the step function over `count` positions into a sink, without the GIL: None, or NULL with ValueError
+ * (`refusal`) where the sink stopped it, MemoryError where an allocation failed. */
+static PyObject *sink_call(const StepArgs *a, Py_ssize_t count, Sink *sink, const char *refusal) {
+    int done;
+    Py_BEGIN_ALLOW_THREADS
+    done = run_positions_int8(a->level, a->canvas, a->neighbours, a->upper, a->cond_tables, NULL, count, NULL, 1.0,
+                              sink);
+    Py_END_ALLOW_THREADS
+    if (done == SINK_STOPPED) {
+        PyErr_SetString(PyExc_ValueError, refusal);
+        return NULL;
+    }
+    if (!done) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+#endif
+
 /* stream_decoder(data) -> capsule: a range decoder over a stream's bytes (little-endian 32-bit words). */
 static PyObject *stream_decoder(PyObject *Py_UNUSED(self), PyObject *args) {
     const unsigned char *data;
@@ -1854,13 +1873,13 @@ static void *front_helper_main(void *argument) {
 #define HELPER_MIN_POSITIONS 32
 #define HELPER_MAIN_SHARE 0.45
 
+#ifdef HAVE_INT8_PATH
 /* decode_level(level, canvas, neighbours, upper, cond, centres, tiles, fronts, front_count, decoders[, threads]):
  * decodes every wavefront of a level's state (fronts: (front_count, 2) int64 [start, stop)), each position from
  * its tile's decoder (tiles: int64 per position, indexing the tuple of decoder capsules), painting each code onto
  * the canvas at its centre; the step function's rows go straight to the decoder; threads 2: with a FrontHelper.
  * ValueError for a corrupt stream. Runs without the GIL. */
 static PyObject *decode_level(PyObject *Py_UNUSED(self), PyObject *args) {
-#ifdef HAVE_INT8_PATH
     PyObject *capsule, *canvas, *neighbours, *upper, *cond, *centres_address, *tiles_address, *fronts_address, *decoders;
     Py_ssize_t front_count;
     int threads = 1;
@@ -1939,18 +1958,12 @@ static PyObject *decode_level(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     if (!done) return PyErr_NoMemory();
     Py_RETURN_NONE;
-#else
-    (void)args;
-    PyErr_SetString(PyExc_ValueError, "decode_level needs the int8 path");
-    return NULL;
-#endif
 }
 
 /* encode_level(level, canvas, neighbours, upper, cond, symbols, count, encoder) -> bits: appends a level's known
  * codes (symbols: int64 in decoding order, painted onto the canvas already) to an encoder, each with the
  * frequencies the decoder will compute for it; returns their information. Runs without the GIL. */
 static PyObject *encode_level(PyObject *Py_UNUSED(self), PyObject *args) {
-#ifdef HAVE_INT8_PATH
     PyObject *capsule, *canvas, *neighbours, *upper, *cond, *symbols_address, *encoder;
     Py_ssize_t count;
     if (!PyArg_ParseTuple(args, "OOOOOOnO", &capsule, &canvas, &neighbours, &upper, &cond, &symbols_address,
@@ -1962,22 +1975,10 @@ static PyObject *encode_level(PyObject *Py_UNUSED(self), PyObject *args) {
     StreamEncoder *stream = PyCapsule_GetPointer(encoder, "hvqcodec.streamencoder");
     if (!stream) return NULL;
     EncodeSink sink = {{encode_emit}, symbols, stream, (uint32_t)a.level->codebook_size, 0.0, 0};
-    int done;
-    Py_BEGIN_ALLOW_THREADS
-    done = run_positions_int8(a.level, a.canvas, a.neighbours, a.upper, a.cond_tables, NULL, count, NULL, 1.0,
-                              &sink.sink);
-    Py_END_ALLOW_THREADS
-    if (done == SINK_STOPPED && !sink.out_of_memory) {
-        PyErr_SetString(PyExc_ValueError, "encode_level: a code outside the codebook");
-        return NULL;
-    }
-    if (done != 1) return PyErr_NoMemory();
+    PyObject *done = sink_call(&a, count, &sink.sink, "encode_level: a code outside the codebook");
+    if (!done) return sink.out_of_memory ? PyErr_NoMemory() : NULL;
+    Py_DECREF(done);
     return PyFloat_FromDouble(sink.bits);
-#else
-    (void)args;
-    PyErr_SetString(PyExc_ValueError, "encode_level needs the int8 path");
-    return NULL;
-#endif
 }
 
 /* candidate_frequencies(level, canvas, neighbours, upper, cond, count, candidates, per_position, out[, cums]): out
@@ -1985,7 +1986,6 @@ static PyObject *encode_level(PyObject *Py_UNUSED(self), PyObject *args) {
  * (candidates: (count, per_position) int64), without writing the (count, K) table; cums (uint32, the same shape):
  * the frequencies below each (what its range coding needs besides its own). Runs without the GIL. */
 static PyObject *candidate_frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
-#ifdef HAVE_INT8_PATH
     PyObject *capsule, *canvas, *neighbours, *upper, *cond, *candidates_address, *out_address, *cums_address = Py_None;
     Py_ssize_t count;
     int per_position;
@@ -1999,29 +1999,13 @@ static PyObject *candidate_frequencies(PyObject *Py_UNUSED(self), PyObject *args
         return NULL;
     CandidateSink sink = {{candidate_emit}, candidates, (double *)out, (uint32_t *)cums, per_position,
                           (uint32_t)a.level->codebook_size};
-    int done;
-    Py_BEGIN_ALLOW_THREADS
-    done = run_positions_int8(a.level, a.canvas, a.neighbours, a.upper, a.cond_tables, NULL, count, NULL, 1.0,
-                              &sink.sink);
-    Py_END_ALLOW_THREADS
-    if (done == SINK_STOPPED) {
-        PyErr_SetString(PyExc_ValueError, "candidate_frequencies: a code outside the codebook");
-        return NULL;
-    }
-    if (!done) return PyErr_NoMemory();
-    Py_RETURN_NONE;
-#else
-    (void)args;
-    PyErr_SetString(PyExc_ValueError, "candidate_frequencies needs the int8 path");
-    return NULL;
-#endif
+    return sink_call(&a, count, &sink.sink, "candidate_frequencies: a code outside the codebook");
 }
 
 /* symbol_frequencies(level, canvas, neighbours, upper, cond, count, symbols, cums, freqs): for each position its
  * code's (symbols: int64) frequency and the frequencies below it (uint32 each), as encode_level would code them.
  * Runs without the GIL. */
 static PyObject *symbol_frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
-#ifdef HAVE_INT8_PATH
     PyObject *capsule, *canvas, *neighbours, *upper, *cond, *symbols_address, *cums_address, *freqs_address;
     Py_ssize_t count;
     if (!PyArg_ParseTuple(args, "OOOOOnOOO", &capsule, &canvas, &neighbours, &upper, &cond, &count, &symbols_address,
@@ -2033,23 +2017,19 @@ static PyObject *symbol_frequencies(PyObject *Py_UNUSED(self), PyObject *args) {
         !address(cums_address, &cums) || !address(freqs_address, &freqs))
         return NULL;
     SymbolSink sink = {{symbol_emit}, symbols, (uint32_t *)cums, (uint32_t *)freqs, (uint32_t)a.level->codebook_size};
-    int done;
-    Py_BEGIN_ALLOW_THREADS
-    done = run_positions_int8(a.level, a.canvas, a.neighbours, a.upper, a.cond_tables, NULL, count, NULL, 1.0,
-                              &sink.sink);
-    Py_END_ALLOW_THREADS
-    if (done == SINK_STOPPED) {
-        PyErr_SetString(PyExc_ValueError, "symbol_frequencies: a code outside the codebook");
-        return NULL;
-    }
-    if (!done) return PyErr_NoMemory();
-    Py_RETURN_NONE;
-#else
-    (void)args;
-    PyErr_SetString(PyExc_ValueError, "symbol_frequencies needs the int8 path");
-    return NULL;
-#endif
+    return sink_call(&a, count, &sink.sink, "symbol_frequencies: a code outside the codebook");
 }
+#else
+/* Without the int8 path the level loops do not exist: the Python loops (rangecoding) code the levels. */
+static PyObject *needs_int8_path(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
+    PyErr_SetString(PyExc_ValueError, "the range coder's level loops need the int8 path");
+    return NULL;
+}
+#define decode_level needs_int8_path
+#define encode_level needs_int8_path
+#define candidate_frequencies needs_int8_path
+#define symbol_frequencies needs_int8_path
+#endif
 
 /* encode_counts(encoder, symbols, cums, freqs, count, K) -> bits: appends codes (int64) of rows of K codes summing to
  * 2^20, each given by its frequency and the frequencies below it (uint32), to an encoder; their information. */
