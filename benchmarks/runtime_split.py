@@ -76,6 +76,7 @@ def main() -> None:
     timed(npencoder.NumpyEncoder, "encode_latent", "encode: encoder network")
     timed(npcoding.TileEncoder, "_ecvq_bottom", "encode: bottom codes chosen (entropy-constrained)")
     timed(npcoding.TileEncoder, "_level_stream", "encode: levels coded")
+    timed(npcoding.TileEncoder, "_reused_stream", "encode: levels coded")  # (the bottom's, since 0.24)
     timed(npcoding.TileEncoder, "_stages", "encode: refinement stages chosen and coded")
     runs: dict[str, list[float]] = collections.defaultdict(list)
     for _ in range(args.repeats):
