@@ -1544,10 +1544,20 @@ static int decode_symbol(StreamDecoder *d, const double *row, uint32_t K, int64_
     return 1;
 }
 
+/* The sum of an exact frequency row's first `count` entries (what the range coder needs below a code): integers
+ * summing to at most 2^20, so float64 adds them exactly in any order, here in four partial sums. */
+INLINE uint32_t frequencies_below(const double *row, int64_t count) {
+    double sums[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t k = 0;
+    for (; k + 4 <= count; k += 4)
+        for (int j = 0; j < 4; j++) sums[j] += row[k + j];
+    for (; k < count; k++) sums[0] += row[k];
+    return (uint32_t)((sums[0] + sums[1]) + (sums[2] + sums[3]));
+}
+
 /* Appends symbol s of an exact frequency row to an encoder; its information (bits) is added to *bits. */
 INLINE int encode_symbol(StreamEncoder *e, const double *row, uint32_t K, int64_t s, double *bits) {
-    uint32_t cum = 0;
-    for (int64_t k = 0; k < s; k++) cum += (uint32_t)row[k];
+    const uint32_t cum = frequencies_below(row, s);
     const uint32_t freq = (uint32_t)row[s];
     uint32_t left, prob;
     rc_quantise(cum, freq, (uint32_t)s, K, &left, &prob);
@@ -1621,11 +1631,10 @@ static int candidate_emit(Sink *sink, Py_ssize_t p, const double *row) {
         const int64_t code = c->candidates[p * c->per_position + m];
         if (code < 0 || code >= K) return 0;
         c->out[p * c->per_position + m] = row[code] * (1.0 / FREQ_TOTAL);
-        if (c->cums) {
-            int64_t k = blocked ? code - code % CUM_BLOCK : 0;
-            double cum = blocked ? below[code / CUM_BLOCK] : 0.0;
-            for (; k < code; k++) cum += row[k];
-            c->cums[p * c->per_position + m] = (uint32_t)cum;
+        if (c->cums) { /* the blocks below the candidate's, then its block's codes before it */
+            const int64_t first = blocked ? code - code % CUM_BLOCK : 0;
+            c->cums[p * c->per_position + m] = (blocked ? (uint32_t)below[code / CUM_BLOCK] : 0u) +
+                                               frequencies_below(row + first, code - first);
         }
     }
     return 1;
@@ -1642,9 +1651,7 @@ static int symbol_emit(Sink *sink, Py_ssize_t p, const double *row) {
     SymbolSink *c = (SymbolSink *)sink;
     const int64_t s = c->symbols[p];
     if (s < 0 || s >= c->K) return 0;
-    uint32_t cum = 0;
-    for (int64_t k = 0; k < s; k++) cum += (uint32_t)row[k];
-    c->cums[p] = cum;
+    c->cums[p] = frequencies_below(row, s);
     c->freqs[p] = (uint32_t)row[s];
     return 1;
 }
@@ -1756,6 +1763,23 @@ static PyObject *stream_bytes(PyObject *Py_UNUSED(self), PyObject *capsule) {
     return result;
 }
 
+/* A buffer for one exact frequency row of K codes, for the coders of probability rows (`caller` names them in the
+ * error): NULL with ValueError for a K out of range, MemoryError where it cannot be had. */
+static double *frequency_row(Py_ssize_t K, const char *caller) {
+    if (K < 1 || K > 65536) {
+        PyErr_Format(PyExc_ValueError, "%s: 1 to 65536 codes a row", caller);
+        return NULL;
+    }
+    double *row = malloc(sizeof(double) * (size_t)K);
+    if (!row) PyErr_NoMemory();
+    return row;
+}
+
+/* Probabilities (exact frequencies / 2^20) -> the frequencies. */
+INLINE void as_frequencies(const double *probabilities, Py_ssize_t K, double *row) {
+    for (Py_ssize_t k = 0; k < K; k++) row[k] = probabilities[k] * FREQ_TOTAL;
+}
+
 /* decode_rows(decoder, rows, count, K, out): out (count,) int64 symbols decoded with the probability rows (count,
  * K) float64 (exact frequencies / 2^20). ValueError for a corrupt or truncated stream. */
 static PyObject *decode_rows(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -1765,17 +1789,12 @@ static PyObject *decode_rows(PyObject *Py_UNUSED(self), PyObject *args) {
     StreamDecoder *d = PyCapsule_GetPointer(capsule, "hvqcodec.streamdecoder");
     const void *rows, *out;
     if (!d || !address(rows_address, &rows) || !address(out_address, &out)) return NULL;
-    if (K < 1 || K > 65536) {
-        PyErr_SetString(PyExc_ValueError, "decode_rows: 1 to 65536 codes a row");
-        return NULL;
-    }
-    double *row = malloc(sizeof(double) * (size_t)K);
-    if (!row) return PyErr_NoMemory();
+    double *row = frequency_row(K, "decode_rows");
+    if (!row) return NULL;
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t p = 0; p < count && ok; p++) {
-        const double *probabilities = (const double *)rows + (size_t)p * K;
-        for (Py_ssize_t k = 0; k < K; k++) row[k] = probabilities[k] * FREQ_TOTAL;
+        as_frequencies((const double *)rows + (size_t)p * K, K, row);
         ok = decode_symbol(d, row, (uint32_t)K, (int64_t *)out + p);
     }
     Py_END_ALLOW_THREADS
@@ -1796,22 +1815,18 @@ static PyObject *encode_rows(PyObject *Py_UNUSED(self), PyObject *args) {
     StreamEncoder *e = PyCapsule_GetPointer(capsule, "hvqcodec.streamencoder");
     const void *symbols, *rows;
     if (!e || !address(symbols_address, &symbols) || !address(rows_address, &rows)) return NULL;
-    if (K < 1 || K > 65536) {
-        PyErr_SetString(PyExc_ValueError, "encode_rows: 1 to 65536 codes a row");
-        return NULL;
-    }
+    double *row = frequency_row(K, "encode_rows"), bits = 0.0;
+    if (!row) return NULL;
     for (Py_ssize_t p = 0; p < count; p++)
         if (((const int64_t *)symbols)[p] < 0 || ((const int64_t *)symbols)[p] >= K) {
+            free(row);
             PyErr_SetString(PyExc_ValueError, "encode_rows: a symbol outside its row");
             return NULL;
         }
-    double *row = malloc(sizeof(double) * (size_t)K), bits = 0.0;
-    if (!row) return PyErr_NoMemory();
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t p = 0; p < count && ok; p++) {
-        const double *probabilities = (const double *)rows + (size_t)p * K;
-        for (Py_ssize_t k = 0; k < K; k++) row[k] = probabilities[k] * FREQ_TOTAL;
+        as_frequencies((const double *)rows + (size_t)p * K, K, row);
         ok = encode_symbol(e, row, (uint32_t)K, ((const int64_t *)symbols)[p], &bits);
     }
     Py_END_ALLOW_THREADS

@@ -30,15 +30,14 @@ def _compress(task: tuple[str | bytes, int | None, float | None, int, int],
     from .filecoding import compress_to_bpp
 
     source, quality, target_bpp, max_pixels, effort = task
-    threads = 1 if _in_worker else None
-    if _in_worker:
+    if _in_worker:  # one core to itself: its coder on one thread
         loaded = load_image(source)
-        coder = coder_for(_model, _device, effort, _imports, threads)
+        coder = coder_for(_model, _device, effort, _imports, 1)
     else:
         # The coder loads (its model read, its kernels prepared: 0.2 s) on a side thread while the image decodes
-        # (a 12-megapixel PNG: 0.4-0.7 s), each on one core; a worker process has one core to itself.
+        # (a 12-megapixel PNG: 0.4-0.7 s), each on one core.
         with ThreadPoolExecutor(1, thread_name_prefix="hvqcodec-load") as side:
-            pending = side.submit(coder_for, _model, _device, effort, _imports, threads)
+            pending = side.submit(coder_for, _model, _device, effort, _imports, None)
             loaded = load_image(source)  # (an image error is raised once the coder has loaded, as before)
             coder = pending.result()
     if target_bpp is not None:

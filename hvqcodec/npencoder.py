@@ -291,16 +291,12 @@ def search(flat: np.ndarray, codebook: Codebook, count: int, lambdas: float, run
     C kernels, `stepkernel.nearest_codes`: the same sums in registers, no (M, K) table)."""
     costs = np.empty((flat.shape[0], count), np.float32)
     indices = np.empty((flat.shape[0], count), np.int64)
-    in_c = run.kernels and stepkernel.nearest_codes(flat[:0], codebook.minus_doubled_transposed,
-                                                    codebook.squared_norms, None, 0.0, count) is not None
 
     def chunk(first: int, stop: int) -> None:
-        if in_c:
-            costs[first:stop], indices[first:stop] = stepkernel.nearest_codes(
-                flat[first:stop], codebook.minus_doubled_transposed, codebook.squared_norms, codebook.bits,
-                lambdas, count)
-            return
-        costs[first:stop], indices[first:stop] = smallest(distances(flat[first:stop], codebook, lambdas), count)
+        found = stepkernel.nearest_codes(flat[first:stop], codebook.minus_doubled_transposed, codebook.squared_norms,
+                                         codebook.bits, lambdas, count) if run.kernels else None
+        costs[first:stop], indices[first:stop] = found if found is not None else smallest(
+            distances(flat[first:stop], codebook, lambdas), count)
 
     _bands(run, flat.shape[0], NEAREST_CHUNK, chunk)
     return costs, indices
